@@ -1,0 +1,71 @@
+"""Downstream / task-learner networks, sized to the input.
+
+Small images (< 32 px) get a 3-block conv-BatchNorm CNN (DESIGN §5's reference
+learner, ~1 s per 150-epoch run on the digits); 32 px and up get a small
+ResNet, whose residual stages downsample to a few pixels before pooling.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+class SmallCNN(nn.Module):
+    """Three conv-BN-ReLU blocks; max-pool after a block while the map is larger than 4 px."""
+
+    def __init__(self, in_channels: int, image_size: int, n_classes: int, width: int = 32):
+        super().__init__()
+        widths = [width, 2 * width, 2 * width]
+        layers, c, size = [], in_channels, image_size
+        for w in widths:
+            layers.append(conv_bn(c, w))
+            if size > 4:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+            c = w
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(c, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(conv_bn(c_in, c_out, stride), nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(c_out))
+        self.skip = nn.Identity() if stride == 1 and c_in == c_out else nn.Sequential(
+            nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.skip(x))
+
+
+class ResNet(nn.Module):
+    """A ResNet-8-style net for 32 px and larger: stem, three residual stages, global pooling."""
+
+    def __init__(self, in_channels: int, image_size: int, n_classes: int, width: int = 32):
+        super().__init__()
+        stem_stride = 2 if image_size >= 64 else 1
+        stages, c = [], width
+        for i, w in enumerate([width, 2 * width, 4 * width]):
+            stages.append(BasicBlock(c, w, 1 if i == 0 else 2))
+            c = w
+        self.features = nn.Sequential(conv_bn(in_channels, width, stem_stride), *stages,
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(c, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def build_model(in_channels: int, image_size: int, n_classes: int, width: int = 32) -> nn.Module:
+    """The learner for this input size: SmallCNN below 32 px, ResNet from 32 px."""
+    cls = SmallCNN if image_size < 32 else ResNet
+    return cls(in_channels, image_size, n_classes, width)

@@ -1,0 +1,149 @@
+"""The one place that talks to MLflow.
+
+Every stage execution is one MLflow run tagged with the stage name, the git
+commit and dirty flag, and the run ids of the upstream stages whose outputs it
+read. Outputs stay byte-deterministic (no run id is written into a DVC out):
+each run is tagged with a content digest of the directory it wrote, and a
+downstream stage finds its upstream run by the digest of what it read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+from metaaug.errors import MetaaugError
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+STAGE_TAG = "metaaug.stage"
+DIGEST_TAG = "metaaug.output_digest"
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else the SQLite file at the working directory (the repo root under DVC)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def _import_mlflow():
+    # Fail fast on an unreachable server instead of MLflow's minutes of retries.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    import mlflow
+
+    return mlflow
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """For an HTTP tracking server, one quick request, so a wrong address fails in seconds, not minutes."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).read()
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise MetaaugError(
+            f"MLflow tracking server {uri} is unreachable ({reason}); expected a running `mlflow server` "
+            "or MLFLOW_TRACKING_URI unset for the local sqlite:///mlflow.db"
+        ) from None
+
+
+def dir_digest(path: str | Path) -> str:
+    """SHA-256 over the relative names and bytes of every file under `path` (or of one file)."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(path) if f != path else f.name).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def git_info() -> dict[str, str]:
+    """The commit of the working directory and whether it has uncommitted changes."""
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=30)
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD") or "none"
+    dirty = "true" if git("status", "--porcelain", "--untracked-files=no") else "false"
+    return {"git.commit": commit, "git.dirty": dirty}
+
+
+def flatten(params: dict, prefix: str = "") -> dict[str, str]:
+    """Nested params as flat dotted keys, the way the MLflow UI shows them."""
+    flat = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+    return flat
+
+
+def find_run_by_digest(client, experiment_id: str, stage: str, digest: str) -> str | None:
+    """The newest run of `stage` whose outputs had `digest`; None when none is recorded."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{STAGE_TAG}` = '{stage}' and tags.`{DIGEST_TAG}` = '{digest}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, params: dict, experiment: str, upstream: dict[str, Path] | None = None,
+              output: Path | None = None) -> Iterator:
+    """An MLflow run for one stage execution.
+
+    `upstream` maps an upstream stage name to the output it read; its run id is
+    recorded as tag `upstream.<stage>`. `output` is this stage's output
+    directory; its digest is tagged when the stage succeeds.
+    """
+    mlflow = _import_mlflow()
+    uri = tracking_uri()
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.set_experiment(experiment)
+    client = mlflow.MlflowClient()
+    tags = {STAGE_TAG: stage, **git_info()}
+    for name, path in (upstream or {}).items():
+        run_id = find_run_by_digest(client, exp.experiment_id, name, dir_digest(path))
+        tags[f"upstream.{name}"] = run_id or "unknown"
+    with mlflow.start_run(run_name=stage, tags=tags) as run:
+        mlflow.log_params(flatten(params))
+        yield run
+        if output is not None:
+            mlflow.set_tag(DIGEST_TAG, dir_digest(output))
+
+
+def log_child_run(parent_run_id: str, name: str, params: dict, tags: dict, curves: dict[str, list[float]],
+                  final: dict[str, float]) -> str:
+    """One nested run (e.g. one arm x split) with its per-epoch curves, logged in a single batch."""
+    mlflow = _import_mlflow()
+    from mlflow.entities import Metric, Param as MlflowParam
+
+    client = mlflow.MlflowClient()
+    parent = client.get_run(parent_run_id)
+    all_tags = {"mlflow.parentRunId": parent_run_id, "mlflow.runName": name, **tags}
+    run = client.create_run(parent.info.experiment_id, tags=all_tags, run_name=name)
+    now = int(time.time() * 1000)
+    metrics = [Metric(key, float(v), now, step) for key, values in curves.items() for step, v in enumerate(values)]
+    metrics += [Metric(key, float(v), now, 0) for key, v in final.items()]
+    run_params = [MlflowParam(k, v) for k, v in flatten(params).items()]
+    for start in range(0, max(len(metrics), 1), 1000):  # MLflow caps a batch at 1000 metrics
+        client.log_batch(run.info.run_id, metrics=metrics[start:start + 1000],
+                         params=run_params if start == 0 else [], tags=[])
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
