@@ -49,7 +49,7 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W, C) -> float32 (N, C, H, W) in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    return torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:

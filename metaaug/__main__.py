@@ -1,0 +1,3 @@
+from metaaug.cli import main
+
+main()

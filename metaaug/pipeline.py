@@ -1,0 +1,172 @@
+"""The pipeline's stages as library functions: read inputs, compute, write outputs, log to MLflow.
+
+`stages/*.py` and the Typer CLI are thin shells over these. Each stage writes
+its output directory atomically, tags its MLflow run with the digest of that
+output, and records the run ids of the upstream stages whose outputs it read.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from metaaug import tracking
+from metaaug.io import atomic_dir, read_json, write_json
+from metaaug.models import build_model
+from metaaug.stats import paired_difference, summarise
+from metaaug.tasks import load_prepared, prepare
+from metaaug.training import Augment, TrainSettings, pick_device, predict, to_tensor, train_learner
+
+
+def set_threads(image_size: int) -> None:
+    """Small learners run faster on one thread (measured: 0.6 s vs 0.9 s a digits run on 2 cores)."""
+    if image_size < 32:
+        torch.set_num_threads(1)
+
+
+def prepare_stage(params: dict, out: Path) -> None:
+    from metaaug.plots import class_grid
+
+    logged = {"seed": params["seed"], "data": params["data"], "tasks": params["tasks"]}
+    with tracking.stage_run("prepare", logged, params["tracking"]["experiment"], output=out) as run:
+        with atomic_dir(out) as tmp:
+            manifest = prepare(params["data"], params["tasks"], params["seed"], tmp)
+        import mlflow
+
+        prepared = load_prepared(out)
+        for part in ("meta", "target"):
+            for name, count in zip(manifest[part]["classes"], manifest[part]["counts"]):
+                mlflow.log_metric(f"{part}.count.{name}", count)
+        mlflow.log_metrics({"target.test_images": len(manifest["test"]), "meta.val_images": manifest["meta"]["val_count"]})
+        mlflow.set_tags({"data.meta_source": manifest["meta"]["source"], "data.target_source": manifest["target"]["source"]})
+        mlflow.log_figure(class_grid(prepared.target_images, prepared.target_labels, manifest["target"]["classes"]),
+                          "target_samples.png")
+        mlflow.log_figure(class_grid(prepared.meta_images, prepared.meta_labels, manifest["meta"]["classes"]),
+                          "meta_samples.png")
+        print(f"prepare: {len(prepared.meta_labels)} meta-train images, {len(prepared.target_labels)} target images, "
+              f"{len(manifest['splits'])} splits -> {out} (mlflow run {run.info.run_id})")
+
+
+def arm_augment(arm: str, channels: int, policy_dir: Path | None) -> Augment | None:
+    """The on-the-fly augmentation of a train arm (None for `none`)."""
+    if arm == "none":
+        return None
+    from metaaug.policies import fixed_policy, load_policy, sample_apply
+
+    policy = load_policy(policy_dir / "policy.json") if arm == "learned" else fixed_policy(arm, image_channels=channels)
+    return lambda x, gen: sample_apply(policy, x, gen)
+
+
+def train_stage(params: dict, prepared_dir: Path, out: Path, policy_dir: Path | None = None) -> None:
+    """Every arm on every target split; one nested MLflow run per arm x split."""
+    prepared = load_prepared(prepared_dir)
+    settings = TrainSettings.from_params(params["train"])
+    device = pick_device(params["train"]["device"])
+    x_all, y_all = to_tensor(prepared.target_images), torch.tensor(np.asarray(prepared.target_labels))
+    n_classes, channels, size = len(prepared.manifest["target"]["classes"]), x_all.shape[1], x_all.shape[-1]
+    set_threads(size)
+    upstream = {"prepare": prepared_dir}
+    if "learned" in params["train"]["arms"]:
+        upstream["metatrain"] = policy_dir
+    logged = {"train": params["train"], "tasks.shots": params["tasks"]["shots"]}
+    with tracking.stage_run("train", logged, params["tracking"]["experiment"], upstream, output=out) as run:
+        results = {"model": {"in_channels": channels, "image_size": size, "n_classes": n_classes,
+                             "width": settings.width}, "arms": {}}
+        with atomic_dir(out) as tmp:
+            for arm in params["train"]["arms"]:
+                augment = arm_augment(arm, channels, policy_dir)
+                states, runs = [], []
+                for i, split in enumerate(prepared.manifest["splits"]):
+                    support = torch.as_tensor(split["support"])
+                    start = time.perf_counter()
+                    model, curves = train_learner(x_all[support], y_all[support], n_classes, settings, split["seed"],
+                                                  augment, device)
+                    seconds = time.perf_counter() - start
+                    states.append({k: v.cpu() for k, v in model.state_dict().items()})
+                    runs.append({"split": i, "seconds": seconds, "curves": curves})
+                    tracking.log_child_run(run.info.run_id, f"{arm}/split{i}", {"arm": arm, "split": i},
+                                           {"metaaug.arm": arm, "metaaug.split": str(i),
+                                            "metaaug.train_run": run.info.run_id},
+                                           curves, {"seconds": seconds, "final_loss": curves["loss"][-1]})
+                torch.save(states, tmp / f"{arm}.pt")
+                results["arms"][arm] = runs
+                print(f"train: {arm}: {len(runs)} splits, {np.median([r['seconds'] for r in runs]):.2f} s a run")
+            write_json(tmp / "results.json", results)
+        import mlflow
+
+        mlflow.log_artifacts(str(out), "downstream")
+
+
+def test_accuracies(prepared, downstream_dir: Path, arms: list[str]) -> tuple[dict, dict]:
+    """Per arm: test accuracy per split, and (labels, predictions) pooled over splits."""
+    results = read_json(downstream_dir / "results.json")
+    x_all = to_tensor(prepared.target_images)
+    y_all = np.asarray(prepared.target_labels)
+    test = np.asarray(prepared.manifest["test"])
+    x_test, y_test = x_all[test], y_all[test]
+    model = build_model(**results["model"])
+    accuracy, confusion = {}, {}
+    for arm in arms:
+        preds = []
+        for state in torch.load(downstream_dir / f"{arm}.pt", weights_only=True):
+            model.load_state_dict(state)
+            preds.append(predict(model, x_test))
+        accuracy[arm] = np.array([np.mean(p == y_test) for p in preds])
+        confusion[arm] = (np.tile(y_test, len(preds)), np.concatenate(preds))
+    return accuracy, confusion
+
+
+def compare(accuracy: dict[str, np.ndarray]) -> dict:
+    """Per-arm summary and paired differences: learned (if present) minus each arm, each arm minus none."""
+    metrics = {"arms": {arm: summarise(acc) for arm, acc in accuracy.items()}, "paired": {}}
+    pairs = [("learned", b) for b in accuracy if b != "learned" and "learned" in accuracy]
+    pairs += [(a, "none") for a in accuracy if a not in ("none", "learned") and "none" in accuracy]
+    for a, b in pairs:
+        metrics["paired"][f"{a}-{b}"] = paired_difference(accuracy[a], accuracy[b])
+    return metrics
+
+
+def evaluate_stage(params: dict, prepared_dir: Path, downstream_dir: Path, metrics_path: Path, plots_dir: Path,
+                   policy_dir: Path | None = None) -> dict:
+    from metaaug.plots import write_dvc_plots
+
+    prepared = load_prepared(prepared_dir)
+    results = read_json(downstream_dir / "results.json")
+    arms = list(results["arms"])
+    upstream = {"prepare": prepared_dir, "train": downstream_dir}
+    with tracking.stage_run("evaluate", {"evaluate.arms": arms}, params["tracking"]["experiment"], upstream) as run:
+        accuracy, confusion = test_accuracies(prepared, downstream_dir, arms)
+        metrics = compare(accuracy)
+        run_seconds = [r["seconds"] for runs in results["arms"].values() for r in runs]
+        metrics["downstream_run_seconds"] = float(np.median(run_seconds))
+        if policy_dir is not None and (policy_dir / "search.json").exists():
+            search = read_json(policy_dir / "search.json")
+            metrics["search_cost"] = search["seconds"] / metrics["downstream_run_seconds"]
+        with atomic_dir(plots_dir) as tmp:
+            write_dvc_plots(tmp, accuracy, results, confusion, prepared.manifest["target"]["classes"])
+        write_json(metrics_path, metrics)
+        import mlflow
+
+        mlflow.log_metrics(flat_metrics(metrics))
+        mlflow.log_artifact(str(metrics_path))
+        mlflow.log_artifacts(str(plots_dir), "plots")
+        for arm, s in metrics["arms"].items():
+            print(f"evaluate: {arm:15s} {s['mean']:.2f} ± {s['std']:.2f} (n={s['n']})")
+        for pair, d in metrics["paired"].items():
+            print(f"evaluate: {pair:28s} {d['mean']:+.2f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]")
+        print(f"evaluate: mlflow run {run.info.run_id}")
+    return metrics
+
+
+def flat_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """Nested numeric metrics as flat MLflow keys (`arms.none.mean`)."""
+    flat = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            flat.update(flat_metrics(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float)):
+            flat[prefix + key] = float(value)
+    return flat

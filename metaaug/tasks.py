@@ -1,0 +1,132 @@
+"""Tasks: the meta-train / target split and the few-shot target splits.
+
+`prepare` turns one or two data sources into `data/prepared/`:
+
+* meta-train classes (never the target's) with a per-class meta-validation
+  hold-out, from which metatrain samples its tasks;
+* the target task: a fixed held-out test split, a pool of labelled images, and
+  `splits` few-shot splits of the pool — split *i* fixes the shot sample and the
+  learner initialisation (seed *i*) identically for every arm.
+
+Everything is a pure function of the params and the data, so the outputs are
+byte-identical across runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from metaaug.data import Dataset, load_source
+from metaaug.errors import MetaaugError
+from metaaug.io import load_array, read_json, save_arrays, write_json
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What prepare wrote, loaded back (arrays memory-mapped)."""
+
+    meta_images: np.ndarray
+    meta_labels: np.ndarray
+    meta_is_val: np.ndarray
+    target_images: np.ndarray
+    target_labels: np.ndarray
+    manifest: dict
+
+    def split(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Indices into the target arrays: (support of split i, the shared test set)."""
+        return np.asarray(self.manifest["splits"][i]["support"]), np.asarray(self.manifest["test"])
+
+
+def subset(ds: Dataset, class_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Images of the named classes, relabelled 0..len(class_names)-1 in that order."""
+    index = {name: i for i, name in enumerate(ds.classes)}
+    ids = np.array([index[name] for name in class_names])
+    keep = np.isin(ds.labels, ids)
+    relabel = np.full(len(ds.classes), -1)
+    relabel[ids] = np.arange(len(ids))
+    return ds.images[keep], relabel[ds.labels[keep]]
+
+
+def choose_classes(meta: Dataset, target: Dataset, target_classes: list[str] | None, same_source: bool):
+    """(meta-train class names, target class names), checked."""
+    names = list(target.classes) if target_classes is None else [str(c) for c in target_classes]
+    unknown = [c for c in names if c not in target.classes]
+    if unknown:
+        raise MetaaugError(f"params.yaml: tasks.target_classes names {unknown[0]!r}, which {target.source} does not "
+                           f"have; expected classes from {list(target.classes)}")
+    if len(names) < 2:
+        raise MetaaugError(f"params.yaml: tasks.target_classes has {len(names)} class; expected at least 2")
+    meta_names = [c for c in meta.classes if not (same_source and c in names)]
+    if len(meta_names) < 2:
+        raise MetaaugError(f"params.yaml: only {len(meta_names)} class left for meta-training in {meta.source}; "
+                           "expected at least 2 (hold out fewer tasks.target_classes or set tasks.target_source)")
+    return meta_names, names
+
+
+def split_per_class(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Boolean mask holding out `fraction` of each class (at least one image per class stays on each side)."""
+    mask = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_out = min(max(1, round(fraction * len(idx))), len(idx) - 1)
+        mask[idx[:n_out]] = True
+    return mask
+
+
+def few_shot_splits(labels: np.ndarray, pool: np.ndarray, shots: int, n_splits: int, seed: int,
+                    class_names: list[str]) -> list[dict]:
+    """`n_splits` samples of `shots` pool images per class; split i uses seed (seed, i)."""
+    for c, name in enumerate(class_names):
+        have = int(np.sum(labels[pool] == c))
+        if have < shots:
+            raise MetaaugError(f"params.yaml: tasks.shots = {shots} but target class {name!r} has only {have} "
+                               "training images after the test hold-out; expected shots <= that")
+    splits = []
+    for i in range(n_splits):
+        rng = np.random.default_rng([seed, i])
+        support = np.concatenate([rng.choice(pool[labels[pool] == c], shots, replace=False)
+                                  for c in range(len(class_names))])
+        splits.append({"support": sorted(int(j) for j in support), "seed": i})
+    return splits
+
+
+def prepare(data_params: dict, task_params: dict, seed: int, out: Path) -> dict:
+    """Load the sources, build meta-train and target tasks, write them into directory `out`."""
+    meta_ds = load_source(data_params["source"], data_params["image_size"])
+    same = task_params["target_source"] in (None, data_params["source"])
+    target_ds = meta_ds if same else load_source(task_params["target_source"], data_params["image_size"])
+    meta_names, target_names = choose_classes(meta_ds, target_ds, task_params["target_classes"], same)
+    meta_x, meta_y = subset(meta_ds, meta_names)
+    target_x, target_y = subset(target_ds, target_names)
+    rng = np.random.default_rng(seed)
+    meta_is_val = split_per_class(meta_y, task_params["meta_val_fraction"], rng)
+    is_test = split_per_class(target_y, task_params["test_fraction"], rng)
+    splits = few_shot_splits(target_y, np.flatnonzero(~is_test), task_params["shots"], task_params["splits"], seed,
+                             target_names)
+    manifest = {
+        "meta": {"source": meta_ds.source, "classes": meta_names, "shape": list(meta_x.shape[1:]),
+                 "counts": np.bincount(meta_y, minlength=len(meta_names)).tolist(),
+                 "val_count": int(meta_is_val.sum())},
+        "target": {"source": target_ds.source, "classes": target_names, "shape": list(target_x.shape[1:]),
+                   "counts": np.bincount(target_y, minlength=len(target_names)).tolist(), "shots": task_params["shots"]},
+        "test": np.flatnonzero(is_test).tolist(),
+        "splits": splits,
+    }
+    save_arrays(out, meta_images=meta_x, meta_labels=meta_y, meta_is_val=meta_is_val,
+                target_images=target_x, target_labels=target_y)
+    write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def load_prepared(path: str | Path) -> Prepared:
+    """Read `data/prepared/` back; a missing directory says which stage to run."""
+    path = Path(path)
+    if not (path / "manifest.json").exists():
+        raise MetaaugError(f"{path}: no prepared data (manifest.json missing); expected the output of "
+                           "`metaaug prepare` (or `dvc repro prepare`)")
+    arrays = {name: load_array(path, name, mmap=True) for name in
+              ("meta_images", "meta_labels", "meta_is_val", "target_images", "target_labels")}
+    return Prepared(**arrays, manifest=read_json(path / "manifest.json"))

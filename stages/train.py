@@ -1,0 +1,8 @@
+"""DVC stage `train`: a thin entry point; dvc.yaml names its inputs and outputs."""
+
+import sys
+
+from metaaug.cli import main
+
+if __name__ == "__main__":
+    main(["train", *sys.argv[1:]])

@@ -1,0 +1,34 @@
+"""Shared test fixtures: every test gets its own MLflow store, never the repo's mlflow.db."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+import metaaug  # noqa: F401  (sets NO_ALBUMENTATIONS_UPDATE before albumentations is imported)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def isolated_mlflow(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("GIT_AUTHOR_NAME", "metaaug-test")
+    monkeypatch.setenv("GIT_AUTHOR_EMAIL", "test@example.invalid")
+    monkeypatch.setenv("GIT_COMMITTER_NAME", "metaaug-test")
+    monkeypatch.setenv("GIT_COMMITTER_EMAIL", "test@example.invalid")
+    yield
+
+
+def tiny_params(**overrides) -> dict:
+    """Defaults shrunk so that a whole pipeline runs in seconds."""
+    from metaaug.config import defaults
+
+    params = defaults()
+    params["tasks"]["splits"] = 2
+    params["train"]["epochs"] = 4
+    params["train"]["arms"] = ["none"]
+    for dotted, value in overrides.items():
+        section, key = dotted.split(".")
+        params[section][key] = value
+    return params

@@ -1,0 +1,89 @@
+"""End to end: a real git + DVC repo in a temp dir, `dvc repro` with tiny params, MLflow queried after."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, tiny_params
+
+pytestmark = pytest.mark.slow
+
+
+def sh(*cmd, cwd, check=True):
+    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{out.stdout}\n{out.stderr}")
+    return out
+
+
+def make_project(root: Path, params: dict) -> Path:
+    """A fresh project: the repo's pipeline files and package sources, git + DVC initialised."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", "stages", "metaaug"):
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, root / name)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    bin_dir = Path(sys.executable).parent
+    sh("git", "init", "-q", cwd=root)
+    sh(str(bin_dir / "dvc"), "init", "-q", cwd=root)
+    sh("git", "add", "-A", cwd=root)
+    sh("git", "commit", "-qm", "init", cwd=root)
+    return root
+
+
+def dvc(root: Path, *args, check=True):
+    bin_dir = Path(sys.executable).parent
+    env_path = f"{bin_dir}:{__import__('os').environ['PATH']}"
+    return subprocess.run([str(bin_dir / "dvc"), *args], cwd=root, capture_output=True, text=True,
+                          env={**__import__("os").environ, "PATH": env_path}, check=False)
+
+
+def test_dvc_repro_end_to_end(tmp_path, monkeypatch):
+    root = make_project(tmp_path / "project", tiny_params())
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # the default: sqlite:///mlflow.db at the repo root
+    first = dvc(root, "repro")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert (root / "data/prepared/manifest.json").exists()
+    assert (root / "models/downstream/results.json").exists()
+    metrics = yaml.safe_load((root / "metrics.json").read_text())
+    assert set(metrics["arms"]) == {"none"}
+    assert 0 <= metrics["arms"]["none"]["mean"] <= 100 and metrics["arms"]["none"]["n"] == 2
+
+    second = dvc(root, "repro")
+    assert second.returncode == 0
+    assert "Running stage" not in second.stdout, second.stdout
+    status = dvc(root, "status")
+    assert "up to date" in status.stdout
+
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("metaaug")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    by_stage = {}
+    for run in runs:
+        by_stage.setdefault(run.data.tags.get("metaaug.stage"), []).append(run)
+    assert {s: len(r) for s, r in by_stage.items() if s} == {"prepare": 1, "train": 1, "evaluate": 1}
+    prepare, train, evaluate = (by_stage[s][0] for s in ("prepare", "train", "evaluate"))
+    for run in (prepare, train, evaluate):
+        assert len(run.data.tags["git.commit"]) == 40
+        assert run.data.tags["git.dirty"] in ("true", "false")
+    assert train.data.tags["upstream.prepare"] == prepare.info.run_id
+    assert evaluate.data.tags["upstream.train"] == train.info.run_id
+    assert evaluate.data.tags["upstream.prepare"] == prepare.info.run_id
+    assert prepare.data.params["tasks.shots"] == "5"
+    assert evaluate.data.metrics["arms.none.mean"] == pytest.approx(metrics["arms"]["none"]["mean"])
+    children = by_stage[None]
+    assert len(children) == 2  # arms x splits
+    assert {c.data.tags["metaaug.arm"] for c in children} == {"none"}
+    history = client.get_metric_history(children[0].info.run_id, "loss")
+    assert len(history) == 4  # one point per epoch
+    artifacts = {a.path for a in client.list_artifacts(prepare.info.run_id)}
+    assert "target_samples.png" in artifacts
