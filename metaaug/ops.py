@@ -383,7 +383,9 @@ def _cutout(images, values, generator=None):
     n, _, hgt, wid = images.shape
     hole_h = torch.trunc(values.detach() * hgt)
     hole_w = torch.trunc(values.detach() * wid)
-    u = torch.rand(n, 2, generator=generator, device=images.device, dtype=images.dtype)
+    # Drawn on the generator's device (a CPU generator may drive images on a GPU).
+    u = torch.rand(n, 2, generator=generator, device=generator.device if generator is not None else images.device)
+    u = u.to(images.device, images.dtype)
     top = torch.floor(u[:, 0] * (hgt - hole_h + 1))
     left = torch.floor(u[:, 1] * (wid - hole_w + 1))
     ys = torch.arange(hgt, device=images.device, dtype=images.dtype).view(1, -1, 1)
@@ -411,7 +413,6 @@ def _no_value(twin):
 # The table. Insertion order is the op index order (Identity first: "not applied").
 # ---------------------------------------------------------------------------------------
 
-_TA = "TrivialAugment-Wide (Mueller & Hutter 2021, Table 1; torchvision TrivialAugmentWide)"
 OPS: dict[str, Op] = {op.name: op for op in [
     Op("Identity", 0.0, False, True, _identity, _no_value(lambda: A.NoOp(p=1.0))),
     # Shear factor (tan of the angle) up to 0.99: TA-Wide.
