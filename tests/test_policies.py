@@ -243,3 +243,16 @@ def test_save_policy_rejects_unserialisable_provenance(tmp_path):
     with pytest.raises(MetaaugError, match="provenance"):
         save_policy(SKEWED, tmp_path / "p.json", {"when": object()})
     assert not list(tmp_path.iterdir())
+
+
+# --- preview ------------------------------------------------------------------------------
+
+def test_preview_grid_writes_a_png(tmp_path):
+    from metaaug.preview import preview_grid
+
+    path = tmp_path / "preview.png"
+    preview_grid(digits(3, size=16, n=5), fixed_policy("trivialaugment", 3), path, n_images=8, n_augmented=3)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["preview.png"]
+    with pytest.raises(MetaaugError, match="uint8"):
+        preview_grid(np.zeros((2, 8, 8, 1), np.float32), fixed_policy("none"), tmp_path / "bad.png")
