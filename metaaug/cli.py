@@ -21,6 +21,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 PARAMS = typer.Option(Path("params.yaml"), "--params", help="Validated configuration file.")
 PREPARED = typer.Option(Path("data/prepared"), help="Output of the prepare stage.")
 POLICY = typer.Option(Path("models/policy"), help="Output of the metatrain stage.")
+AUGMENTED = typer.Option(Path("data/augmented"), help="Output of the augment stage.")
 DOWNSTREAM = typer.Option(Path("models/downstream"), help="Output of the train stage.")
 
 
@@ -47,13 +48,32 @@ def prepare_cmd(params: Path = PARAMS, out: Path = typer.Option(Path("data/prepa
     prepare_stage(load_params(params), out)
 
 
+@app.command("metatrain")
+@one_line_errors
+def metatrain_cmd(params: Path = PARAMS, prepared: Path = PREPARED, out: Path = POLICY):
+    """Meta-learn the augmentation policy on tasks from the meta-train classes (resumes from its checkpoint)."""
+    from metaaug.pipeline import metatrain_stage
+
+    metatrain_stage(load_params(params), prepared, out)
+
+
+@app.command("augment")
+@one_line_errors
+def augment_cmd(params: Path = PARAMS, prepared: Path = PREPARED, policy: Path = POLICY, out: Path = AUGMENTED):
+    """Apply a policy (any metaaug policy directory: no further search) to the target training images."""
+    from metaaug.pipeline import augment_stage
+
+    augment_stage(load_params(params), prepared, policy, out)
+
+
 @app.command("train")
 @one_line_errors
-def train_cmd(params: Path = PARAMS, prepared: Path = PREPARED, policy: Path = POLICY, out: Path = DOWNSTREAM):
+def train_cmd(params: Path = PARAMS, prepared: Path = PREPARED, policy: Path = POLICY, augmented: Path = AUGMENTED,
+              out: Path = DOWNSTREAM):
     """Train the downstream learner for every arm on every target split."""
     from metaaug.pipeline import train_stage
 
-    train_stage(load_params(params), prepared, out, policy)
+    train_stage(load_params(params), prepared, out, policy, augmented)
 
 
 @app.command("evaluate")

@@ -91,7 +91,7 @@ SCHEMA: dict[str, Any] = {
         "meta_val_fraction": Param(0.3, float, low=0.05, high=0.95),  # meta-train images kept for meta-validation
     },
     "train": {
-        "arms": Param(["none", "handcrafted", "randaugment", "trivialaugment"], list, item_choices=ARMS),
+        "arms": Param(list(ARMS), list, item_choices=ARMS),
         "epochs": Param(150, int, low=1, high=100000),
         "batch_size": Param(25, int, low=1, high=65536),
         "lr": Param(0.05, float, low=1e-6, high=10.0),  # one-cycle peak learning rate
@@ -99,6 +99,25 @@ SCHEMA: dict[str, Any] = {
         "weight_decay": Param(5e-4, float, low=0.0, high=1.0),
         "width": Param(32, int, low=4, high=1024),  # channels of the first conv layer
         "device": Param("auto", str, choices=DEVICES),
+        # learned arm: draw from data/augmented/ (the versioned copies) or sample the policy on the fly
+        "learned_source": Param("augmented", str, choices=("augmented", "on_the_fly")),
+    },
+    "metatrain": {
+        "method": Param("sh_random", str, choices=("sh_random", "cem")),
+        # The op space the policy learns in (null: every op in the table); e.g. drop Solarize for medical images.
+        "ops": Param(None, list, nullable=True),
+        "candidates": Param(8, int, low=2, high=4096),  # policies per generation / halving bracket
+        "rungs": Param(3, int, low=1, high=12),  # successive-halving rungs (tasks double each rung)
+        "tasks_first_rung": Param(2, int, low=1, high=1000),
+        "generations": Param(2, int, low=1, high=1000),  # cem only
+        "elite_fraction": Param(0.25, float, low=0.01, high=1.0),
+        "init_std": Param(0.6, float, low=0.0, high=10.0),
+        "proxy_epochs": Param(50, int, low=1, high=100000),  # learner epochs when scoring a candidate
+        "ways": Param(5, int, low=2, high=1000),
+        "query_per_class": Param(20, int, low=1, high=100000),
+    },
+    "augment": {
+        "copies": Param(10, int, low=1, high=10000),  # augmented copies of every target training image
     },
     "tracking": {
         "experiment": Param("metaaug", str),

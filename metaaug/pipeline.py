@@ -7,13 +7,18 @@ output, and records the run ids of the upstream stages whose outputs it read.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from metaaug import tracking
+from metaaug.errors import MetaaugError
 from metaaug.io import atomic_dir, read_json, write_json
 from metaaug.models import build_model
 from metaaug.stats import paired_difference, summarise
@@ -50,17 +55,22 @@ def prepare_stage(params: dict, out: Path) -> None:
               f"{len(manifest['splits'])} splits -> {out} (mlflow run {run.info.run_id})")
 
 
-def arm_augment(arm: str, channels: int, policy_dir: Path | None) -> Augment | None:
-    """The on-the-fly augmentation of a train arm (None for `none`)."""
+def arm_augmenter(arm: str, channels: int, learned_source: str, policy_dir: Path | None,
+                  augmented_dir: Path | None) -> Callable[[np.ndarray], Augment | None]:
+    """For a train arm: support indices -> its augmentation (None for `none`)."""
     if arm == "none":
-        return None
+        return lambda support: None
+    if arm == "learned" and learned_source == "augmented":
+        bank, index = load_bank(augmented_dir)
+        return lambda support: bank_augment(bank, index, support)
     from metaaug.policies import fixed_policy, load_policy, sample_apply
 
     policy = load_policy(policy_dir / "policy.json") if arm == "learned" else fixed_policy(arm, image_channels=channels)
-    return lambda x, gen: sample_apply(policy, x, gen)
+    return lambda support: (lambda x, gen: sample_apply(policy, x, gen))
 
 
-def train_stage(params: dict, prepared_dir: Path, out: Path, policy_dir: Path | None = None) -> None:
+def train_stage(params: dict, prepared_dir: Path, out: Path, policy_dir: Path | None = None,
+                augmented_dir: Path | None = None) -> None:
     """Every arm on every target split; one nested MLflow run per arm x split."""
     prepared = load_prepared(prepared_dir)
     settings = TrainSettings.from_params(params["train"])
@@ -69,21 +79,24 @@ def train_stage(params: dict, prepared_dir: Path, out: Path, policy_dir: Path | 
     n_classes, channels, size = len(prepared.manifest["target"]["classes"]), x_all.shape[1], x_all.shape[-1]
     set_threads(size)
     upstream = {"prepare": prepared_dir}
+    learned_source = params["train"]["learned_source"]
     if "learned" in params["train"]["arms"]:
         upstream["metatrain"] = policy_dir
+        if learned_source == "augmented":
+            upstream["augment"] = augmented_dir
     logged = {"train": params["train"], "tasks.shots": params["tasks"]["shots"]}
     with tracking.stage_run("train", logged, params["tracking"]["experiment"], upstream, output=out) as run:
         results = {"model": {"in_channels": channels, "image_size": size, "n_classes": n_classes,
                              "width": settings.width}, "arms": {}}
         with atomic_dir(out) as tmp:
             for arm in params["train"]["arms"]:
-                augment = arm_augment(arm, channels, policy_dir)
+                augmenter = arm_augmenter(arm, channels, learned_source, policy_dir, augmented_dir)
                 states, runs = [], []
                 for i, split in enumerate(prepared.manifest["splits"]):
-                    support = torch.as_tensor(split["support"])
+                    support = np.asarray(split["support"])
                     start = time.perf_counter()
                     model, curves = train_learner(x_all[support], y_all[support], n_classes, settings, split["seed"],
-                                                  augment, device)
+                                                  augmenter(support), device)
                     seconds = time.perf_counter() - start
                     states.append({k: v.cpu() for k, v in model.state_dict().items()})
                     runs.append({"split": i, "seconds": seconds, "curves": curves})
@@ -170,3 +183,125 @@ def flat_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
         elif isinstance(value, (int, float)):
             flat[prefix + key] = float(value)
     return flat
+
+
+def search_config(params: dict) -> "SearchConfig":
+    from metaaug.metalearn import SearchConfig
+
+    fields = SearchConfig.__dataclass_fields__
+    return SearchConfig(**{k: v for k, v in params["metatrain"].items() if k in fields}, seed=params["seed"])
+
+
+def checkpoint_path(out: Path, params: dict, prepared_dir: Path) -> Path:
+    """Beside the output (which is replaced atomically), keyed by everything that determines the search."""
+    settings = json.dumps({"metatrain": params["metatrain"], "train": params["train"], "seed": params["seed"]},
+                          sort_keys=True)
+    key = tracking.dir_digest(prepared_dir)[:12] + "-" + hashlib.sha256(settings.encode()).hexdigest()[:12]
+    return out.parent / f".{out.name}.checkpoint-{key}.json"
+
+
+def metatrain_stage(params: dict, prepared_dir: Path, out: Path) -> None:
+    """Search the policy on meta-train tasks; write policy JSON, Albumentations export, checkpoint, search log."""
+    import mlflow
+
+    from metaaug.metalearn import SearchSpace, policy_summary, sample_tasks, search, tasks_needed
+    from metaaug.ops import OP_NAMES
+    from metaaug.policies import export_albumentations, save_policy
+
+    prepared = load_prepared(prepared_dir)
+    mp, cfg = params["metatrain"], search_config(params)
+    space = SearchSpace(tuple(mp["ops"]) if mp["ops"] else OP_NAMES)
+    set_threads(prepared.meta_images.shape[1])
+    train_idx = np.flatnonzero(~np.asarray(prepared.meta_is_val))
+    logged = {"metatrain": mp, "seed": params["seed"], "tasks.shots": params["tasks"]["shots"]}
+    with tracking.stage_run("metatrain", logged, params["tracking"]["experiment"], {"prepare": prepared_dir},
+                            output=out) as run:
+        start = time.perf_counter()
+        tasks = sample_tasks(np.asarray(prepared.meta_images)[train_idx], np.asarray(prepared.meta_labels)[train_idx],
+                             params["tasks"]["shots"], mp["ways"], mp["query_per_class"], tasks_needed(cfg),
+                             params["seed"])
+        ckpt = checkpoint_path(out, params, prepared_dir)
+        state = search(space, tasks, cfg, TrainSettings.from_params(params["train"]), ckpt,
+                       log=lambda entry: mlflow.log_metrics({k: v for k, v in entry.items() if k != "rung"},
+                                                            step=entry["rung"]))
+        seconds = time.perf_counter() - start
+        policy = space.policy(np.array(state.best))
+        with atomic_dir(out) as tmp:
+            provenance = {"method": cfg.method, "mlflow_run_id": run.info.run_id,
+                          "meta_source": prepared.manifest["meta"]["source"],
+                          "meta_classes": prepared.manifest["meta"]["classes"], "trainings": state.trainings}
+            save_policy(policy, tmp / "policy.json", provenance)
+            export_albumentations(policy, tmp / "policy_albumentations.json")
+            state.save(tmp / "checkpoint.json")
+            write_json(tmp / "search.json", {"method": cfg.method, "seconds": seconds, "trainings": state.trainings,
+                                             "proxy_epochs": cfg.proxy_epochs, "history": state.history,
+                                             "theta": state.best})
+        ckpt.unlink(missing_ok=True)
+        mlflow.log_metrics({"search.seconds": seconds, "search.trainings": state.trainings})
+        mlflow.log_artifacts(str(out), "policy")
+        print(f"metatrain: {cfg.method}, {state.trainings} proxy trainings in {seconds:.1f} s; policy: "
+              f"{policy_summary(policy)}")
+
+
+def augment_stage(params: dict, prepared_dir: Path, policy_dir: Path, out: Path) -> None:
+    """K augmented copies of every target training-pool image, written as a versioned dataset."""
+    import mlflow
+
+    from metaaug.policies import load_policy, sample_apply
+    from metaaug.preview import preview_grid
+
+    prepared = load_prepared(prepared_dir)
+    policy = load_policy(policy_dir / "policy.json")
+    test = set(prepared.manifest["test"])
+    pool = np.array([i for i in range(len(prepared.target_labels)) if i not in test])
+    copies = params["augment"]["copies"]
+    device = pick_device(params["train"]["device"])
+    upstream = {"prepare": prepared_dir, "metatrain": policy_dir}
+    with tracking.stage_run("augment", {"augment": params["augment"], "seed": params["seed"]},
+                            params["tracking"]["experiment"], upstream, output=out):
+        x = to_tensor(np.asarray(prepared.target_images)[pool]).to(device)
+        gen = torch.Generator(device=device).manual_seed(params["seed"])
+        start = time.perf_counter()
+        bank = torch.stack([sample_apply(policy, x, gen).clamp_(0, 1) for _ in range(copies)])
+        seconds = time.perf_counter() - start
+        images = (bank * 255).round_().to(torch.uint8).permute(0, 1, 3, 4, 2).cpu().numpy()
+        with atomic_dir(out) as tmp:
+            np.save(tmp / "images.npy", images, allow_pickle=False)
+            np.save(tmp / "index.npy", pool, allow_pickle=False)
+            digest = tracking.dir_digest(tmp / "images.npy")
+            write_json(tmp / "manifest.json", {"copies": copies, "images": int(images.shape[1]),
+                                               "shape": list(images.shape[2:]), "sha256": digest,
+                                               "policy_sha256": tracking.dir_digest(policy_dir / "policy.json")})
+        with tempfile.TemporaryDirectory() as d:
+            preview_grid(np.asarray(prepared.target_images)[pool], policy, Path(d) / "augment_preview.png")
+            mlflow.log_artifact(str(Path(d) / "augment_preview.png"))
+        mlflow.log_metrics({"augment.images_per_second": images.shape[0] * images.shape[1] / max(seconds, 1e-9)})
+        mlflow.set_tag("augment.sha256", digest)
+        print(f"augment: {copies} copies of {len(pool)} images -> {out} (sha256 {digest[:12]})")
+
+
+def load_bank(augmented_dir: Path) -> tuple[torch.Tensor, dict[int, int]]:
+    """data/augmented/ as a (K, N, C, H, W) float tensor and target index -> row."""
+    if not (augmented_dir / "images.npy").exists():
+        raise MetaaugError(f"{augmented_dir}: no augmented dataset (images.npy missing); expected the output of "
+                           "`metaaug augment`, or train.learned_source: on_the_fly")
+    images = np.load(augmented_dir / "images.npy")
+    k, n = images.shape[:2]
+    bank = to_tensor(images.reshape(k * n, *images.shape[2:]))
+    index = {int(j): r for r, j in enumerate(np.load(augmented_dir / "index.npy"))}
+    return bank.reshape(k, n, *bank.shape[1:]), index
+
+
+def bank_augment(bank: torch.Tensor, index: dict[int, int], support: np.ndarray) -> Augment:
+    """Each epoch's copy of support image j is one of its K stored augmented copies, drawn at random.
+
+    `train_learner` augments `x.repeat(n, ...)`, so batch row r is support image r % len(support).
+    """
+    rows = torch.tensor([index[int(j)] for j in support])
+
+    def draw(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        which = rows.repeat(len(x) // len(rows))
+        k = torch.randint(0, bank.shape[0], (len(x),), generator=gen, device=gen.device).cpu()
+        return bank[k, which].to(x.device)
+
+    return draw

@@ -27,7 +27,9 @@ def tiny_params(**overrides) -> dict:
     params = defaults()
     params["tasks"]["splits"] = 2
     params["train"]["epochs"] = 4
-    params["train"]["arms"] = ["none"]
+    params["train"]["arms"] = ["none", "trivialaugment", "learned"]
+    params["metatrain"].update(candidates=2, rungs=1, tasks_first_rung=1, proxy_epochs=2)
+    params["augment"]["copies"] = 2
     for dotted, value in overrides.items():
         section, key = dotted.split(".")
         params[section][key] = value

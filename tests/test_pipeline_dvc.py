@@ -53,7 +53,11 @@ def test_dvc_repro_end_to_end(tmp_path, monkeypatch):
     assert (root / "data/prepared/manifest.json").exists()
     assert (root / "models/downstream/results.json").exists()
     metrics = yaml.safe_load((root / "metrics.json").read_text())
-    assert set(metrics["arms"]) == {"none"}
+    assert set(metrics["arms"]) == {"none", "trivialaugment", "learned"}
+    assert {"learned-none", "learned-trivialaugment", "trivialaugment-none"} <= set(metrics["paired"])
+    assert metrics["search_cost"] > 0
+    assert (root / "models/policy/policy.json").exists() and (root / "models/policy/policy_albumentations.json").exists()
+    assert (root / "data/augmented/images.npy").exists()
     assert 0 <= metrics["arms"]["none"]["mean"] <= 100 and metrics["arms"]["none"]["n"] == 2
 
     second = dvc(root, "repro")
@@ -70,19 +74,25 @@ def test_dvc_repro_end_to_end(tmp_path, monkeypatch):
     by_stage = {}
     for run in runs:
         by_stage.setdefault(run.data.tags.get("metaaug.stage"), []).append(run)
-    assert {s: len(r) for s, r in by_stage.items() if s} == {"prepare": 1, "train": 1, "evaluate": 1}
-    prepare, train, evaluate = (by_stage[s][0] for s in ("prepare", "train", "evaluate"))
-    for run in (prepare, train, evaluate):
+    assert {s: len(r) for s, r in by_stage.items() if s} == {"prepare": 1, "metatrain": 1, "augment": 1,
+                                                                         "train": 1, "evaluate": 1}
+    prepare, metatrain, augment, train, evaluate = (by_stage[s][0] for s in
+                                                     ("prepare", "metatrain", "augment", "train", "evaluate"))
+    for run in (prepare, metatrain, augment, train, evaluate):
         assert len(run.data.tags["git.commit"]) == 40
         assert run.data.tags["git.dirty"] in ("true", "false")
     assert train.data.tags["upstream.prepare"] == prepare.info.run_id
+    assert metatrain.data.tags["upstream.prepare"] == prepare.info.run_id
+    assert augment.data.tags["upstream.metatrain"] == metatrain.info.run_id
+    assert train.data.tags["upstream.metatrain"] == metatrain.info.run_id
+    assert train.data.tags["upstream.augment"] == augment.info.run_id
     assert evaluate.data.tags["upstream.train"] == train.info.run_id
     assert evaluate.data.tags["upstream.prepare"] == prepare.info.run_id
     assert prepare.data.params["tasks.shots"] == "5"
     assert evaluate.data.metrics["arms.none.mean"] == pytest.approx(metrics["arms"]["none"]["mean"])
     children = by_stage[None]
-    assert len(children) == 2  # arms x splits
-    assert {c.data.tags["metaaug.arm"] for c in children} == {"none"}
+    assert len(children) == 3 * 2  # arms x splits
+    assert {c.data.tags["metaaug.arm"] for c in children} == {"none", "trivialaugment", "learned"}
     history = client.get_metric_history(children[0].info.run_id, "loss")
     assert len(history) == 4  # one point per epoch
     artifacts = {a.path for a in client.list_artifacts(prepare.info.run_id)}

@@ -1,0 +1,289 @@
+"""Meta-learning the augmentation policy across tasks (black-box, long horizon).
+
+The meta-objective is DESIGN §4's: a policy is good if learners trained *to the
+end of their schedule* on augmented support images score well on *clean* query
+images, averaged over tasks sampled from the meta-train classes. Short-horizon
+hypergradients and strength bonuses both optimise something else (measured:
+worse than no augmentation), so the policy is scored by real trainings:
+
+* **Search space** — the configured op space with TrivialAugment-Wide's maximum
+  ranges. A point is a weight logit and a magnitude cap per op *group*
+  (geometric, colour, histogram, cutout, identity): op weights are the group's
+  mass shared evenly inside it, each op's magnitude range is [0, cap]. The
+  initialisation is TrivialAugment-Wide's sampling rule (uniform over ops, full
+  ranges); groups keep the search low-dimensional enough for a handful of
+  scored trainings to move it.
+* **Scoring** — every candidate of a rung is trained on the *same* tasks and
+  initialisations (common random numbers), so candidates are compared by
+  paired differences, not by split luck.
+* **Methods** — `sh_random`: candidates around the initialisation, each boosting one group,
+  successive halving (most candidates train on few tasks, the survivors on
+  more). `cem`: the cross-entropy method, each generation scored the same way,
+  its mean moved to the elites. Both keep the initialisation in the race, so
+  the policy moves only where the evidence says it helps.
+
+Checkpoints: after every scored rung the full search state (candidates,
+scores, RNG states) is written atomically; a rerun resumes from it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from metaaug.errors import MetaaugError
+from metaaug.io import read_json, write_json
+from metaaug.ops import OP_NAMES
+from metaaug.policies import Policy, sample_apply
+from metaaug.training import TrainSettings, predict, train_learner
+
+GROUPS: dict[str, tuple[str, ...]] = {
+    "geometric": ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Scale"),
+    "colour": ("Brightness", "Color", "Contrast", "Sharpness"),
+    "histogram": ("Posterize", "Solarize", "AutoContrast", "Equalize"),
+    "cutout": ("Cutout",),
+    "identity": ("Identity",),
+}
+BOOST = 2.0  # logits added to one group per candidate (e^2 = 7x its mass)
+MAGNITUDE_FREE = {"Identity", "AutoContrast", "Equalize"}
+
+
+@dataclass(frozen=True)
+class Task:
+    """A few-shot task: augmented training happens on support, the score on clean query images."""
+
+    support_x: torch.Tensor
+    support_y: torch.Tensor
+    query_x: torch.Tensor
+    query_y: np.ndarray
+    n_classes: int
+    seed: int
+
+
+def op_groups(ops: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """The groups restricted to the configured ops (empty groups dropped)."""
+    unknown = [op for op in ops if op not in OP_NAMES]
+    if unknown:
+        raise MetaaugError(f"params.yaml: metatrain.ops names unknown op {unknown[0]!r}; expected ops from {list(OP_NAMES)}")
+    groups = {g: tuple(op for op in members if op in ops) for g, members in GROUPS.items()}
+    return {g: members for g, members in groups.items() if members}
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Maps a vector (logit per group, then magnitude cap per group) to a Policy."""
+
+    ops: tuple[str, ...]
+    groups: dict[str, tuple[str, ...]] = field(init=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "groups", op_groups(self.ops))
+
+    @property
+    def dim(self) -> int:
+        return 2 * len(self.groups)
+
+    def initial(self) -> np.ndarray:
+        """TrivialAugment-Wide's rule: every op equally likely (group mass ∝ size), full ranges."""
+        sizes = np.array([len(m) for m in self.groups.values()], dtype=float)
+        return np.concatenate([np.log(sizes), np.ones(len(sizes))])
+
+    def policy(self, theta: np.ndarray, name: str = "learned") -> Policy:
+        k = len(self.groups)
+        logits, caps = np.asarray(theta[:k], float), np.clip(np.asarray(theta[k:], float), 0.0, 1.0)
+        mass = np.exp(logits - logits.max())
+        mass /= mass.sum()
+        ops, weights, highs = [], [], []
+        for (group, members), m, cap in zip(self.groups.items(), mass, caps):
+            for op in members:
+                ops.append(op)
+                weights.append(float(m) / len(members))
+                highs.append(1.0 if op in MAGNITUDE_FREE else float(cap))
+        return Policy(name=name, ops=tuple(ops), weights=tuple(weights), prob=(1.0,) * len(ops),
+                      mag_low=(0.0,) * len(ops), mag_high=tuple(highs), layers=1)
+
+    def describe(self, theta: np.ndarray) -> dict[str, float]:
+        """Group masses and caps, for MLflow curves."""
+        k = len(self.groups)
+        mass = np.exp(theta[:k] - np.max(theta[:k]))
+        mass /= mass.sum()
+        out = {f"weight.{g}": float(m) for g, m in zip(self.groups, mass)}
+        out.update({f"cap.{g}": float(np.clip(c, 0, 1)) for g, c in zip(self.groups, theta[k:])})
+        return out
+
+
+def sample_tasks(images: np.ndarray, labels: np.ndarray, shots: int, ways: int, query_per_class: int,
+                 n_tasks: int, seed: int) -> list[Task]:
+    """`n_tasks` few-shot tasks from these images; task t is a pure function of (seed, t)."""
+    from metaaug.training import to_tensor
+
+    classes = np.unique(labels)
+    ways = min(ways, len(classes))
+    tasks = []
+    for t in range(n_tasks):
+        rng = np.random.default_rng([seed, t])
+        chosen = rng.choice(classes, ways, replace=False)
+        sup, qry = [], []
+        for c in chosen:
+            idx = rng.permutation(np.flatnonzero(labels == c))
+            if len(idx) < shots + 1:
+                raise MetaaugError(f"meta-train class {c} has {len(idx)} images; expected more than "
+                                   f"tasks.shots = {shots} for support plus query")
+            sup.append(idx[:shots])
+            qry.append(idx[shots:shots + query_per_class])
+        relabel = {c: i for i, c in enumerate(chosen)}
+        sup_i, qry_i = np.concatenate(sup), np.concatenate(qry)
+        tasks.append(Task(to_tensor(images[sup_i]), torch.tensor([relabel[c] for c in labels[sup_i]]),
+                          to_tensor(images[qry_i]), np.array([relabel[c] for c in labels[qry_i]]),
+                          ways, int(rng.integers(2**31))))
+    return tasks
+
+
+def score(policy: Policy | None, task: Task, settings: TrainSettings) -> float:
+    """Clean query accuracy of a learner trained on the task's support, augmented by `policy`."""
+    augment = None if policy is None else (lambda x, gen: sample_apply(policy, x, gen))
+    model, _ = train_learner(task.support_x, task.support_y, task.n_classes, settings, task.seed, augment)
+    return float(np.mean(predict(model, task.query_x) == task.query_y))
+
+
+@dataclass
+class SearchState:
+    """Everything a search needs to resume: written after every scored rung."""
+
+    method: str
+    rung: int = 0
+    generation: int = 0
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    candidates: list[list[float]] = field(default_factory=list)
+    scores: list[list[float]] = field(default_factory=list)  # per candidate, per task scored so far
+    history: list[dict] = field(default_factory=list)  # one entry per rung: the curve MLflow shows
+    best: list[float] | None = None
+    trainings: int = 0
+    seconds: float = 0.0
+
+    def save(self, path: Path) -> None:
+        write_json(path, self.__dict__)
+
+    @classmethod
+    def load(cls, path: Path) -> "SearchState":
+        return cls(**read_json(path))
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    method: str = "sh_random"
+    candidates: int = 8
+    rungs: int = 3
+    tasks_first_rung: int = 2
+    generations: int = 2
+    elite_fraction: float = 0.25
+    init_std: float = 0.6
+    proxy_epochs: int = 50
+    seed: int = 0
+
+
+def successive_halving(space: SearchSpace, thetas: list[np.ndarray], tasks: list[Task], cfg: SearchConfig,
+                       settings: TrainSettings, state: SearchState, checkpoint: Callable[[], None],
+                       log: Callable[[dict], None]) -> tuple[list[np.ndarray], list[float]]:
+    """Score candidates on the same tasks, keep the better half, double the tasks; returns survivors ranked."""
+    if not state.candidates:
+        state.candidates = [list(map(float, t)) for t in thetas]
+        state.scores = [[] for _ in thetas]
+    alive = list(range(len(state.candidates)))
+    n_tasks = cfg.tasks_first_rung
+    for rung in range(cfg.rungs):
+        used = min(n_tasks, len(tasks))
+        for i in alive:
+            for t in range(len(state.scores[i]), used):
+                start = time.perf_counter()
+                state.scores[i].append(score(space.policy(np.array(state.candidates[i])), tasks[t], settings))
+                state.seconds += time.perf_counter() - start
+                state.trainings += 1
+        ranked = sorted(alive, key=lambda i: -np.mean(state.scores[i][:used]))
+        if rung >= state.rung:
+            best = ranked[0]
+            entry = {"rung": len(state.history), "best_score": float(np.mean(state.scores[best][:used])),
+                     "trainings": state.trainings, **space.describe(np.array(state.candidates[best]))}
+            state.history.append(entry)
+            state.rung = rung + 1
+            log(entry)
+            checkpoint()
+        if rung < cfg.rungs - 1:
+            alive = ranked[:max(1, math.ceil(len(ranked) / 2))]
+            n_tasks *= 2
+    return [np.array(state.candidates[i]) for i in ranked], [float(np.mean(state.scores[i][:used])) for i in ranked]
+
+
+def search(space: SearchSpace, tasks: list[Task], cfg: SearchConfig, settings: TrainSettings,
+           checkpoint_path: Path, log: Callable[[dict], None] = lambda entry: None) -> SearchState:
+    """Run (or resume) the configured search; `state.best` is the chosen policy vector."""
+    settings = TrainSettings(**{**settings.__dict__, "epochs": cfg.proxy_epochs})
+    state = SearchState.load(checkpoint_path) if checkpoint_path.exists() else SearchState(cfg.method)
+    if state.method != cfg.method:
+        raise MetaaugError(f"{checkpoint_path}: checkpoint of method {state.method!r}, params ask for "
+                           f"{cfg.method!r}; expected the same method (delete the checkpoint to restart)")
+    init = space.initial()
+    generations = cfg.generations if cfg.method == "cem" else 1
+    if state.mean is None:
+        state.mean, state.std = list(init), [cfg.init_std] * space.dim
+    while state.generation < generations:
+        gen_seed = [cfg.seed, state.generation]
+        rng = np.random.default_rng(gen_seed)
+        mean, std = np.array(state.mean), np.array(state.std)
+        thetas = [mean] + [explore(mean, std, c, space, rng) for c in range(cfg.candidates - 1)]
+        if state.generation > 0:
+            thetas[1] = init  # the initialisation stays in the race
+        gen_tasks = tasks_for_generation(tasks, state.generation, cfg)
+        ranked, scores = successive_halving(space, thetas, gen_tasks, cfg, settings, state,
+                                            lambda: state.save(checkpoint_path), log)
+        state.best = list(map(float, ranked[0]))
+        if cfg.method == "cem":
+            n_elite = max(2, int(round(cfg.elite_fraction * cfg.candidates)))
+            elites = np.array([state.candidates[i] for i in np.argsort(
+                [-np.mean(s) if s else np.inf for s in state.scores])[:n_elite]])
+            state.mean = list(map(float, elites.mean(0)))
+            state.std = list(map(float, np.maximum(elites.std(0), 0.1)))
+        state.generation += 1
+        state.rung, state.candidates, state.scores = 0, [], []
+        state.save(checkpoint_path)
+    return state
+
+
+def explore(mean: np.ndarray, std: np.ndarray, c: int, space: SearchSpace, rng: np.random.Generator) -> np.ndarray:
+    """Candidate c: a random step around `mean` that also boosts group c mod G by two logits.
+
+    Isotropic noise alone rarely puts most mass on one group within a handful of
+    candidates; cycling a boost through the groups makes every direction (more
+    geometry, more colour, more identity, ...) part of each bracket.
+    """
+    theta = mean + std * rng.standard_normal(space.dim)
+    theta[c % len(space.groups)] += BOOST
+    return theta
+
+
+def tasks_for_generation(tasks: list[Task], generation: int, cfg: SearchConfig) -> list[Task]:
+    """Fresh tasks for each CEM generation (so elites are not fitted to one task sample)."""
+    per_generation = cfg.tasks_first_rung * 2 ** (cfg.rungs - 1)
+    start = (generation * per_generation) % max(1, len(tasks) - per_generation + 1)
+    return tasks[start:start + per_generation]
+
+
+def tasks_needed(cfg: SearchConfig) -> int:
+    per_generation = cfg.tasks_first_rung * 2 ** (cfg.rungs - 1)
+    return per_generation * (cfg.generations if cfg.method == "cem" else 1)
+
+
+def policy_summary(policy: Policy) -> str:
+    """One line: the heaviest ops with their weight and magnitude cap."""
+    order = np.argsort(policy.weights)[::-1]
+    return ", ".join(f"{policy.ops[i]} {100 * policy.weights[i]:.0f}% ≤{policy.mag_high[i]:.2f}" for i in order[:6])
+
+

@@ -1,0 +1,8 @@
+"""DVC stage `augment`: a thin entry point; dvc.yaml names its inputs and outputs."""
+
+import sys
+
+from metaaug.cli import main
+
+if __name__ == "__main__":
+    main(["augment", *sys.argv[1:]])

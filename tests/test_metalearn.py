@@ -1,0 +1,122 @@
+"""Meta-learning: the objective ranks policies sensibly, the search finds a known answer, it resumes."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import tiny_params
+from metaaug.data import load_source
+from metaaug.metalearn import SearchConfig, SearchSpace, Task, sample_tasks, score, search
+from metaaug.ops import OP_NAMES, apply_ops
+from metaaug.policies import Policy
+from metaaug.training import TrainSettings, to_tensor
+
+SETTINGS = TrainSettings(epochs=40)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    ds = load_source("digits")
+    keep = ds.labels < 5
+    return ds.images[keep], ds.labels[keep]
+
+
+def one_op(name: str, magnitude: float) -> Policy:
+    return Policy(name=name, ops=(name,), weights=(1.0,), prob=(1.0,), mag_low=(magnitude,), mag_high=(magnitude,))
+
+
+def test_space_initialisation_is_trivialaugment_rule():
+    space = SearchSpace(OP_NAMES)
+    policy = space.policy(space.initial())
+    assert np.allclose(policy.weights, 1 / len(OP_NAMES))
+    assert all(h == 1.0 for h in policy.mag_high) and all(lo == 0.0 for lo in policy.mag_low)
+
+
+def test_user_op_space_is_respected():
+    space = SearchSpace(("Identity", "Rotate", "TranslateX", "Brightness"))
+    assert set(space.policy(space.initial()).ops) == {"Identity", "Rotate", "TranslateX", "Brightness"}
+
+
+def test_destructive_policy_scores_below_no_augmentation(digits):
+    """Solarize at full strength inverts dark-background digits: the meta-objective must punish it."""
+    tasks = sample_tasks(*digits, shots=5, ways=5, query_per_class=30, n_tasks=3, seed=0)
+    clean = np.mean([score(None, t, SETTINGS) for t in tasks])
+    for destroyer in (one_op("Solarize", 1.0), one_op("Equalize", 1.0)):
+        destroyed = np.mean([score(destroyer, t, SETTINGS) for t in tasks])
+        if destroyer.ops == ("Solarize",):
+            assert destroyed < clean - 0.2, (destroyed, clean)
+        else:
+            assert destroyed <= clean + 0.02, (destroyed, clean)
+
+
+def shifted_query_tasks(digits, n_tasks: int) -> list[Task]:
+    """Tasks whose query images are rotated and shifted: geometric augmentation is the known answer."""
+    tasks = sample_tasks(*digits, shots=5, ways=5, query_per_class=30, n_tasks=n_tasks, seed=1)
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for t in tasks:
+        q = t.query_x
+        n = len(q)
+        rot = apply_ops(q, torch.full((n,), OP_NAMES.index("Rotate")), torch.rand(n, generator=gen) * 0.3,
+                        torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0), gen)
+        shifted = apply_ops(rot, torch.full((n,), OP_NAMES.index("TranslateX")), torch.full((n,), 0.13),
+                            torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0), gen)
+        out.append(Task(t.support_x, t.support_y, shifted, t.query_y, t.n_classes, t.seed))
+    return out
+
+
+def test_search_learns_geometry_when_queries_are_rotated_and_shifted(digits, tmp_path):
+    space = SearchSpace(OP_NAMES)
+    cfg = SearchConfig(method="sh_random", candidates=8, rungs=2, tasks_first_rung=2, proxy_epochs=40, init_std=1.0)
+    state = search(space, shifted_query_tasks(digits, 4), cfg, SETTINGS, tmp_path / "ckpt.json")
+    policy = space.policy(np.array(state.best))
+    weight = dict(zip(policy.ops, policy.weights))
+    geometric = np.mean([weight[op] for op in ("Rotate", "TranslateX", "TranslateY")])
+    colour = np.mean([weight[op] for op in ("Brightness", "Color", "Contrast", "Sharpness")])
+    assert geometric > 1.5 * colour, (geometric, colour)
+    assert state.trainings == 8 * 2 + 4 * 2
+    assert len(state.history) == 2
+
+
+def test_cem_runs_generations_and_keeps_initialisation_in_the_race(digits, tmp_path):
+    tasks = sample_tasks(*digits, shots=3, ways=3, query_per_class=5, n_tasks=4, seed=0)
+    cfg = SearchConfig(method="cem", candidates=4, rungs=1, tasks_first_rung=2, generations=2, proxy_epochs=2)
+    state = search(SearchSpace(OP_NAMES), tasks, cfg, TrainSettings(epochs=2), tmp_path / "ckpt.json")
+    assert state.generation == 2 and state.trainings == 2 * 4 * 2
+    assert len(state.best) == SearchSpace(OP_NAMES).dim
+
+
+@pytest.mark.slow
+def test_metatrain_resumes_after_being_killed(tmp_path):
+    """SIGKILL metatrain after its first checkpoint; the rerun resumes and ends as an uninterrupted run does."""
+    params = tiny_params(**{"metatrain.candidates": 4, "metatrain.rungs": 3, "metatrain.proxy_epochs": 30,
+                            "metatrain.tasks_first_rung": 2})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    cmd = [sys.executable, "-m", "metaaug"]
+    subprocess.run([*cmd, "prepare"], cwd=tmp_path, check=True, capture_output=True)
+    proc = subprocess.Popen([*cmd, "metatrain"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    checkpoints = []
+    while time.time() < deadline and not checkpoints:
+        checkpoints = list((tmp_path / "models").glob(".policy.checkpoint-*.json")) if (tmp_path / "models").exists() else []
+        time.sleep(0.05)
+    assert checkpoints, "metatrain wrote no checkpoint"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "models/policy").exists()  # nothing half-written
+    partial = yaml.safe_load(checkpoints[0].read_text())
+    assert 0 < partial["rung"] < 3
+    resumed = subprocess.run([*cmd, "metatrain"], cwd=tmp_path, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    search_log = yaml.safe_load((tmp_path / "models/policy/search.json").read_text())
+    # 4 candidates x 2 tasks, then 2 x 2 more tasks, then 1 x 4 more: none lost, none repeated
+    assert search_log["trainings"] == 4 * 2 + 2 * 2 + 1 * 4
+    assert [h["rung"] for h in search_log["history"]] == [0, 1, 2]
+    assert not list((tmp_path / "models").glob(".policy.checkpoint-*.json"))
