@@ -228,3 +228,15 @@ def test_no_grad_path_has_no_graph():
     k = torch.arange(6) + 9  # Sharpness, Posterize, Solarize, AutoContrast, Equalize, Cutout
     out = apply_ops(x, k, torch.full((6,), 0.5), torch.ones(6), torch.Generator().manual_seed(0))
     assert not out.requires_grad
+
+
+def test_gradients_flow_through_a_mixed_batch():
+    names = ["Rotate", "Posterize", "Brightness", "Cutout", "Identity", "Sharpness"]
+    x = to_torch(RGB[:6]).requires_grad_()
+    k = torch.tensor([OP_NAMES.index(n) for n in names])
+    m = torch.full((6,), 0.6, requires_grad=True)
+    out = apply_ops(x, k, m, torch.ones(6), torch.Generator().manual_seed(0))
+    gx, gm = torch.autograd.grad(out.sum(), (x, m))
+    assert torch.isfinite(gx).all() and (gx.flatten(1).abs().sum(1) > 0).all()
+    assert torch.isfinite(gm).all()
+    assert [bool(g != 0) for g in gm] == [n != "Identity" for n in names]
