@@ -69,7 +69,7 @@ def albumentations_run(policy, images: np.ndarray):
 
     def run():
         for image in images:
-            pipeline(image=image.copy())  # copy: Albumentations' Equalize writes grey inputs in place
+            pipeline(image=image)
 
     return run
 

@@ -346,22 +346,24 @@ def _autocontrast(images, values=None, generator=None):
 
 
 def _equalize(images, values=None, generator=None):
-    """Per-channel histogram equalisation, Albumentations ``Equalize(mode="pil")``'s LUT.
+    """Per-channel histogram equalisation: ``cv2.equalizeHist``, i.e. Albumentations
+    ``Equalize(mode="cv")`` (its "pil" mode overwrites (H, W, 1) uint8 inputs in place).
 
-    On the uint8 histogram h: identity if fewer than two levels occur or if
-    step = (sum(h) - h[highest level present]) // 255 is 0; else
-    lut = min((cumsum(h) + step // 2) // step, 255).
+    On the uint8 histogram h with lowest level present i0: lut[i] =
+    round((cumsum(h)[i] - h[i0]) * (255 / (sum(h) - h[i0]))) in float32, as OpenCV;
+    a constant channel is left unchanged.
     """
     n, c, hgt, wid = images.shape
     q = _levels(images).detach().long().reshape(n * c, hgt * wid)
     hist = torch.zeros(n * c, 256, dtype=torch.long, device=images.device)
     hist.scatter_add_(1, q, torch.ones_like(q))
-    present = hist > 0
-    top = 255 - present.flip(1).long().argmax(1, keepdim=True)
-    step = (hgt * wid - hist.gather(1, top)) // 255
-    lut = ((hist.cumsum(1) + step // 2) // step.clamp_min(1)).clamp_max(255)
-    valid = ((present.sum(1, keepdim=True) > 1) & (step > 0)).view(n, c, 1, 1)
-    hard = torch.where(valid, lut.gather(1, q).view(n, c, hgt, wid).to(images.dtype) / 255.0, images)
+    lowest = hist.gather(1, (hist > 0).long().argmax(1, keepdim=True))
+    rest = hgt * wid - lowest
+    # float32 division as OpenCV's (255.f / n); `255.0 / t` would multiply by a rounded reciprocal.
+    scale = torch.full(rest.shape, 255.0, device=images.device) / rest.clamp_min(1).float()
+    lut = torch.round((hist.cumsum(1) - lowest).float() * scale).clamp(0, 255)
+    equalised = lut.gather(1, q).view(n, c, hgt, wid).to(images.dtype) / 255.0
+    hard = torch.where((rest > 0).view(n, c, 1, 1), equalised, images)
     return _straight_through(images, hard.detach())
 
 
@@ -425,8 +427,9 @@ OPS: dict[str, Op] = {op.name: op for op in [
     Op("Solarize", 1.0, False, False, _solarize, _solarize_twin),
     Op("AutoContrast", 0.0, False, False, _autocontrast,
        _no_value(lambda: A.AutoContrast(cutoff=0, method="pil", p=1.0))),
+    # OpenCV's equalisation (Albumentations' default mode; its "pil" mode is not PIL's either).
     Op("Equalize", 0.0, False, False, _equalize,
-       _no_value(lambda: A.Equalize(mode="pil", by_channels=True, p=1.0))),
+       _no_value(lambda: A.Equalize(mode="cv", by_channels=True, p=1.0))),
     # Square side up to 0.5 of the image: DeVries & Taylor 2017 (16 px on 32 px CIFAR-10).
     Op("Cutout", 0.5, False, False, _cutout, _cutout_twin),
     # Zoom factor 1 +- v, v up to 0.25 (metaaug's, for the handcrafted policy; not in TA).

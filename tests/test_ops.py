@@ -67,8 +67,7 @@ def torch_apply(images_nhwc, name, magnitude, sign=1.0, generator=None):
 def albumentations_apply(images_nhwc, name, magnitude, sign=1.0):
     value = op_value(name, magnitude, sign)
     transform = OPS[name].albumentations_fn(value, value)
-    # Copies: Albumentations' Equalize modifies a grey uint8 input in place.
-    return np.stack([transform(image=im.copy())["image"].reshape(im.shape) for im in images_nhwc])
+    return np.stack([transform(image=im)["image"].reshape(im.shape) for im in images_nhwc])
 
 
 def parity_cases():
@@ -112,6 +111,26 @@ def test_cutout_matches_albumentations_hole(magnitude):
     real = to_levels(torch_apply(GRAY[:1], "Cutout", magnitude, generator=torch.Generator().manual_seed(0)))
     np.testing.assert_array_equal(real[0, ..., 0][ours], 0)
     np.testing.assert_allclose(real[0, ..., 0][~ours], GRAY[0, ..., 0][~ours], atol=1e-3)
+
+
+def test_equalize_edge_cases_match_opencv():
+    # A constant channel is left alone; a two-level channel maps to 0 and 255; a digit whose
+    # channels differ is equalised per channel -- all exactly as cv2.equalizeHist.
+    constant = np.full((1, 8, 8, 1), 77, np.uint8)
+    two_level = np.where(DIGITS[:1, ..., None] > 100, 200, 17).astype(np.uint8)
+    mixed = np.concatenate([DIGITS[:1, ..., None], constant, two_level], -1)
+    for images in (constant, two_level, mixed):
+        ours = to_levels(torch_apply(images, "Equalize", 0.0))
+        np.testing.assert_array_equal(ours.round(), albumentations_apply(images, "Equalize", 0.0))
+        np.testing.assert_allclose(ours, ours.round(), atol=1e-3)
+
+
+def test_albumentations_twins_leave_the_input_untouched():
+    for images in (GRAY, RGB):
+        for name in OP_NAMES:
+            before = images.copy()
+            albumentations_apply(images, name, 0.7)
+            assert np.array_equal(images, before), name
 
 
 def test_cutout_position_comes_from_generator():
