@@ -9,15 +9,19 @@ Conventions
 -----------
 * Images are float (N, C, H, W) in [0, 1], C in {1, 3}, on any device.
 * A magnitude m in [0, 1] maps linearly to the op *value* ``m * max_value``; signed ops
-  multiply it by a sign of +-1. Magnitude 0 is the identity for every op except Solarize,
-  which (exactly as torchvision's TrivialAugment-Wide bin 0: threshold 255 with ``>=``)
-  inverts pure white even at magnitude 0.
+  multiply it by a sign of +-1. Magnitude 0 is the identity for every op that has a value
+  except Solarize, which (exactly as torchvision's TrivialAugment-Wide bin 0: threshold
+  255 with ``>=``) inverts pure white even at magnitude 0. Identity, AutoContrast and
+  Equalize ignore the magnitude (max_value 0).
 * Geometry is a forward pixel-space affine map about the image centre ((W-1)/2, (H-1)/2),
   bilinear sampling, fill 0 outside the image -- Albumentations ``Affine``'s matrix,
   ``cv2.INTER_LINEAR`` and ``BORDER_CONSTANT`` fill 0. Translations are whole pixels,
   ``trunc(value * side)``, because ``Affine(translate_percent=...)`` truncates with int().
 * Cutout fills with 0 (black), the same fill as the geometric ops' out-of-image area,
   so on dark-background data (the digits) it occludes part of the object.
+* Colour ops are torchvision's blends (Albumentations ``ColorJitter`` ports them);
+  Color is the identity on grey images; Equalize is OpenCV's ``equalizeHist`` per
+  channel (Albumentations' default mode).
 
 Ranges follow TrivialAugment-Wide (Mueller & Hutter 2021, "TrivialAugment: Tuning-free
 Yet State-of-the-Art Data Augmentation", Table 1 "Wide"; torchvision
@@ -36,7 +40,7 @@ op is piecewise constant; there (Posterize, Solarize, Equalize, AutoContrast, th
 Cutout, the integer rounding of translations) a straight-through estimator is used (see
 :func:`_straight_through`). kornia 0.9 no longer ships one, and its ``warp_affine``
 costs ~0.3 ms of overhead per call (measured, 25 images of 8x8), more than the warp
-itself, so the warp is written directly with ``affine_grid``/``grid_sample``; the colour
+itself, so the warp is ``grid_sample`` on a cached base grid (see :func:`_warp`); the colour
 ops are one-line formulas whose kornia counterparts use different definitions (kornia's
 ``adjust_brightness`` adds, ``adjust_contrast`` does not subtract the mean,
 ``adjust_saturation`` works in HSV, ``sharpness`` keeps the border pixels) from
@@ -460,6 +464,7 @@ def apply_ops(images, op_index, magnitude, sign, generator=None):
         return images
     max_value, signed = _op_constants(images.device, magnitude.dtype)
     values = magnitude * max_value[op_index] * torch.where(signed[op_index], sign.to(magnitude.dtype), 1.0)
+    values = values.to(images.dtype)  # ops compute in the images' dtype
     if len(present) == 1:  # one op for the whole batch: no regrouping
         return _apply_one(present[0], images, values, generator)
     order = torch.argsort(op_index, stable=True)
