@@ -87,5 +87,17 @@ def evaluate_cmd(params: Path = PARAMS, prepared: Path = PREPARED, downstream: P
     evaluate_stage(load_params(params), prepared, downstream, metrics, plots, policy)
 
 
+@app.command("results")
+@one_line_errors
+def results_cmd(metrics: Path = typer.Option(Path("metrics.json"))):
+    """Print the results table (markdown) from the latest evaluate output."""
+    from metaaug.io import read_json
+    from metaaug.pipeline import results_markdown
+
+    if not metrics.is_file():
+        raise MetaaugError(f"{metrics}: not found; expected the output of `dvc repro` (evaluate stage)")
+    typer.echo(results_markdown(read_json(metrics)))
+
+
 def main(argv: list[str] | None = None) -> None:
     app(args=sys.argv[1:] if argv is None else argv, prog_name="metaaug")

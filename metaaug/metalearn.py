@@ -20,7 +20,9 @@ worse than no augmentation), so the policy is scored by real trainings:
   successive halving (most candidates train on few tasks, the survivors on
   more). `cem`: the cross-entropy method, each generation scored the same way,
   its mean moved to the elites. Both keep the initialisation in the race, so
-  the policy moves only where the evidence says it helps.
+  the policy moves only where the evidence says it helps: the incumbent is
+  scored on every task the winner is, and is replaced only when the paired
+  difference exceeds `accept_z` standard errors.
 
 Checkpoints: after every scored rung the full search state (candidates,
 scores, RNG states) is written atomically; a rerun resumes from it.
@@ -51,6 +53,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "cutout": ("Cutout",),
     "identity": ("Identity",),
 }
+INCUMBENT = 0  # candidate 0 is the current policy (the initialisation, or CEM's mean)
 BOOST = 2.0  # logits added to one group per candidate (e^2 = 7x its mass)
 MAGNITUDE_FREE = {"Identity", "AutoContrast", "Equalize"}
 
@@ -180,13 +183,14 @@ class SearchState:
 @dataclass(frozen=True)
 class SearchConfig:
     method: str = "sh_random"
-    candidates: int = 8
+    candidates: int = 6
     rungs: int = 3
     tasks_first_rung: int = 2
     generations: int = 2
     elite_fraction: float = 0.25
     init_std: float = 0.6
-    proxy_epochs: int = 50
+    proxy_epochs: int = 40
+    accept_z: float = 1.0
     seed: int = 0
 
 
@@ -218,8 +222,24 @@ def successive_halving(space: SearchSpace, thetas: list[np.ndarray], tasks: list
             checkpoint()
         if rung < cfg.rungs - 1:
             alive = ranked[:max(1, math.ceil(len(ranked) / 2))]
+            alive += [] if INCUMBENT in alive else [INCUMBENT]
             n_tasks *= 2
+    if ranked[0] != INCUMBENT and not clearly_better(state.scores[ranked[0]][:used], state.scores[INCUMBENT][:used],
+                                                     cfg.accept_z):
+        ranked.remove(INCUMBENT)
+        ranked.insert(0, INCUMBENT)
     return [np.array(state.candidates[i]) for i in ranked], [float(np.mean(state.scores[i][:used])) for i in ranked]
+
+
+def clearly_better(challenger: list[float], incumbent: list[float], z: float) -> bool:
+    """Does the challenger beat the incumbent on the same tasks by more than `z` standard errors?
+
+    The best of several noisy scores is biased upward (the winner's curse); without
+    this test the search drifts to whatever got lucky on a few tasks.
+    """
+    d = np.asarray(challenger) - np.asarray(incumbent)
+    se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else 0.0
+    return bool(d.mean() > 0 and d.mean() > z * se)
 
 
 def search(space: SearchSpace, tasks: list[Task], cfg: SearchConfig, settings: TrainSettings,

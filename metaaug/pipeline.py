@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -155,6 +156,7 @@ def evaluate_stage(params: dict, prepared_dir: Path, downstream_dir: Path, metri
         metrics = compare(accuracy)
         run_seconds = [r["seconds"] for runs in results["arms"].values() for r in runs]
         metrics["downstream_run_seconds"] = float(np.median(run_seconds))
+        metrics["machine"] = machine_description()
         if policy_dir is not None and (policy_dir / "search.json").exists():
             search = read_json(policy_dir / "search.json")
             metrics["search_cost"] = search["seconds"] / metrics["downstream_run_seconds"]
@@ -172,6 +174,35 @@ def evaluate_stage(params: dict, prepared_dir: Path, downstream_dir: Path, metri
             print(f"evaluate: {pair:28s} {d['mean']:+.2f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]")
         print(f"evaluate: mlflow run {run.info.run_id}")
     return metrics
+
+
+def machine_description() -> str:
+    """Where the timings were taken: CPU model and count, or the GPU."""
+    import platform
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (CUDA), torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
+
+
+def results_markdown(metrics: dict) -> str:
+    """The README's results section, generated from metrics.json (`metaaug results`)."""
+    lines = ["| arm | test accuracy (mean ± std over splits) |", "|---|---|"]
+    lines += [f"| {arm} | {s['mean']:.2f} ± {s['std']:.2f} (n={s['n']}) |" for arm, s in metrics["arms"].items()]
+    lines += ["", "| paired difference | mean (points) | bootstrap 95 % CI | wins/losses |", "|---|---|---|---|"]
+    lines += [f"| {pair} | {d['mean']:+.2f} | [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}] | {d['wins']}/{d['losses']} |"
+              for pair, d in metrics["paired"].items()]
+    lines.append("")
+    if "search_cost" in metrics:
+        lines.append(f"Search cost: metatrain took {metrics['search_cost']:.1f}× one downstream training run "
+                     f"({metrics['downstream_run_seconds']:.2f} s).")
+    lines.append(f"Measured on: {metrics.get('machine', 'unknown machine')}.")
+    return "\n".join(lines)
 
 
 def flat_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
