@@ -30,7 +30,6 @@ scores, RNG states) is written atomically; a rerun resumes from it.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
