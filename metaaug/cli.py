@@ -80,11 +80,12 @@ def train_cmd(params: Path = PARAMS, prepared: Path = PREPARED, policy: Path = P
 @one_line_errors
 def evaluate_cmd(params: Path = PARAMS, prepared: Path = PREPARED, downstream: Path = DOWNSTREAM,
                  policy: Path = POLICY, metrics: Path = typer.Option(Path("metrics.json")),
-                 plots: Path = typer.Option(Path("plots"))):
-    """Test accuracy per arm, paired differences with bootstrap CIs, DVC plots."""
+                 plots: Path = typer.Option(Path("plots")),
+                 reports: Path = typer.Option(Path("reports"), help="Where report.md and its PNGs go.")):
+    """Test accuracy per arm, paired differences with bootstrap CIs, DVC plots, the report."""
     from metaaug.pipeline import evaluate_stage
 
-    evaluate_stage(load_params(params), prepared, downstream, metrics, plots, policy)
+    evaluate_stage(load_params(params), prepared, downstream, metrics, plots, policy, reports)
 
 
 @app.command("results")

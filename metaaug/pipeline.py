@@ -22,6 +22,7 @@ from metaaug import tracking
 from metaaug.errors import MetaaugError
 from metaaug.io import atomic_dir, read_json, write_json
 from metaaug.models import build_model
+from metaaug.progress import progress
 from metaaug.stats import paired_difference, summarise
 from metaaug.tasks import load_prepared, prepare
 from metaaug.training import Augment, TrainSettings, pick_device, predict, to_tensor, train_learner
@@ -93,7 +94,8 @@ def train_stage(params: dict, prepared_dir: Path, out: Path, policy_dir: Path | 
             for arm in params["train"]["arms"]:
                 augmenter = arm_augmenter(arm, channels, learned_source, policy_dir, augmented_dir)
                 states, runs = [], []
-                for i, split in enumerate(prepared.manifest["splits"]):
+                splits = prepared.manifest["splits"]
+                for i, split in progress(enumerate(splits), desc=f"train {arm}", total=len(splits)):
                     support = np.asarray(split["support"])
                     start = time.perf_counter()
                     model, curves = train_learner(x_all[support], y_all[support], n_classes, settings, split["seed"],
@@ -101,7 +103,8 @@ def train_stage(params: dict, prepared_dir: Path, out: Path, policy_dir: Path | 
                     seconds = time.perf_counter() - start
                     states.append({k: v.cpu() for k, v in model.state_dict().items()})
                     runs.append({"split": i, "seconds": seconds, "curves": curves})
-                    tracking.log_child_run(run.info.run_id, f"{arm}/split{i}", {"arm": arm, "split": i},
+                    tracking.log_child_run(run.info.run_id, f"{arm}/split{i}",
+                                           {"arm": arm, "split": i, "seed": split["seed"]},
                                            {"metaaug.arm": arm, "metaaug.split": str(i),
                                             "metaaug.train_run": run.info.run_id},
                                            curves, {"seconds": seconds, "final_loss": curves["loss"][-1]})
@@ -144,8 +147,10 @@ def compare(accuracy: dict[str, np.ndarray]) -> dict:
 
 
 def evaluate_stage(params: dict, prepared_dir: Path, downstream_dir: Path, metrics_path: Path, plots_dir: Path,
-                   policy_dir: Path | None = None) -> dict:
+                   policy_dir: Path | None = None, reports_dir: Path | None = None) -> dict:
+    """Test accuracy per arm and paired differences -> metrics.json, DVC plots and (optionally) the report."""
     from metaaug.plots import write_dvc_plots
+    from metaaug.report import write_report
 
     prepared = load_prepared(prepared_dir)
     results = read_json(downstream_dir / "results.json")
@@ -157,9 +162,13 @@ def evaluate_stage(params: dict, prepared_dir: Path, downstream_dir: Path, metri
         run_seconds = [r["seconds"] for runs in results["arms"].values() for r in runs]
         metrics["downstream_run_seconds"] = float(np.median(run_seconds))
         metrics["machine"] = machine_description()
+        search = None
         if policy_dir is not None and (policy_dir / "search.json").exists():
             search = read_json(policy_dir / "search.json")
             metrics["search_cost"] = search["seconds"] / metrics["downstream_run_seconds"]
+        if reports_dir is not None:  # first: it reads the policy, so bad input stops before any output is replaced
+            with atomic_dir(reports_dir) as tmp:
+                write_report(tmp, metrics, accuracy, results, confusion, prepared, policy_dir, search)
         with atomic_dir(plots_dir) as tmp:
             write_dvc_plots(tmp, accuracy, results, confusion, prepared.manifest["target"]["classes"])
         write_json(metrics_path, metrics)
@@ -168,6 +177,9 @@ def evaluate_stage(params: dict, prepared_dir: Path, downstream_dir: Path, metri
         mlflow.log_metrics(flat_metrics(metrics))
         mlflow.log_artifact(str(metrics_path))
         mlflow.log_artifacts(str(plots_dir), "plots")
+        if reports_dir is not None:
+            mlflow.log_artifacts(str(reports_dir), "report")
+        tracking.describe_evaluate_run(run)
         for arm, s in metrics["arms"].items():
             print(f"evaluate: {arm:15s} {s['mean']:.2f} ± {s['std']:.2f} (n={s['n']})")
         for pair, d in metrics["paired"].items():
@@ -192,16 +204,21 @@ def machine_description() -> str:
 
 def results_markdown(metrics: dict) -> str:
     """The README's results section, generated from metrics.json (`metaaug results`)."""
+    lines = [accuracy_tables(metrics), ""]
+    if "search_cost" in metrics:
+        lines.append(f"Search cost: metatrain took {metrics['search_cost']:.1f}× one downstream training run "
+                     f"({metrics['downstream_run_seconds']:.2f} s).")
+    lines.append(f"Measured on: {metrics.get('machine', 'unknown machine')}.")
+    return "\n".join(lines)
+
+
+def accuracy_tables(metrics: dict) -> str:
+    """Markdown: accuracy per arm, then the paired differences with their bootstrap CIs."""
     lines = ["| arm | test accuracy (mean ± std over splits) |", "|---|---|"]
     lines += [f"| {arm} | {s['mean']:.2f} ± {s['std']:.2f} (n={s['n']}) |" for arm, s in metrics["arms"].items()]
     lines += ["", "| paired difference | mean (points) | bootstrap 95 % CI | wins/losses |", "|---|---|---|---|"]
     lines += [f"| {pair} | {d['mean']:+.2f} | [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}] | {d['wins']}/{d['losses']} |"
               for pair, d in metrics["paired"].items()]
-    lines.append("")
-    if "search_cost" in metrics:
-        lines.append(f"Search cost: metatrain took {metrics['search_cost']:.1f}× one downstream training run "
-                     f"({metrics['downstream_run_seconds']:.2f} s).")
-    lines.append(f"Measured on: {metrics.get('machine', 'unknown machine')}.")
     return "\n".join(lines)
 
 
@@ -293,7 +310,8 @@ def augment_stage(params: dict, prepared_dir: Path, policy_dir: Path, out: Path)
         x = to_tensor(np.asarray(prepared.target_images)[pool]).to(device)
         gen = torch.Generator(device=device).manual_seed(params["seed"])
         start = time.perf_counter()
-        bank = torch.stack([sample_apply(policy, x, gen).clamp_(0, 1) for _ in range(copies)])
+        bank = torch.stack([sample_apply(policy, x, gen).clamp_(0, 1)
+                            for _ in progress(range(copies), desc="augment copies")])
         seconds = time.perf_counter() - start
         images = (bank * 255).round_().to(torch.uint8).permute(0, 1, 3, 4, 2).cpu().numpy()
         with atomic_dir(out) as tmp:

@@ -25,6 +25,7 @@ from metaaug.errors import MetaaugError
 DEFAULT_URI = "sqlite:///mlflow.db"
 STAGE_TAG = "metaaug.stage"
 DIGEST_TAG = "metaaug.output_digest"
+PIPELINE_TAG = "metaaug.pipeline"  # one pipeline execution: see pipeline_id
 
 
 def tracking_uri() -> str:
@@ -68,16 +69,34 @@ def dir_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def git(*args: str) -> str:
+    """Output of a git command in the working directory; empty when it fails (e.g. not a repository)."""
+    out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=30)
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
 def git_info() -> dict[str, str]:
     """The commit of the working directory and whether it has uncommitted changes."""
-
-    def git(*args: str) -> str:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=30)
-        return out.stdout.strip() if out.returncode == 0 else ""
-
     commit = git("rev-parse", "HEAD") or "none"
     dirty = "true" if git("status", "--porcelain", "--untracked-files=no") else "false"
     return {"git.commit": commit, "git.dirty": dirty}
+
+
+def pipeline_id(commit: str) -> str:
+    """Names one pipeline execution: the code and configuration every stage of one `dvc repro` runs with.
+
+    Hash of the git commit and the uncommitted changes to what defines the pipeline
+    (params.yaml, dvc.yaml, Python sources): the stages of one `dvc repro` (or one
+    `dvc exp run -S ...` experiment) share it, and a change of params or code gives a new
+    one. Files the stages themselves rewrite (dvc.lock, metrics.json, plots) are left
+    out, so the id does not change half-way through a run. A forced re-run of the same
+    code and params shares its id with the first run (tell them apart by start time);
+    set METAAUG_PIPELINE to name executions yourself (e.g. a CI job id).
+    """
+    if os.environ.get("METAAUG_PIPELINE"):
+        return os.environ["METAAUG_PIPELINE"]
+    diff = git("diff", "HEAD", "--binary", "--", "params.yaml", "dvc.yaml", "*.py")
+    return hashlib.sha256(f"{commit}\0{diff}".encode()).hexdigest()[:12]
 
 
 def flatten(params: dict, prefix: str = "") -> dict[str, str]:
@@ -118,6 +137,7 @@ def stage_run(stage: str, params: dict, experiment: str, upstream: dict[str, Pat
     exp = mlflow.set_experiment(experiment)
     client = mlflow.MlflowClient()
     tags = {STAGE_TAG: stage, **git_info()}
+    tags[PIPELINE_TAG] = pipeline_id(tags["git.commit"])
     for name, path in (upstream or {}).items():
         run_id = find_run_by_digest(client, exp.experiment_id, name, dir_digest(path))
         tags[f"upstream.{name}"] = run_id or "unknown"
@@ -136,7 +156,8 @@ def log_child_run(parent_run_id: str, name: str, params: dict, tags: dict, curve
 
     client = mlflow.MlflowClient()
     parent = client.get_run(parent_run_id)
-    all_tags = {"mlflow.parentRunId": parent_run_id, "mlflow.runName": name, **tags}
+    all_tags = {"mlflow.parentRunId": parent_run_id, "mlflow.runName": name,
+                PIPELINE_TAG: parent.data.tags.get(PIPELINE_TAG, "unknown"), **tags}
     run = client.create_run(parent.info.experiment_id, tags=all_tags, run_name=name)
     now = int(time.time() * 1000)
     metrics = [Metric(key, float(v), now, step) for key, values in curves.items() for step, v in enumerate(values)]
@@ -147,3 +168,22 @@ def log_child_run(parent_run_id: str, name: str, params: dict, tags: dict, curve
                          params=run_params if start == 0 else [], tags=[])
     client.set_terminated(run.info.run_id)
     return run.info.run_id
+
+
+def describe_evaluate_run(run) -> None:
+    """The evaluate run's description (MLflow's note, shown on its page): links to the runs it compared.
+
+    The train run's arm x split runs carry param `arm` and tag `metaaug.train_run`, so
+    the search given here selects exactly them for MLflow's Compare view.
+    """
+    mlflow = _import_mlflow()
+    tags, exp = run.data.tags, run.info.experiment_id
+    upstream = {k.removeprefix("upstream."): v for k, v in tags.items() if k.startswith("upstream.")}
+    train = upstream.get("train", "unknown")
+    lines = [f"Evaluate of pipeline execution `{tags.get(PIPELINE_TAG, 'unknown')}`.", "",
+             "Upstream runs: " + ", ".join(f"{stage} [{rid[:8]}](#/experiments/{exp}/runs/{rid})"
+                                           for stage, rid in upstream.items() if rid != "unknown") + ".", "",
+             f"The arm × split training runs it compared: search ``tags.`metaaug.train_run` = '{train}'``, "
+             "select them and Compare, by param `arm` (and `split`, `seed`).", "",
+             f"Every stage run of this execution: ``tags.`{PIPELINE_TAG}` = '{tags.get(PIPELINE_TAG)}'``."]
+    mlflow.set_tag("mlflow.note.content", "\n".join(lines))

@@ -1,5 +1,6 @@
 """End to end: a real git + DVC repo in a temp dir, `dvc repro` with tiny params, MLflow queried after."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -60,6 +61,13 @@ def test_dvc_repro_end_to_end(tmp_path, monkeypatch):
     assert (root / "data/augmented/images.npy").exists()
     assert 0 <= metrics["arms"]["none"]["mean"] <= 100 and metrics["arms"]["none"]["n"] == 2
 
+    assert "(accuracy.png)" in (root / "reports/report.md").read_text()
+    shown = json.loads(dvc(root, "metrics", "show", "--json").stdout)  # keyed by revision, "" = workspace
+    assert shown[""]["data"]["metrics.json"]["data"]["arms"]["none"]["n"] == 2
+    plots = json.loads(dvc(root, "plots", "show", "--json").stdout)
+    assert not plots.get("errors"), plots["errors"]
+    assert {"accuracy", "plots/curves/learned.csv", "plots/confusion/none.json"} <= set(plots["data"])
+
     second = dvc(root, "repro")
     assert second.returncode == 0
     assert "Running stage" not in second.stdout, second.stdout
@@ -81,6 +89,8 @@ def test_dvc_repro_end_to_end(tmp_path, monkeypatch):
     for run in (prepare, metatrain, augment, train, evaluate):
         assert len(run.data.tags["git.commit"]) == 40
         assert run.data.tags["git.dirty"] in ("true", "false")
+    # one `dvc repro`, one pipeline execution id, though dvc.lock changed between stages
+    assert len({run.data.tags["metaaug.pipeline"] for run in runs}) == 1
     assert train.data.tags["upstream.prepare"] == prepare.info.run_id
     assert metatrain.data.tags["upstream.prepare"] == prepare.info.run_id
     assert augment.data.tags["upstream.metatrain"] == metatrain.info.run_id

@@ -1,0 +1,208 @@
+"""The evaluate stage's self-contained report: `reports/report.md` and the PNGs it links.
+
+Owns the report's figures and its markdown: accuracy per arm with 95 % confidence
+intervals, learning curves per arm, the learned policy (op probabilities and
+magnitude ranges), augmented samples per arm, confusion matrices of the best and
+the worst arm, and the search cost. Everything is computed from what evaluate
+already holds (test accuracies, the train stage's curves, the policy directory),
+so the report is regenerated with the metrics and never disagrees with them.
+The PNG links are relative: the directory renders anywhere, on its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from scipy import stats as scipy_stats  # noqa: E402
+
+from metaaug.plots import show_image  # noqa: E402
+from metaaug.policies import Policy  # noqa: E402
+
+SAMPLE_IMAGES = 8  # support images shown per arm
+SAMPLE_DRAWS = 2  # augmented draws of them per arm
+
+
+def save(fig, path: Path) -> None:
+    """PNG without the matplotlib version stamp, so equal figures give equal bytes across upgrades."""
+    fig.savefig(path, format="png", dpi=90, metadata={"Software": None})
+    plt.close(fig)
+
+
+def mean_ci(summary: dict) -> tuple[float, float]:
+    """Mean accuracy and the half-width of its 95 % t-interval over splits (points)."""
+    n = summary["n"]
+    half = scipy_stats.t.ppf(0.975, n - 1) * summary["sem"] if n > 1 else 0.0
+    return summary["mean"], float(half)
+
+
+def accuracy_figure(metrics: dict, accuracy: dict[str, np.ndarray]):
+    """Bars: mean test accuracy per arm with its 95 % CI; dots: the individual splits."""
+    arms = list(metrics["arms"])
+    fig, ax = plt.subplots(figsize=(6, 0.6 * len(arms) + 1.2))
+    for y, arm in enumerate(arms):
+        mean, half = mean_ci(metrics["arms"][arm])
+        ax.barh(y, mean, xerr=half, color="C0", alpha=0.6, capsize=4)
+        points = 100 * np.asarray(accuracy[arm])
+        ax.plot(points, y + np.linspace(-0.25, 0.25, len(points)), ".", color="k", alpha=0.5, ms=3)
+    low = min(100 * float(np.min(a)) for a in accuracy.values())
+    ax.set_xlim(max(0.0, low - 5), 100)
+    ax.set_yticks(range(len(arms)), arms)
+    ax.set_xlabel("test accuracy (%): mean, 95 % CI (t), one dot per split")
+    fig.tight_layout()
+    return fig
+
+
+def curves_figure(results: dict):
+    """Training loss and training accuracy per epoch, mean over splits, one line per arm."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for arm, runs in results["arms"].items():
+        for ax, key in zip(axes, ("loss", "train_acc")):
+            ax.plot(np.mean([r["curves"][key] for r in runs], axis=0), label=arm)
+    axes[0].set_ylabel("training loss")
+    axes[1].set_ylabel("training accuracy")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def policy_figure(policy: Policy):
+    """Per op: probability of being drawn (and applied), and its normalised magnitude range."""
+    ops = list(policy.ops)
+    y = np.arange(len(ops))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 0.3 * len(ops) + 1.4), sharey=True)
+    left.barh(y, np.multiply(policy.weights, policy.prob), color="C1", label="drawn and applied")
+    if min(policy.prob) < 1:
+        left.barh(y, policy.weights, color="C1", alpha=0.35, label="drawn")
+        left.legend(fontsize=8, loc="lower right")
+    left.set_xlabel(f"probability per layer ({policy.layers} layer{'s' * (policy.layers > 1)})")
+    width = np.maximum(np.subtract(policy.mag_high, policy.mag_low), 0.01)  # a fixed magnitude stays visible
+    right.barh(y, width, left=policy.mag_low, color="C2", height=0.5)
+    right.set_xlim(0, 1.01)
+    right.set_xlabel("magnitude range (1 = the op's maximum)")
+    left.set_yticks(y, ops)
+    left.invert_yaxis()
+    fig.suptitle(f"policy {policy.name!r}")
+    fig.tight_layout()
+    return fig
+
+
+def augmented_samples(images: np.ndarray, arms: list[str], policy_dir: Path | None, n_draws: int = SAMPLE_DRAWS,
+                      seed: int = 0) -> dict[str, list[np.ndarray]]:
+    """Per arm but `none`, `n_draws` augmented versions of `images` (uint8 NHWC), each from its own seeded generator.
+
+    Uses the train stage's own augmenters. The learned arm samples its policy on the
+    fly: the same distribution its stored copies (data/augmented/) were drawn from.
+    """
+    from metaaug.pipeline import arm_augmenter
+    from metaaug.training import to_tensor
+
+    x = to_tensor(images)
+    draws = {}
+    for arm in arms:
+        augment = arm_augmenter(arm, x.shape[1], "on_the_fly", policy_dir, None)(np.arange(len(images)))
+        if augment is None:
+            continue
+        gen = torch.Generator().manual_seed(seed)
+        draws[arm] = [(augment(x, gen).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+                      for _ in range(n_draws)]
+    return draws
+
+
+def samples_figure(images: np.ndarray, draws: dict[str, list[np.ndarray]]):
+    """Top row: the original support images; then each arm's draws of the same images, labelled by arm."""
+    rows = [("original", images)] + [(arm, d) for arm, ds in draws.items() for d in ds]
+    fig, axes = plt.subplots(len(rows), len(images), figsize=(len(images), len(rows)), squeeze=False)
+    for r, (label, batch) in enumerate(rows):
+        for j, image in enumerate(batch):
+            show_image(axes[r][j], image)
+        axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(confusion: dict, classes: list[str], arms: list[str]):
+    """Row-normalised confusion matrices (% of each true class), pooled over splits, one panel per arm."""
+    fig, axes = plt.subplots(1, len(arms), figsize=(4.2 * len(arms), 4), squeeze=False)
+    for ax, arm in zip(axes[0], arms):
+        actual, predicted = confusion[arm]
+        counts = np.zeros((len(classes), len(classes)))
+        np.add.at(counts, (actual, predicted), 1)
+        percent = 100 * counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+        ax.imshow(percent, cmap="Blues", vmin=0, vmax=100)
+        for (i, j), value in np.ndenumerate(percent):
+            ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=7,
+                    color="white" if value > 50 else "black")
+        ax.set_xticks(range(len(classes)), classes)
+        ax.set_yticks(range(len(classes)), classes)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("actual")
+        ax.set_title(arm)
+    fig.tight_layout()
+    return fig
+
+
+def best_and_worst(metrics: dict) -> list[str]:
+    """The arms with the highest and the lowest mean accuracy (one arm if there is only one)."""
+    ranked = sorted(metrics["arms"], key=lambda arm: metrics["arms"][arm]["mean"])
+    return list(dict.fromkeys([ranked[-1], ranked[0]]))
+
+
+def search_cost_markdown(metrics: dict, search: dict | None) -> list[str]:
+    """The metatrain budget as a table: method, wall time, proxy trainings, ratio to one downstream training."""
+    if search is None:
+        return ["No search log (models/policy/search.json) was given to evaluate."]
+    rows = [("method", search["method"]), ("metatrain wall time", f"{search['seconds']:.1f} s"),
+            ("proxy trainings", f"{search['trainings']} × {search['proxy_epochs']} epochs"),
+            ("one downstream training (median)", f"{metrics['downstream_run_seconds']:.2f} s"),
+            ("search cost (wall time)", f"{metrics['search_cost']:.1f}× one downstream training, "
+                                        f"{search.get('workers', 1)} scoring process(es)")]
+    if "search_cost_one_core" in metrics:
+        rows.append(("search cost on one core", f"{metrics['search_cost_one_core']:.1f}× (proxy trainings summed "
+                                                "over processes)"))
+    return ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+
+
+def write_report(out: Path, metrics: dict, accuracy: dict[str, np.ndarray], results: dict, confusion: dict,
+                 prepared, policy_dir: Path | None, search: dict | None) -> None:
+    """Write report.md and its PNGs into `out` (an empty directory; the caller makes it atomic)."""
+    from metaaug.pipeline import accuracy_tables
+    from metaaug.policies import load_policy
+
+    manifest = prepared.manifest
+    classes = manifest["target"]["classes"]
+    support = np.asarray(manifest["splits"][0]["support"])[:SAMPLE_IMAGES]
+    images = np.asarray(prepared.target_images)[support]
+    extremes = best_and_worst(metrics)
+    save(accuracy_figure(metrics, accuracy), out / "accuracy.png")
+    save(curves_figure(results), out / "learning_curves.png")
+    save(samples_figure(images, augmented_samples(images, list(metrics["arms"]), policy_dir)), out / "samples.png")
+    save(confusion_figure(confusion, classes, extremes), out / "confusion.png")
+    has_policy = policy_dir is not None and (policy_dir / "policy.json").exists()
+    if has_policy:
+        save(policy_figure(load_policy(policy_dir / "policy.json")), out / "policy.png")
+    lines = ["# metaaug report", "",
+             f"Target classes {', '.join(classes)} ({manifest['target']['source']}), "
+             f"{len(manifest['splits'])} splits, {len(manifest['test'])} test images; "
+             f"measured on {metrics.get('machine', 'an unknown machine')}. Written by the `evaluate` stage.", "",
+             "## Accuracy per arm", "", "![test accuracy per arm](accuracy.png)", "", accuracy_tables(metrics), "",
+             "## Learning curves", "", "Mean over splits of each arm's per-epoch training loss and accuracy.", "",
+             "![learning curves](learning_curves.png)", "",
+             "## Learned policy", ""]
+    lines += (["![learned policy](policy.png)", ""] if has_policy else ["No policy.json was given to evaluate.", ""])
+    lines += ["## Augmented samples", "",
+              f"Target support images of split 0; each arm's augmentation, {SAMPLE_DRAWS} draws from a fixed seed "
+              "(the learned arm samples its policy, the distribution of its stored copies).", "",
+              "![augmented samples per arm](samples.png)", "",
+              "## Confusion matrices", "",
+              f"Best and worst arm by mean accuracy ({' and '.join(extremes)}), pooled over splits, "
+              "% of each true class.", "", "![confusion matrices](confusion.png)", "",
+              "## Search cost", ""] + search_cost_markdown(metrics, search)
+    (out / "report.md").write_text("\n".join(lines) + "\n")

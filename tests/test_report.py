@@ -1,0 +1,86 @@
+"""The evaluate report: markdown with working PNG links, logged to MLflow, never half-written."""
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import tiny_params
+from metaaug.errors import MetaaugError
+from metaaug.io import read_json
+from metaaug.pipeline import (augment_stage, evaluate_stage, metatrain_stage, prepare_stage, train_stage)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """The tiny pipeline run once through the stage functions, into its own MLflow store."""
+    root = tmp_path_factory.mktemp("pipeline")
+    params = tiny_params()
+    d = {name: root / name for name in ("prepared", "policy", "augmented", "downstream", "plots", "reports")}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        mp.chdir(root)  # outside the repo (edited by others meanwhile): no git commit, one pipeline id
+        prepare_stage(params, d["prepared"])
+        metatrain_stage(params, d["prepared"], d["policy"])
+        augment_stage(params, d["prepared"], d["policy"], d["augmented"])
+        train_stage(params, d["prepared"], d["downstream"], d["policy"], d["augmented"])
+        metrics = evaluate_stage(params, d["prepared"], d["downstream"], root / "metrics.json", d["plots"],
+                                 d["policy"], d["reports"])
+    return {"root": root, "params": params, "metrics": metrics, **d}
+
+
+def test_report_links_every_png_and_each_is_a_valid_image(pipeline):
+    reports = pipeline["reports"]
+    text = (reports / "report.md").read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert set(links) == {p.name for p in reports.glob("*.png")}
+    assert set(links) == {"accuracy.png", "learning_curves.png", "policy.png", "samples.png", "confusion.png"}
+    for name in links:
+        assert not Path(name).is_absolute() and "/" not in name  # relative: the directory renders on its own
+        with Image.open(reports / name) as image:
+            image.verify()
+            assert image.format == "PNG" and min(image.size) >= 100
+    for arm, s in pipeline["metrics"]["arms"].items():
+        assert f"| {arm} | {s['mean']:.2f} ± {s['std']:.2f} (n=2) |" in text
+    search = read_json(pipeline["policy"] / "search.json")
+    assert f"| proxy trainings | {search['trainings']} × 2 epochs |" in text
+    best = max(pipeline["metrics"]["arms"], key=lambda arm: pipeline["metrics"]["arms"][arm]["mean"])
+    assert re.search(rf"Best and worst arm by mean accuracy \({best} and \w+\)", text)
+
+
+def test_report_and_lineage_in_mlflow(pipeline):
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{pipeline['root'] / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("metaaug").experiment_id], max_results=100)
+    stages = {r.data.tags["metaaug.stage"]: r for r in runs if "metaaug.stage" in r.data.tags}
+    children = [r for r in runs if "metaaug.arm" in r.data.tags]
+    execution = stages["evaluate"].data.tags["metaaug.pipeline"]
+    assert {r.data.tags["metaaug.pipeline"] for r in [*stages.values(), *children]} == {execution}
+    assert {c.data.params["arm"] for c in children} == {"none", "trivialaugment", "learned"}
+    seeds = {s["seed"] for s in read_json(pipeline["prepared"] / "manifest.json")["splits"]}
+    assert {int(c.data.params["seed"]) for c in children} == seeds
+    evaluate = stages["evaluate"]
+    artifacts = {a.path for a in client.list_artifacts(evaluate.info.run_id, "report")}
+    assert {"report/report.md", "report/samples.png", "report/policy.png"} <= artifacts
+    train_id = stages["train"].info.run_id
+    note = evaluate.data.tags["mlflow.note.content"]
+    assert f"runs/{train_id})" in note
+    selected = client.search_runs([evaluate.info.experiment_id], f"tags.`metaaug.train_run` = '{train_id}'")
+    assert len(selected) == len(children) == 3 * 2
+
+
+def test_bad_policy_leaves_the_previous_report_intact(pipeline, tmp_path):
+    policy = tmp_path / "policy"
+    shutil.copytree(pipeline["policy"], policy)
+    (policy / "policy.json").write_text("{not json")
+    reports = tmp_path / "reports"
+    shutil.copytree(pipeline["reports"], reports)
+    before = {p.name: p.read_bytes() for p in reports.iterdir()}
+    with pytest.raises(MetaaugError, match="policy.json: not valid JSON"):
+        evaluate_stage(pipeline["params"], pipeline["prepared"], pipeline["downstream"], tmp_path / "metrics.json",
+                       tmp_path / "plots", policy, reports)
+    assert {p.name: p.read_bytes() for p in reports.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db", "policy", "reports"]
