@@ -71,6 +71,7 @@ class Param:
 
 ARMS = ("none", "handcrafted", "randaugment", "trivialaugment", "learned")
 DEVICES = ("auto", "cpu", "cuda")
+DISTRIBUTED = ("none", "shard", "ddp")  # metaaug/distributed.py
 
 SCHEMA: dict[str, Any] = {
     "seed": Param(0, int, low=0),
@@ -99,6 +100,8 @@ SCHEMA: dict[str, Any] = {
         "weight_decay": Param(5e-4, float, low=0.0, high=1.0),
         "width": Param(32, int, low=4, high=1024),  # channels of the first conv layer
         "device": Param("auto", str, choices=DEVICES),
+        # under torchrun: shard the arm x split runs over ranks, or one DDP learner over all ranks (README)
+        "distributed": Param("none", str, choices=DISTRIBUTED),
         # learned arm: draw from data/augmented/ (the versioned copies) or sample the policy on the fly
         "learned_source": Param("augmented", str, choices=("augmented", "on_the_fly")),
     },

@@ -7,6 +7,7 @@ output, and records the run ids of the upstream stages whose outputs it read.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -18,14 +19,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from metaaug import tracking
+from metaaug import distributed, tracking
 from metaaug.errors import MetaaugError
 from metaaug.io import atomic_dir, read_json, write_json
 from metaaug.models import build_model
 from metaaug.progress import progress
 from metaaug.stats import paired_difference, summarise
 from metaaug.tasks import load_prepared, prepare
-from metaaug.training import Augment, TrainSettings, pick_device, predict, to_tensor, train_learner
+from metaaug.training import (Augment, TrainSettings, pick_device, predict, to_device, to_tensor,
+                              train_learner)
 
 
 def set_threads(image_size: int) -> None:
@@ -73,48 +75,66 @@ def arm_augmenter(arm: str, channels: int, learned_source: str, policy_dir: Path
 
 def train_stage(params: dict, prepared_dir: Path, out: Path, policy_dir: Path | None = None,
                 augmented_dir: Path | None = None) -> None:
-    """Every arm on every target split; one nested MLflow run per arm x split."""
+    """Every arm on every target split; one nested MLflow run per arm x split.
+
+    Under torchrun, `train.distributed` shares the trainings among the ranks (metaaug/distributed.py);
+    rank 0 writes the outputs and the MLflow runs.
+    """
     prepared = load_prepared(prepared_dir)
     settings = TrainSettings.from_params(params["train"])
-    device = pick_device(params["train"]["device"])
     x_all, y_all = to_tensor(prepared.target_images), torch.tensor(np.asarray(prepared.target_labels))
     n_classes, channels, size = len(prepared.manifest["target"]["classes"]), x_all.shape[1], x_all.shape[-1]
     set_threads(size)
     upstream = {"prepare": prepared_dir}
+    arms, splits = params["train"]["arms"], prepared.manifest["splits"]
     learned_source = params["train"]["learned_source"]
-    if "learned" in params["train"]["arms"]:
+    if "learned" in arms:
         upstream["metatrain"] = policy_dir
         if learned_source == "augmented":
             upstream["augment"] = augmented_dir
-    logged = {"train": params["train"], "tasks.shots": params["tasks"]["shots"]}
-    with tracking.stage_run("train", logged, params["tracking"]["experiment"], upstream, output=out) as run:
-        results = {"model": {"in_channels": channels, "image_size": size, "n_classes": n_classes,
-                             "width": settings.width}, "arms": {}}
-        with atomic_dir(out) as tmp:
-            for arm in params["train"]["arms"]:
-                augmenter = arm_augmenter(arm, channels, learned_source, policy_dir, augmented_dir)
-                states, runs = [], []
-                splits = prepared.manifest["splits"]
-                for i, split in progress(enumerate(splits), desc=f"train {arm}", total=len(splits)):
-                    support = np.asarray(split["support"])
-                    start = time.perf_counter()
-                    model, curves = train_learner(x_all[support], y_all[support], n_classes, settings, split["seed"],
-                                                  augmenter(support), device)
-                    seconds = time.perf_counter() - start
-                    states.append({k: v.cpu() for k, v in model.state_dict().items()})
-                    runs.append({"split": i, "seconds": seconds, "curves": curves})
-                    tracking.log_child_run(run.info.run_id, f"{arm}/split{i}",
-                                           {"arm": arm, "split": i, "seed": split["seed"]},
-                                           {"metaaug.arm": arm, "metaaug.split": str(i),
-                                            "metaaug.train_run": run.info.run_id},
-                                           curves, {"seconds": seconds, "final_loss": curves["loss"][-1]})
-                torch.save(states, tmp / f"{arm}.pt")
-                results["arms"][arm] = runs
-                print(f"train: {arm}: {len(runs)} splits, {np.median([r['seconds'] for r in runs]):.2f} s a run")
-            write_json(tmp / "results.json", results)
-        import mlflow
+    with distributed.world(params["train"]["distributed"], pick_device(params["train"]["device"])) as world:
+        x_all, y_all = to_device(x_all, world.device), to_device(y_all, world.device)
+        augmenters = {arm: arm_augmenter(arm, channels, learned_source, policy_dir, augmented_dir) for arm in arms}
 
-        mlflow.log_artifacts(str(out), "downstream")
+        def train_one(job: tuple[str, int]) -> dict:
+            arm, i = job
+            support = np.asarray(splits[i]["support"])
+            start = time.perf_counter()
+            model, curves = train_learner(x_all[support], y_all[support], n_classes, settings, splits[i]["seed"],
+                                          augmenters[arm](support), world.device, ddp=world.mode == "ddp")
+            return {"state": {k: v.cpu() for k, v in model.state_dict().items()},
+                    "seconds": time.perf_counter() - start, "curves": curves}
+
+        jobs = [(arm, i) for arm in arms for i in range(len(splits))]
+        logged = {"train": params["train"], "train.ranks": world.size, "tasks.shots": params["tasks"]["shots"]}
+        stage = (tracking.stage_run("train", logged, params["tracking"]["experiment"], upstream, output=out)
+                 if world.is_main else contextlib.nullcontext())
+        with stage as run:
+            mine = world.share(jobs)
+            done = world.collect([train_one(job) for job in progress(mine, desc="train", total=len(mine))], len(jobs))
+            if world.is_main:
+                model = {"in_channels": channels, "image_size": size, "n_classes": n_classes, "width": settings.width}
+                write_downstream(out, run.info.run_id, model, jobs, done, splits)
+
+
+def write_downstream(out: Path, run_id: str, model: dict, jobs: list[tuple[str, int]], done: list[dict],
+                     splits: list[dict]) -> None:
+    """models/downstream/ (one state-dict list per arm, results.json) and one child MLflow run per job."""
+    import mlflow
+
+    results = {"model": model, "arms": {}}
+    with atomic_dir(out) as tmp:
+        for arm in dict.fromkeys(arm for arm, _ in jobs):
+            runs = [(i, r) for (a, i), r in zip(jobs, done) if a == arm]
+            torch.save([r["state"] for _, r in runs], tmp / f"{arm}.pt")
+            results["arms"][arm] = [{"split": i, "seconds": r["seconds"], "curves": r["curves"]} for i, r in runs]
+            for i, r in runs:
+                tracking.log_child_run(run_id, f"{arm}/split{i}", {"arm": arm, "split": i, "seed": splits[i]["seed"]},
+                                       {"metaaug.arm": arm, "metaaug.split": str(i), "metaaug.train_run": run_id},
+                                       r["curves"], {"seconds": r["seconds"], "final_loss": r["curves"]["loss"][-1]})
+            print(f"train: {arm}: {len(runs)} splits, {np.median([r['seconds'] for _, r in runs]):.2f} s a run")
+        write_json(tmp / "results.json", results)
+    mlflow.log_artifacts(str(out), "downstream")
 
 
 def test_accuracies(prepared, downstream_dir: Path, arms: list[str]) -> tuple[dict, dict]:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metaaug import distributed
 from metaaug.models import build_model
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -52,6 +53,13 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float().div_(255.0)
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host -> device copy; on CUDA from pinned memory without blocking, so it overlaps queued GPU work."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def normalise(x: torch.Tensor) -> torch.Tensor:
     return (x - 0.5) / 0.25
 
@@ -68,41 +76,48 @@ def augmented_epochs(x: torch.Tensor, epochs: int, augment: Augment | None, gen:
 
 
 def train_learner(x: torch.Tensor, y: torch.Tensor, n_classes: int, settings: TrainSettings, seed: int,
-                  augment: Augment | None = None, device: torch.device | None = None,
+                  augment: Augment | None = None, device: torch.device | None = None, ddp: bool = False,
                   ) -> tuple[nn.Module, dict[str, list[float]]]:
     """Train a fresh learner on (x, y); `seed` fixes the initialisation, data order and augmentation draws.
 
     Returns the trained model (eval mode) and per-epoch curves (`loss`, `train_acc`, measured on
-    the augmented batches it trained on).
+    the augmented batches it trained on). On CUDA the forward pass runs in bfloat16 autocast.
+    `ddp`: one DistributedDataParallel learner over the process group, each rank training on its slice
+    of every batch (metaaug.distributed); every rank returns the same model and curves.
     """
     device = device or torch.device("cpu")
     torch.manual_seed(seed)
-    model = build_model(x.shape[1], x.shape[-1], n_classes, settings.width).to(device)
+    model = net = build_model(x.shape[1], x.shape[-1], n_classes, settings.width).to(device)
+    if ddp:
+        model, net = distributed.data_parallel(model, device)
+    n_ranks = distributed.ranks() if ddp else 1
     gen = torch.Generator(device=device).manual_seed(seed)
-    x, y = x.to(device), y.to(device)
+    x, y = to_device(x, device), to_device(y, device)
     steps_per_epoch = math.ceil(len(x) / settings.batch_size)
     opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum, nesterov=True,
                           weight_decay=settings.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch)
     use_amp = device.type == "cuda"
-    curves: dict[str, list[float]] = {"loss": [], "train_acc": []}
+    sums = torch.zeros(settings.epochs, 2, dtype=torch.float64, device=device)  # per epoch: loss sum, correct
     model.train()
-    for xe in augmented_epochs(x, settings.epochs, augment, gen):
+    for epoch, xe in enumerate(augmented_epochs(x, settings.epochs, augment, gen)):
         order = torch.randperm(len(x), generator=gen, device=device)
-        loss_sum, correct = 0.0, 0
         for idx in order.split(settings.batch_size):
+            mine = distributed.local_slice(idx) if ddp else idx
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = model(normalise(xe[idx]))
-                loss = F.cross_entropy(logits, y[idx])
+                logits = net(normalise(xe[mine]))
+                loss_sum = F.cross_entropy(logits, y[mine], reduction="sum")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            # DDP averages gradients over ranks, so each rank scales by ranks / batch: the whole batch's mean.
+            (loss_sum / (len(idx) / n_ranks)).backward()
             opt.step()
             sched.step()
-            loss_sum += loss.item() * len(idx)
-            correct += (logits.argmax(1) == y[idx]).sum().item()
-        curves["loss"].append(loss_sum / len(x))
-        curves["train_acc"].append(correct / len(x))
-    return model.eval(), curves
+            sums[epoch, 0] += loss_sum.detach()
+            sums[epoch, 1] += (logits.argmax(1) == y[mine]).sum()
+    if ddp:
+        distributed.sum_over_ranks(sums)
+    per_image = (sums / len(x)).cpu()  # one host sync per training, not one per step
+    return model.eval(), {"loss": per_image[:, 0].tolist(), "train_acc": per_image[:, 1].tolist()}
 
 
 @torch.no_grad()

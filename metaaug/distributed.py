@@ -1,0 +1,137 @@
+"""The train stage on several processes started by `torchrun`: the process group, who trains what, and
+the data-parallel learner.
+
+`train.distributed` picks the form:
+
+* `shard`: the arm x split trainings are independent, so rank r trains every W-th of them and rank 0
+  gathers the weights and curves. Each training is seeded on its own, so the outputs are exactly those of
+  one process; this is the form that speeds up the stage's many small learners.
+* `ddp`: every learner is one DistributedDataParallel model over all ranks. Each rank takes its slice of
+  every batch, batch-norm statistics are those of the whole batch (summed over ranks by
+  `CrossRankBatchNorm`: torch's SyncBatchNorm refuses CPU tensors, so gloo could not test it), and the loss
+  is scaled so that DDP's averaged gradient is the whole batch's gradient. The same training as one
+  process within float tolerance; it pays when batches are big enough to split.
+
+Rank 0 alone writes outputs and talks to MLflow; the other ranks only train.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from metaaug.errors import MetaaugError
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the ranks; a world of one when not distributed."""
+
+    mode: str = "none"
+    rank: int = 0
+    size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def share(self, jobs: list) -> list:
+        """The jobs this rank runs: every size-th under `shard`, all of them otherwise."""
+        return jobs[self.rank::self.size] if self.mode == "shard" else jobs
+
+    def collect(self, done: list, n_jobs: int) -> list | None:
+        """Results of every job in job order on rank 0 (gathered under `shard`); None on the other ranks."""
+        if self.mode != "shard":
+            return done if self.is_main else None
+        gathered = [None] * self.size if self.is_main else None
+        dist.gather_object(done, gathered, dst=0)
+        return [gathered[i % self.size][i // self.size] for i in range(n_jobs)] if self.is_main else None
+
+
+@contextlib.contextmanager
+def world(mode: str, device: torch.device) -> Iterator[World]:
+    """The process group `mode` asks for (none: a world of one), torn down on exit; CUDA: one GPU a rank."""
+    if mode == "none":
+        yield World(mode, device=device)
+        return
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        raise MetaaugError(f"params.yaml: train.distributed = {mode} needs processes started by torchrun "
+                           "(RANK, WORLD_SIZE unset); expected `torchrun --nproc_per_node=N stages/train.py ...` "
+                           "or train.distributed: none")
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield World(mode, dist.get_rank(), dist.get_world_size(), device)
+    finally:
+        dist.destroy_process_group()
+
+
+class CrossRankBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d that normalises by the statistics of the whole batch, summed over the ranks' slices.
+
+    One all-reduce of (sum, sum of squares, count) per layer; autograd flows through it, so gradients
+    are those of the whole batch. Eval mode is plain BatchNorm2d (same state dict keys).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        c, xf = x.shape[1], x.float()
+        count = xf.new_tensor([x.numel() / c])
+        stats = dist_nn.all_reduce(torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)), count]))
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = stats[c:2 * c] / n - mean * mean
+        with torch.no_grad():
+            self.num_batches_tracked.add_(1)
+            self.running_mean.mul_(1 - self.momentum).add_(mean, alpha=self.momentum)
+            self.running_var.mul_(1 - self.momentum).add_(var * n / (n - 1), alpha=self.momentum)
+        shape = (1, c, 1, 1)
+        out = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        return (out * self.weight.view(shape) + self.bias.view(shape)).to(x.dtype)
+
+
+def cross_rank_batchnorm(module: nn.Module) -> nn.Module:
+    """Swap every BatchNorm2d under `module` for CrossRankBatchNorm, keeping its parameters and buffers."""
+    for name, child in module.named_children():
+        if type(child) is nn.BatchNorm2d:
+            swapped = CrossRankBatchNorm(child.num_features, child.eps, child.momentum).to(child.weight.device)
+            swapped.load_state_dict(child.state_dict())
+            setattr(module, name, swapped)
+        else:
+            cross_rank_batchnorm(child)
+    return module
+
+
+def data_parallel(model: nn.Module, device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """(the model with cross-rank batch norm, its DDP wrapper): train through the wrapper, keep the model.
+
+    Buffers are not broadcast: the running statistics are already the same on every rank.
+    """
+    model = cross_rank_batchnorm(model)
+    ids = [device.index] if device.type == "cuda" else None
+    return model, DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+
+
+def ranks() -> int:
+    return dist.get_world_size()
+
+
+def local_slice(idx: torch.Tensor) -> torch.Tensor:
+    """This rank's contiguous part of a batch's indices (sizes differ by at most one)."""
+    return idx.tensor_split(dist.get_world_size())[dist.get_rank()]
+
+
+def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    dist.all_reduce(t)
+    return t
