@@ -135,7 +135,8 @@ def _validate(schema: dict, given: Any, prefix: str) -> dict:
     if given is None:
         given = {}
     if not isinstance(given, dict):
-        raise MetaaugError(f"params.yaml: {prefix.rstrip('.') or 'the file'} must be a mapping of keys to values")
+        raise MetaaugError(f"params.yaml: {prefix.rstrip('.') or 'the file'} must be a mapping of keys to values, "
+                           f"got {given!r}; expected indented `key: value` lines")
     unknown = sorted(set(given) - set(schema))
     if unknown:
         key = prefix + str(unknown[0])

@@ -253,8 +253,8 @@ def load_policy(path) -> Policy:
     if not isinstance(version, int) or isinstance(version, bool):
         raise MetaaugError(f"{where}: missing integer 'format_version'")
     if version > POLICY_FORMAT_VERSION:
-        raise MetaaugError(f"{where}: format_version {version} is newer than this metaaug reads "
-                           f"({POLICY_FORMAT_VERSION}); upgrade metaaug")
+        raise MetaaugError(f"{where}: format_version {version} is newer than this metaaug reads; expected "
+                           f"<= {POLICY_FORMAT_VERSION} (upgrade metaaug to read it)")
     if doc.get("op_table_version") != OP_TABLE_VERSION:
         raise MetaaugError(f"{where}: written for op table version {doc.get('op_table_version')!r}, "
                            f"this metaaug has {OP_TABLE_VERSION}; ops would not mean the same")

@@ -97,7 +97,10 @@ def prepare(data_params: dict, task_params: dict, seed: int, out: Path) -> dict:
     """Load the sources, build meta-train and target tasks, write them into directory `out`."""
     meta_ds = load_source(data_params["source"], data_params["image_size"])
     same = task_params["target_source"] in (None, data_params["source"])
-    target_ds = meta_ds if same else load_source(task_params["target_source"], data_params["image_size"])
+    # A separate target folder is decoded only for the target classes (fewer than 2: choose_classes says so).
+    wanted = task_params["target_classes"]
+    only = wanted if wanted is not None and len(wanted) >= 2 else None
+    target_ds = meta_ds if same else load_source(task_params["target_source"], data_params["image_size"], only)
     meta_names, target_names = choose_classes(meta_ds, target_ds, task_params["target_classes"], same)
     meta_x, meta_y = subset(meta_ds, meta_names)
     target_x, target_y = subset(target_ds, target_names)

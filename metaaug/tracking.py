@@ -130,9 +130,11 @@ def stage_run(stage: str, params: dict, experiment: str, upstream: dict[str, Pat
     recorded as tag `upstream.<stage>`. `output` is this stage's output
     directory; its digest is tagged when the stage succeeds.
     """
-    mlflow = _import_mlflow()
+    if not experiment.strip():  # MLflow would stop with a traceback
+        raise MetaaugError("params.yaml: tracking.experiment is empty; expected an MLflow experiment name")
     uri = tracking_uri()
-    check_reachable(uri)
+    check_reachable(uri)  # before importing mlflow, which takes seconds
+    mlflow = _import_mlflow()
     mlflow.set_tracking_uri(uri)
     exp = mlflow.set_experiment(experiment)
     client = mlflow.MlflowClient()

@@ -16,6 +16,7 @@ import io
 import math
 import pickle
 import re
+import struct
 import tarfile
 import zipfile
 import zlib
@@ -69,17 +70,27 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR)).reshape(size, size, channels)
 
 
-def _stack(images: np.ndarray | list[np.ndarray], image_size: int | None, where: object) -> np.ndarray:
-    """Resize each image if asked, then stack; differing sizes need ``data.image_size``."""
-    if image_size is not None:
-        images = [_resize(image, image_size) for image in images]
-    elif isinstance(images, np.ndarray):
-        return np.ascontiguousarray(images)
-    shapes = sorted({image.shape for image in images})
-    if len(shapes) > 1:
-        raise _error(where, f"images differ in size ({shapes[0][:2]} vs {shapes[-1][:2]}); "
-                            "set data.image_size to resize them all to one size")
-    return np.stack(images) if images else np.zeros((0, 1, 1, 1), np.uint8)
+def _stack(images: np.ndarray, image_size: int | None) -> np.ndarray:
+    """Every image resized to image_size, one at a time into one array; without a size the array as
+    it is, so a memory-mapped source stays mapped (only the images used are ever read)."""
+    if image_size is None:
+        return images
+    out = np.empty((len(images), image_size, image_size, images.shape[3]), np.uint8)
+    for i, image in enumerate(images):
+        out[i] = _resize(image, image_size)
+    return out
+
+
+def _size_error(where: object, first: tuple, other: tuple) -> MetaaugError:
+    return _error(where, f"images differ in size ({first[0]}x{first[1]} vs {other[0]}x{other[1]}, HxW); "
+                         "expected one size, or data.image_size set to resize them all to one")
+
+
+def _map(path: Path, dtype: np.dtype, offset: int, shape: tuple, fortran: bool = False) -> np.ndarray:
+    """A read-only memory map of an array stored at `offset` in `path`: pages are read only when used."""
+    if math.prod(shape) == 0:  # mmap cannot map zero bytes
+        return np.zeros(shape, dtype)
+    return np.memmap(path, dtype, "r", offset=offset, shape=shape, order="F" if fortran else "C")
 
 
 def _remap(labels: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -109,7 +120,7 @@ def _load_digits(arg: str, image_size: int | None) -> Loaded:
 
     digits = load_digits()
     images = np.rint(digits.images * (255 / 16)).astype(np.uint8)[..., None]
-    return _stack(images, image_size, "digits"), digits.target, [str(c) for c in range(10)]
+    return _stack(images, image_size), digits.target, [str(c) for c in range(10)]
 
 
 # --- image folder ---------------------------------------------------------
@@ -137,12 +148,13 @@ def _read_image(path: Path, image_size: int | None) -> np.ndarray:
     return image if image_size is None else _resize(image, image_size)
 
 
-def _load_imagefolder(arg: str, image_size: int | None) -> Loaded:
+def _load_imagefolder(arg: str, image_size: int | None, keep: Sequence[str] | None = None) -> Loaded:
     """One sub-folder per class (sorted names are the classes), PNG/JPEG files inside.
 
     Hidden entries and other files (.DS_Store, notes) are skipped. Grayscale
     stays one channel only if every image is grayscale, so one colour image
     turns the whole set RGB (gray images are replicated, as Pillow would).
+    With `keep`, only those class folders are read: a huge folder costs what is used.
     """
     root = _path(arg, "imagefolder", "a folder with one sub-folder of PNG/JPEG images per class")
     if not root.is_dir():
@@ -150,17 +162,37 @@ def _load_imagefolder(arg: str, image_size: int | None) -> Loaded:
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(class_dirs) < 2:
         raise _error(root, f"found {len(class_dirs)} class folder(s); expected one sub-folder per class, at least 2")
-    images, labels = [], []
+    if keep is not None:
+        names = [p.name for p in class_dirs]
+        missing = [c for c in keep if c not in names]
+        if missing:
+            raise _error(root, f"has no class folder {missing[0]!r}; expected one of {names}")
+        class_dirs = [p for p in class_dirs if p.name in keep]
+    files, labels = [], []
     for label, class_dir in enumerate(class_dirs):
-        files = sorted(p for p in class_dir.iterdir()
+        found = sorted(p for p in class_dir.iterdir()
                        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
-        if not files:
+        if not found:
             raise _error(class_dir, "class folder holds no images; expected *.png, *.jpg or *.jpeg files")
-        images += [_read_image(f, image_size) for f in files]
-        labels += [label] * len(files)
-    if any(image.shape[2] == 3 for image in images):
-        images = [np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image for image in images]
-    return _stack(images, None, root), np.array(labels), [p.name for p in class_dirs]
+        files += found
+        labels += [label] * len(found)
+    return _decode_all(files, image_size), np.array(labels), [p.name for p in class_dirs]
+
+
+def _decode_all(files: list[Path], image_size: int | None) -> np.ndarray:
+    """Decode the files one at a time into one preallocated (N, H, W, C) array (peak memory: the images,
+    not twice them); the first colour image turns the whole array RGB."""
+    images = None
+    for i, path in enumerate(files):
+        image = _read_image(path, image_size)
+        if images is None:
+            images = np.empty((len(files), *image.shape), np.uint8)
+        if image.shape[:2] != images.shape[1:3]:
+            raise _size_error(path, images.shape[1:3], image.shape[:2])
+        if image.shape[2] > images.shape[3]:
+            images = np.repeat(images, 3, axis=3)
+        images[i] = image  # a gray image broadcasts over RGB
+    return images
 
 
 # --- IDX (MNIST-style) ----------------------------------------------------
@@ -169,23 +201,31 @@ IDX_IMAGES = re.compile(r"^(.*)images([-.])idx3-ubyte(\.gz)?$")
 
 
 def _read_idx(path: Path, ndim: int) -> np.ndarray:
-    """Parse one IDX file: 0x0000, dtype code 0x08 (ubyte), ndim, big-endian dims, data."""
+    """Parse one IDX file: 0x0000, dtype code 0x08 (ubyte), ndim, big-endian dims, data.
+
+    A raw file is memory-mapped; a gzipped one has to be decompressed in memory.
+    """
+    header = 4 + 4 * ndim
     try:
-        data = path.read_bytes()
         if path.suffix == ".gz":
-            data = gzip.decompress(data)
+            data = gzip.decompress(path.read_bytes())
+            size = len(data)
+        else:
+            with path.open("rb") as file:
+                data, size = file.read(header), path.stat().st_size
     except (OSError, EOFError, zlib.error) as exc:
         raise _error(path, f"cannot read ({exc}); expected a raw or gzipped IDX file") from None
-    header = 4 + 4 * ndim
     if len(data) < header or data[:2] != b"\0\0" or data[3] != ndim:
         raise _error(path, f"bad IDX header; expected magic 0x0000 0x08 0x{ndim:02x}")
     if data[2] != 0x08:
         raise _error(path, f"IDX dtype code 0x{data[2]:02x} is not supported; expected 0x08 (unsigned byte)")
     dims = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
-    if len(data) != header + math.prod(dims):
-        raise _error(path, f"file is {len(data)} bytes but its header {dims} needs {header + math.prod(dims)}; "
-                           "is it truncated?")
-    return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
+    if size != header + math.prod(dims):
+        raise _error(path, f"file is {size} bytes but its header {dims} needs {header + math.prod(dims)}; "
+                           "expected the whole file (is it truncated?)")
+    if path.suffix == ".gz":
+        return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
+    return _map(path, np.uint8, header, dims)
 
 
 def _idx_labels_path(images_path: Path) -> Path:
@@ -213,10 +253,12 @@ def _load_idx(arg: str, image_size: int | None) -> Loaded:
         if len(pair_images) != len(pair_labels):
             raise _error(labels_path, f"holds {len(pair_labels)} labels but {images_path.name} "
                                       f"holds {len(pair_images)} images; expected one label per image")
-        images += list(pair_images[..., None])
+        images.append(_stack(pair_images[..., None], image_size))
         labels.append(pair_labels)
+        if images[-1].shape[1:] != images[0].shape[1:]:
+            raise _size_error(images_path, images[0].shape[1:], images[-1].shape[1:])
     labels, classes = _remap(np.concatenate(labels))
-    return _stack(images, image_size, root), labels, classes
+    return images[0] if len(images) == 1 else np.concatenate(images), labels, classes  # one pair stays mapped
 
 
 # --- CIFAR-10 / CIFAR-100 python version ------------------------------------
@@ -296,7 +338,7 @@ def _load_cifar(arg: str, image_size: int | None) -> Loaded:
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # rows are CHW planes
         labels.append(batch_labels)
     classes = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[names_key]]
-    return _stack(np.concatenate(images), image_size, path), np.concatenate(labels), classes
+    return _stack(np.concatenate(images), image_size), np.concatenate(labels), classes
 
 
 # --- npz ------------------------------------------------------------------
@@ -321,6 +363,23 @@ def _npz_images(images: np.ndarray, where: Path) -> np.ndarray:
     return np.rint(images).astype(np.uint8)
 
 
+def _npz_array(npz, key: str, file, path: Path) -> np.ndarray:
+    """Array `key` of an open .npz: memory-mapped when stored uncompressed (np.savez), so a big
+    images array is not read whole; compressed (np.savez_compressed) it has to be."""
+    info = npz.zip.getinfo(f"{key}.npy")
+    if info.compress_type == zipfile.ZIP_STORED:
+        file.seek(info.header_offset + 26)  # the zip local header: 26 fixed bytes, name and extra lengths
+        name_length, extra_length = struct.unpack("<HH", file.read(4))
+        file.seek(info.header_offset + 30 + name_length + extra_length)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}.get(np.lib.format.read_magic(file))
+        if read_header is not None:
+            shape, fortran, dtype = read_header(file)
+            if not dtype.hasobject:
+                return _map(path, dtype, file.tell(), shape, fortran)
+    return npz[key]
+
+
 def _load_npz(arg: str, image_size: int | None) -> Loaded:
     """Arrays ``images`` and integer ``labels``; optional ``classes`` names (labels are then indices)."""
     path = _path(arg, "npz", "a .npz file with arrays 'images' and 'labels'")
@@ -329,8 +388,9 @@ def _load_npz(arg: str, image_size: int | None) -> Loaded:
             npz = np.load(file, allow_pickle=False)  # no pickle: a data file must not run code
             arrays = {}
             if isinstance(npz, np.lib.npyio.NpzFile):  # else a lone .npy array
-                arrays = {key: npz[key] for key in ("images", "labels", "classes") if key in npz.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+                arrays = {key: _npz_array(npz, key, file, path) for key in ("images", "labels", "classes")
+                          if key in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, struct.error) as exc:
         raise _error(path, f"cannot read ({exc}); expected a .npz file of plain (non-object) arrays") from None
     if "images" not in arrays or "labels" not in arrays:
         raise _error(path, "lacks arrays 'images' and 'labels'; expected np.savez(path, images=..., labels=...)")
@@ -344,7 +404,7 @@ def _load_npz(arg: str, image_size: int | None) -> Loaded:
         raise _error(path, f"'classes' is {classes.dtype} {classes.shape}; expected unique class-name strings")
     else:
         classes = [c.decode() if isinstance(c, bytes) else c for c in classes.tolist()]
-    return _stack(images, image_size, path), labels, classes
+    return _stack(images, image_size), labels, classes
 
 
 # --- dispatch -------------------------------------------------------------
@@ -358,19 +418,26 @@ LOADERS: dict[str, Callable[[str, int | None], Loaded]] = {
 }
 
 
-def load_source(spec: str, image_size: int | None = None) -> Dataset:
+def load_source(spec: str, image_size: int | None = None, folder_classes: Sequence[str] | None = None) -> Dataset:
     """Load the dataset a spec names, e.g. ``digits`` or ``imagefolder:/data/x``.
 
     With ``image_size`` every image is resized to image_size x image_size (one
     image at a time, so mixed-size folders work and memory stays bounded);
-    without it all images must already share one size.
+    without it all images must already share one size. ``folder_classes`` limits
+    an image folder to those class sub-folders, which are all it decodes; the
+    other formats ignore it (raw IDX and uncompressed npz images are
+    memory-mapped, so the images a caller leaves out are never read).
     """
     _check_image_size(image_size)
     kind, _, arg = str(spec).partition(":")
     if kind not in LOADERS:
         raise _error(f"data.source={spec!r}", f"unknown source kind {kind!r}; expected one of "
                                               f"{', '.join(k + ('' if k == 'digits' else ':<path>') for k in LOADERS)}")
-    images, labels, classes = LOADERS[kind](arg, None if image_size is None else int(image_size))
+    size = None if image_size is None else int(image_size)
+    if kind == "imagefolder" and folder_classes is not None:
+        images, labels, classes = _load_imagefolder(arg, size, [str(c) for c in folder_classes])
+    else:
+        images, labels, classes = LOADERS[kind](arg, size)
     return _dataset(images, np.asarray(labels), tuple(classes), spec)
 
 
