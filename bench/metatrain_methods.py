@@ -14,7 +14,6 @@ method and settings are chosen.
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -23,13 +22,19 @@ import numpy as np
 import torch
 
 from metaaug.config import load_params
-from metaaug.metalearn import SearchSpace, sample_tasks, score, search, tasks_needed
+from metaaug.metalearn import SearchSpace, policy_summary, sample_tasks, score, search, tasks_needed
 from metaaug.ops import OP_NAMES
-from metaaug.pipeline import search_config, set_threads
+from metaaug.pipeline import machine_description, search_config, set_threads
 from metaaug.policies import fixed_policy
 from metaaug.stats import paired_difference
 from metaaug.tasks import load_prepared
 from metaaug.training import TrainSettings
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -48,13 +53,12 @@ def main() -> None:
     shots, mp = params["tasks"]["shots"], params["metatrain"]
     val_tasks = sample_tasks(images[is_val], labels[is_val], shots, mp["ways"], mp["query_per_class"],
                              args.val_tasks, seed=10_000 + params["seed"])
-    start = time.perf_counter()
-    score(None, val_tasks[0], settings)
-    one_run = time.perf_counter() - start
+    one_run = float(np.median([timed(lambda: score(None, t, settings)) for t in val_tasks[:4]][1:]))  # after warm-up
 
-    space = SearchSpace(tuple(mp["ops"]) if mp["ops"] else OP_NAMES)
     channels = images.shape[-1]
-    policies = {"none": None, "trivialaugment": fixed_policy("trivialaugment", image_channels=channels)}
+    space = SearchSpace(tuple(mp["ops"]) if mp["ops"] else OP_NAMES, channels=channels)
+    policies = {"none": None, **{name: fixed_policy(name, image_channels=channels)
+                                 for name in ("handcrafted", "randaugment", "trivialaugment")}}
     cost = {}
     for method in args.methods.split(","):
         cfg = search_config({**params, "metatrain": {**mp, "method": method}})
@@ -65,10 +69,12 @@ def main() -> None:
             state = search(space, tasks, cfg, settings, Path(d) / "ckpt.json")
             cost[method] = (time.perf_counter() - start, state.trainings)
         policies[f"learned:{method}"] = space.policy(np.array(state.best))
+        print(f"{method}: {policy_summary(policies[f'learned:{method}'])}, {space.layers(np.array(state.best))} layer(s)",
+              flush=True)
 
     acc = {name: np.array([score(p, t, settings) for t in val_tasks]) for name, p in policies.items()}
-    print(f"machine: {platform.machine()} {platform.processor() or ''}, {torch.get_num_threads()} torch thread(s), "
-          f"one full training {one_run:.2f} s; meta-val tasks: {len(val_tasks)}")
+    print(f"machine: {machine_description()}; one full training {one_run:.2f} s on 1 thread; "
+          f"meta-val tasks: {len(val_tasks)}")
     print(f"{'arm':24s} {'meta-val acc':>12s} {'- TA (points, 95% CI)':>26s} {'search':>18s}")
     for name, a in acc.items():
         d = paired_difference(a, acc["trivialaugment"])

@@ -109,17 +109,19 @@ SCHEMA: dict[str, Any] = {
         "method": Param("sh_random", str, choices=("sh_random", "cem")),
         # The op space the policy learns in (null: every op in the table); e.g. drop Solarize for medical images.
         "ops": Param(None, list, nullable=True),
-        "candidates": Param(6, int, low=2, high=4096),  # policies per generation / halving bracket
+        "candidates": Param(8, int, low=2, high=4096),  # policies per generation / halving bracket
         "rungs": Param(3, int, low=1, high=12),  # successive-halving rungs (tasks double each rung)
         "tasks_first_rung": Param(2, int, low=1, high=1000),
         "generations": Param(2, int, low=1, high=1000),  # cem only
         "elite_fraction": Param(0.25, float, low=0.01, high=1.0),
         "init_std": Param(0.6, float, low=0.0, high=10.0),
-        "proxy_epochs": Param(40, int, low=1, high=100000),  # learner epochs when scoring a candidate
+        "proxy_epochs": Param(100, int, low=1, high=100000),  # learner epochs when scoring a candidate
+        "proxy_width": Param(16, int, low=1, high=1024),  # learner width when scoring a candidate
+        "workers": Param(0, int, low=0, high=1024),  # scoring processes, one thread each; 0 = one per CPU core
         # a challenger replaces the incumbent policy only if better by this many standard errors (paired)
         "accept_z": Param(1.0, float, low=0.0, high=10.0),
         "ways": Param(5, int, low=2, high=1000),
-        "query_per_class": Param(20, int, low=1, high=100000),
+        "query_per_class": Param(100, int, low=1, high=100000),
     },
     "augment": {
         "copies": Param(150, int, low=1, high=10000),  # augmented copies of every target training image

@@ -186,6 +186,9 @@ def evaluate_stage(params: dict, prepared_dir: Path, downstream_dir: Path, metri
         if policy_dir is not None and (policy_dir / "search.json").exists():
             search = read_json(policy_dir / "search.json")
             metrics["search_cost"] = search["seconds"] / metrics["downstream_run_seconds"]
+            metrics["search_workers"] = search.get("workers", 1)
+            if "proxy_seconds" in search:  # summed over worker processes: the cost on one core
+                metrics["search_cost_one_core"] = search["proxy_seconds"] / metrics["downstream_run_seconds"]
         if reports_dir is not None:  # first: it reads the policy, so bad input stops before any output is replaced
             with atomic_dir(reports_dir) as tmp:
                 write_report(tmp, metrics, accuracy, results, confusion, prepared, policy_dir, search)
@@ -227,7 +230,10 @@ def results_markdown(metrics: dict) -> str:
     lines = [accuracy_tables(metrics), ""]
     if "search_cost" in metrics:
         lines.append(f"Search cost: metatrain took {metrics['search_cost']:.1f}× one downstream training run "
-                     f"({metrics['downstream_run_seconds']:.2f} s).")
+                     f"({metrics['downstream_run_seconds']:.2f} s) in wall time with {metrics.get('search_workers', 1)} "
+                     "scoring process(es)" + (f"; its proxy trainings alone, summed over processes, "
+                                               f"{metrics['search_cost_one_core']:.1f}×." if
+                                               "search_cost_one_core" in metrics else "."))
     lines.append(f"Measured on: {metrics.get('machine', 'unknown machine')}.")
     return "\n".join(lines)
 
@@ -257,7 +263,9 @@ def search_config(params: dict) -> "SearchConfig":
     from metaaug.metalearn import SearchConfig
 
     fields = SearchConfig.__dataclass_fields__
-    return SearchConfig(**{k: v for k, v in params["metatrain"].items() if k in fields}, seed=params["seed"])
+    chosen = {k: v for k, v in params["metatrain"].items() if k in fields}
+    chosen["workers"] = chosen.get("workers") or os.cpu_count() or 1
+    return SearchConfig(**chosen, seed=params["seed"])
 
 
 def checkpoint_path(out: Path, params: dict, prepared_dir: Path) -> Path:
@@ -278,7 +286,7 @@ def metatrain_stage(params: dict, prepared_dir: Path, out: Path) -> None:
 
     prepared = load_prepared(prepared_dir)
     mp, cfg = params["metatrain"], search_config(params)
-    space = SearchSpace(tuple(mp["ops"]) if mp["ops"] else OP_NAMES)
+    space = SearchSpace(tuple(mp["ops"]) if mp["ops"] else OP_NAMES, channels=prepared.meta_images.shape[-1])
     set_threads(prepared.meta_images.shape[1])
     train_idx = np.flatnonzero(~np.asarray(prepared.meta_is_val))
     logged = {"metatrain": mp, "seed": params["seed"], "tasks.shots": params["tasks"]["shots"]}
@@ -302,8 +310,9 @@ def metatrain_stage(params: dict, prepared_dir: Path, out: Path) -> None:
             export_albumentations(policy, tmp / "policy_albumentations.json")
             state.save(tmp / "checkpoint.json")
             write_json(tmp / "search.json", {"method": cfg.method, "seconds": seconds, "trainings": state.trainings,
-                                             "proxy_epochs": cfg.proxy_epochs, "history": state.history,
-                                             "theta": state.best})
+                                             "proxy_seconds": state.seconds, "workers": cfg.workers,
+                                             "proxy_epochs": cfg.proxy_epochs, "proxy_width": cfg.proxy_width,
+                                             "history": state.history, "theta": state.best})
         ckpt.unlink(missing_ok=True)
         mlflow.log_metrics({"search.seconds": seconds, "search.trainings": state.trainings})
         mlflow.log_artifacts(str(out), "policy")
