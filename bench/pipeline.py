@@ -1,0 +1,153 @@
+"""Wall time and peak memory of each stage of `dvc repro` on the default data, and the no-op `dvc repro`.
+
+Builds a fresh project in a temporary directory (the repo's dvc.yaml, stages/ and
+metaaug/, the given params; git init, dvc init; MLflow in the project's own
+sqlite file), then runs `dvc repro -s <stage>` for each stage in pipeline order,
+each in its own process tree, measuring:
+
+* wall time of the whole `dvc repro -s` (DVC's own start-up and hashing included);
+* peak RSS of the process tree (dvc + the stage's python), summed over the tree,
+  sampled every 50 ms;
+* peak RSS of the largest single process (exact: the kernel's maxrss via wait4).
+
+Then one no-op `dvc repro` (nothing may run), and metatrain's cost as a multiple
+of one downstream training (metrics.json: search seconds / median training run,
+and the metatrain stage's wall time / the same). Prints a markdown table.
+Targets (issue 5): full default pipeline <= 10 min and <= 2 GiB peak RSS on
+2 CPU cores; no-op `dvc repro` <= 5 s.
+
+    python bench/pipeline.py [--params params.yaml] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from test_pipeline_dvc import make_project  # noqa: E402  (one way to build a project, shared with the e2e test)
+
+from metaaug.pipeline import machine_description  # noqa: E402
+
+GIB = 1 << 30
+TARGETS = {"pipeline_seconds": 600, "peak_rss": 2 * GIB, "noop_seconds": 5}
+
+
+# A small launcher runs each command and reports its children's maxrss: a child's maxrss starts
+# at its parent's RSS at fork time, so forking from this process (which holds more) would inflate it.
+LAUNCHER = ("import resource, subprocess, sys\n"
+            "code = subprocess.call(sys.argv[2:])\n"
+            "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+            "sys.exit(code)\n")
+
+
+def measure(cmd: list[str], cwd: Path, env: dict) -> dict:
+    """Run `cmd`; wall seconds, peak summed RSS of its process tree (sampled), largest process's maxrss."""
+    maxrss = cwd / ".bench.maxrss"
+    start = time.perf_counter()
+    with open(cwd / ".bench.log", "ab") as log:
+        launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(maxrss), *cmd], cwd=cwd, env=env,
+                                    stdout=log, stderr=subprocess.STDOUT)
+    peak_tree = 0
+    while launcher.poll() is None:
+        peak_tree = max(peak_tree, tree_rss(launcher.pid))
+        time.sleep(0.05)
+    seconds = time.perf_counter() - start
+    if launcher.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed in {cwd}; see {cwd / '.bench.log'}")
+    return {"seconds": seconds, "peak_tree": peak_tree, "peak_process": int(maxrss.read_text()) * 1024}
+
+
+def tree_rss(launcher_pid: int) -> int:
+    """Summed RSS of the launcher's descendants now (not the launcher); one that ends while we look counts 0."""
+    try:
+        tree = psutil.Process(launcher_pid).children(recursive=True)
+    except psutil.Error:
+        return 0
+    total = 0
+    for p in tree:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def stage_names(project: Path) -> list[str]:
+    """The stages in dvc.yaml order, which is the pipeline's order (each depends only on earlier ones)."""
+    return list(yaml.safe_load((project / "dvc.yaml").read_text())["stages"])
+
+
+def run(project: Path) -> tuple[dict, dict, dict]:
+    """Each stage, then the no-op repro. Returns (per-stage measurements, no-op measurement, metrics.json)."""
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "METAAUG_PROGRESS": "0",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
+    dvc = str(bin_dir / "dvc")
+    stages = {}
+    for name in stage_names(project):
+        stages[name] = measure([dvc, "repro", "-s", name], project, env)
+        print(f"{name}: {stages[name]['seconds']:.1f} s", file=sys.stderr)
+    log_size = (project / ".bench.log").stat().st_size
+    noop = measure([dvc, "repro"], project, env)
+    if "Running stage" in (project / ".bench.log").read_bytes()[log_size:].decode(errors="replace"):
+        raise SystemExit("the no-op `dvc repro` ran a stage: the pipeline is not reproducible as cached")
+    return stages, noop, json.loads((project / "metrics.json").read_text())
+
+
+def table(stages: dict, noop: dict, metrics: dict) -> str:
+    """The markdown report: one row per stage, the total, the no-op, the search-cost ratios, the verdicts."""
+    mib = lambda b: f"{b / (1 << 20):,.0f}"  # noqa: E731
+    lines = ["| stage | wall time (s) | peak RSS, process tree (MiB) | peak RSS, largest process (MiB) |",
+             "|---|---|---|---|"]
+    lines += [f"| {name} | {m['seconds']:.1f} | {mib(m['peak_tree'])} | {mib(m['peak_process'])} |"
+              for name, m in stages.items()]
+    total = sum(m["seconds"] for m in stages.values())
+    peak = max(m["peak_tree"] for m in stages.values())
+    lines += [f"| **full pipeline** | **{total:.1f}** | **{mib(peak)}** | "
+              f"**{mib(max(m['peak_process'] for m in stages.values()))}** |",
+              f"| no-op `dvc repro` | {noop['seconds']:.1f} | {mib(noop['peak_tree'])} | {mib(noop['peak_process'])} |"]
+    one = metrics["downstream_run_seconds"]
+    verdict = lambda ok: "met" if ok else "**missed**"  # noqa: E731
+    lines += ["", f"One downstream training (median over arms × splits): {one:.2f} s. Metatrain: "
+              f"search {metrics['search_cost']:.1f}× one training (metrics.json), whole stage "
+              f"{stages['metatrain']['seconds'] / one:.1f}× (with DVC and MLflow start-up).", "",
+              f"Targets: full pipeline ≤ 10 min: {total / 60:.1f} min, {verdict(total <= TARGETS['pipeline_seconds'])}; "
+              f"peak RSS ≤ 2 GiB: {peak / GIB:.2f} GiB, {verdict(peak <= TARGETS['peak_rss'])}; "
+              f"no-op `dvc repro` ≤ 5 s: {noop['seconds']:.1f} s, {verdict(noop['seconds'] <= TARGETS['noop_seconds'])}.",
+              "", f"Measured on: {machine_description()}."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=REPO / "params.yaml", help="params file to run with")
+    parser.add_argument("--keep", type=Path, help="build the project here and keep it (default: a temp dir)")
+    args = parser.parse_args()
+    for key in ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"):
+        os.environ.setdefault(key, "metaaug-bench")
+    for key in ("GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"):
+        os.environ.setdefault(key, "bench@example.invalid")
+    os.environ["DVC_NO_ANALYTICS"] = "1"  # no analytics daemon in the measured process trees
+    root = args.keep or Path(tempfile.mkdtemp(prefix="metaaug-bench-"))
+    try:
+        project = make_project(root / "project", yaml.safe_load(args.params.read_text()))
+        print(table(*run(project)))
+    finally:
+        if args.keep is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
