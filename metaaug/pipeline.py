@@ -183,12 +183,15 @@ def evaluate_stage(params: dict, prepared_dir: Path, downstream_dir: Path, metri
         metrics["downstream_run_seconds"] = float(np.median(run_seconds))
         metrics["machine"] = machine_description()
         search = None
-        if policy_dir is not None and (policy_dir / "search.json").exists():
-            search = read_json(policy_dir / "search.json")
+        timing = policy_dir and (policy_dir / "search.json").exists() and tracking.stage_metrics(
+            params["tracking"]["experiment"], "metatrain", policy_dir)
+        if timing:
+            search = {**read_json(policy_dir / "search.json"), "seconds": timing["search.seconds"],
+                      "proxy_seconds": timing["search.proxy_seconds"], "workers": int(timing["search.workers"])}
             metrics["search_cost"] = search["seconds"] / metrics["downstream_run_seconds"]
-            metrics["search_workers"] = search.get("workers", 1)
-            if "proxy_seconds" in search:  # summed over worker processes: the cost on one core
-                metrics["search_cost_one_core"] = search["proxy_seconds"] / metrics["downstream_run_seconds"]
+            metrics["search_workers"] = search["workers"]
+            # proxy trainings summed over worker processes: the cost on one core
+            metrics["search_cost_one_core"] = search["proxy_seconds"] / metrics["downstream_run_seconds"]
         if reports_dir is not None:  # first: it reads the policy, so bad input stops before any output is replaced
             with atomic_dir(reports_dir) as tmp:
                 write_report(tmp, metrics, accuracy, results, confusion, prepared, policy_dir, search)
@@ -303,18 +306,19 @@ def metatrain_stage(params: dict, prepared_dir: Path, out: Path) -> None:
         seconds = time.perf_counter() - start
         policy = space.policy(np.array(state.best))
         with atomic_dir(out) as tmp:
-            provenance = {"method": cfg.method, "mlflow_run_id": run.info.run_id,
-                          "meta_source": prepared.manifest["meta"]["source"],
+            # no run id or timing here: the output must be byte-identical run to run (the MLflow run
+            # finds it by its digest tag)
+            provenance = {"method": cfg.method, "meta_source": prepared.manifest["meta"]["source"],
                           "meta_classes": prepared.manifest["meta"]["classes"], "trainings": state.trainings}
             save_policy(policy, tmp / "policy.json", provenance)
             export_albumentations(policy, tmp / "policy_albumentations.json")
-            state.save(tmp / "checkpoint.json")
-            write_json(tmp / "search.json", {"method": cfg.method, "seconds": seconds, "trainings": state.trainings,
-                                             "proxy_seconds": state.seconds, "workers": cfg.workers,
+            write_json(tmp / "checkpoint.json", {k: v for k, v in state.__dict__.items() if k != "seconds"})
+            write_json(tmp / "search.json", {"method": cfg.method, "trainings": state.trainings,
                                              "proxy_epochs": cfg.proxy_epochs, "proxy_width": cfg.proxy_width,
                                              "history": state.history, "theta": state.best})
         ckpt.unlink(missing_ok=True)
-        mlflow.log_metrics({"search.seconds": seconds, "search.trainings": state.trainings})
+        mlflow.log_metrics({"search.seconds": seconds, "search.proxy_seconds": state.seconds,
+                            "search.workers": cfg.workers, "search.trainings": state.trainings})
         mlflow.log_artifacts(str(out), "policy")
         print(f"metatrain: {cfg.method}, {state.trainings} proxy trainings in {seconds:.1f} s; policy: "
               f"{policy_summary(policy)}")

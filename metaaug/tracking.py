@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -54,6 +55,29 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             f"MLflow tracking server {uri} is unreachable ({reason}); expected a running `mlflow server` "
             "or MLFLOW_TRACKING_URI unset for the local sqlite:///mlflow.db"
         ) from None
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """For a SQLite store, hold a machine-wide lock while MLflow creates or upgrades its tables.
+
+    Processes that open one fresh store at once (`dvc queue start -j 2`) would each create the
+    tables, and all but one would stop with "table ... already exists". The lock file lives in
+    the temp folder, keyed by the database's path, so the repository gains no file.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri.removeprefix("sqlite:///").split("?")[0]).resolve()
+    if not db.parent.is_dir():
+        raise MetaaugError(f"MLFLOW_TRACKING_URI={uri}: folder {db.parent} does not exist; expected an existing "
+                           "folder for the SQLite file")
+    import fcntl
+
+    key = hashlib.sha256(str(db).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"metaaug-mlflow-{key}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        yield
 
 
 def dir_digest(path: str | Path) -> str:
@@ -121,6 +145,19 @@ def find_run_by_digest(client, experiment_id: str, stage: str, digest: str) -> s
     return runs[0].info.run_id if runs else None
 
 
+def stage_metrics(experiment: str, stage: str, output: Path) -> dict[str, float] | None:
+    """The metrics of the newest `stage` run that wrote `output` (as it is now); None if none is recorded.
+
+    Wall times live here, not in the stage's output, so that output stays byte-identical run to run.
+    """
+    mlflow = _import_mlflow()
+    mlflow.set_tracking_uri(tracking_uri())
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    run_id = exp and find_run_by_digest(client, exp.experiment_id, stage, dir_digest(output))
+    return client.get_run(run_id).data.metrics if run_id else None
+
+
 @contextlib.contextmanager
 def stage_run(stage: str, params: dict, experiment: str, upstream: dict[str, Path] | None = None,
               output: Path | None = None) -> Iterator:
@@ -136,7 +173,8 @@ def stage_run(stage: str, params: dict, experiment: str, upstream: dict[str, Pat
     check_reachable(uri)  # before importing mlflow, which takes seconds
     mlflow = _import_mlflow()
     mlflow.set_tracking_uri(uri)
-    exp = mlflow.set_experiment(experiment)
+    with store_lock(uri):
+        exp = mlflow.set_experiment(experiment)
     client = mlflow.MlflowClient()
     tags = {STAGE_TAG: stage, **git_info()}
     tags[PIPELINE_TAG] = pipeline_id(tags["git.commit"])
