@@ -60,6 +60,10 @@ class World:
 def world(mode: str, device: torch.device) -> Iterator[World]:
     """The process group `mode` asks for (none: a world of one), torn down on exit; CUDA: one GPU a rank."""
     if mode == "none":
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would write the outputs and log the runs
+            raise MetaaugError(f"params.yaml: train.distributed = none, but torchrun started "
+                               f"{os.environ['WORLD_SIZE']} processes; expected train.distributed: shard or ddp, "
+                               "or one process")
         yield World(mode, device=device)
         return
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:

@@ -118,6 +118,13 @@ def test_distributed_without_torchrun_stops_before_writing(single, monkeypatch):
     assert not (single / "never").exists()
 
 
+def test_several_processes_without_a_distributed_mode_stop_before_writing(single, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(MetaaugError, match=r"train.distributed = none, but torchrun started 2 processes; expected"):
+        train_stage(params_for("none"), single / "prepared", single / "never")
+    assert not (single / "never").exists()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (this test runs on GPU machines)")
 def test_cuda_training_matches_cpu_within_mixed_precision_tolerance():
     """bfloat16 autocast on CUDA vs float32 on the CPU: same learner, seed and data; close curves and answers."""

@@ -1,0 +1,67 @@
+"""The MLflow UI in headless Chromium (Debian's package; `.ci/run` installs it): a finished pipeline's stage
+runs are listed on the experiment page, and the evaluate run's page shows its metrics with their values.
+Screenshots of both pages are kept in test-artifacts/.
+
+The UI is a React app that renders in the browser, so the page is read after Chromium has run its scripts
+(`--dump-dom` after `--virtual-time-budget`), not from the server's HTML.
+"""
+
+import html
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from test_shared_infra import STAGES, served_pipeline, stage_runs  # noqa: F401  (session fixture)
+
+pytestmark = pytest.mark.slow
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO / "test-artifacts"
+
+
+def render(url: str, screenshot: Path, profile: Path) -> str:
+    """The page's visible text once its scripts have run, saving a screenshot of it on the way."""
+    assert CHROMIUM.exists(), f"{CHROMIUM} missing; expected Debian's chromium (`apt-get install chromium`, .ci/run)"
+    screenshot.parent.mkdir(exist_ok=True)
+    # --no-sandbox: we run as root; the background-networking flags keep it off the closed network
+    cmd = [str(CHROMIUM), "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={profile}", "--virtual-time-budget=15000", "--window-size=1600,1000",
+           f"--screenshot={screenshot}", "--dump-dom", url]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and screenshot.stat().st_size > 0, done.stderr[-2000:]
+    text = re.sub(r"<(script|style)\b.*?</\1>|<[^>]+>", " ", done.stdout, flags=re.S)
+    return re.sub(r"\s+", " ", html.unescape(text))
+
+
+def test_experiment_page_lists_the_stage_runs(served_pipeline, tmp_path):  # noqa: F811
+    import mlflow
+
+    runs = stage_runs(served_pipeline.url)
+    experiment = runs["prepare"].info.experiment_id
+    everything = mlflow.MlflowClient(served_pipeline.url).search_runs([experiment])  # stage + arm x split runs
+    text = render(f"{served_pipeline.url}/#/experiments/{experiment}/runs", ARTIFACTS / "mlflow_experiment_runs.png",
+                  tmp_path / "profile")
+    assert "Run Name" in text and f"{len(everything)} matching runs" in text, text[:2000]
+    assert set(re.findall(r"\b(" + "|".join(STAGES) + r")\b", text)) == set(STAGES), text[:2000]
+
+
+def as_in_the_ui(value: float) -> str | None:
+    """A metric as the UI prints it (JavaScript's number formatting); None where it uses an exponent."""
+    if value.is_integer():
+        return str(int(value))
+    return repr(value) if 1e-4 <= abs(value) < 1e16 else None
+
+
+def test_evaluate_run_page_shows_every_metric_with_its_value(served_pipeline, tmp_path):  # noqa: F811
+    run = stage_runs(served_pipeline.url)["evaluate"]
+    url = f"{served_pipeline.url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    text = render(url, ARTIFACTS / "mlflow_evaluate_run.png", tmp_path / "profile")
+    metrics = run.data.metrics
+    assert f"Metrics ({len(metrics)})" in text, text[:2000]
+    assert "arms.none.mean" in metrics and "paired.trivialaugment-none.mean" in metrics
+    for key, value in metrics.items():
+        shown = as_in_the_ui(value)
+        assert f"{key} {shown}" in text if shown else key in text, (key, value)
