@@ -76,38 +76,35 @@ def stage_runs(root: Path, mode: str) -> tuple:
     return train, children
 
 
+def against_single(root: Path, mode: str) -> list[tuple[dict, dict, dict, dict]]:
+    """Run `mode` under torchrun and check its MLflow runs; then per training: (state dict, single-process
+    state dict, results.json record, single-process record)."""
+    torchrun(root, mode, root / mode)
+    train, children = stage_runs(root, mode)
+    assert len(train) == 1 and train[0].data.params["train.distributed"] == mode
+    assert train[0].data.params["train.ranks"] == "2" and len(children) == len(ARMS) * 2
+    pairs = []
+    for arm in ARMS:
+        (states, runs), (ref_states, ref_runs) = outputs(root / mode, arm), outputs(root / "single", arm)
+        assert len(states) == len(ref_states) == 2 and states[0].keys() == ref_states[0].keys()
+        pairs += zip(states, ref_states, runs, ref_runs)
+    return pairs
+
+
 @pytest.mark.slow
 def test_shard_over_two_ranks_reproduces_one_process_exactly(single):
-    out = single / "shard"
-    torchrun(single, "shard", out)
-    for arm in ARMS:
-        (states, runs), (ref_states, ref_runs) = outputs(out, arm), outputs(single / "single", arm)
-        assert len(states) == 2
-        for state, ref in zip(states, ref_states):
-            assert all(torch.equal(state[k], ref[k]) for k in ref)
-        assert [r["curves"] for r in runs] == [r["curves"] for r in ref_runs]
-    train, children = stage_runs(single, "shard")
-    assert len(train) == 1 and train[0].data.params["train.ranks"] == "2"
-    assert train[0].data.params["train.distributed"] == "shard"
-    assert len(children) == len(ARMS) * 2
+    for state, ref, run, ref_run in against_single(single, "shard"):
+        assert all(torch.equal(state[k], ref[k]) for k in ref)
+        assert run["curves"] == ref_run["curves"]
 
 
 @pytest.mark.slow
 def test_ddp_over_two_ranks_matches_one_process_within_tolerance(single):
-    out = single / "ddp"
-    torchrun(single, "ddp", out)
-    for arm in ARMS:
-        (states, runs), (ref_states, ref_runs) = outputs(out, arm), outputs(single / "single", arm)
-        for state, ref in zip(states, ref_states):
-            assert state.keys() == ref.keys()
-            for key in ref:
-                assert torch.allclose(state[key].float(), ref[key].float(), rtol=1e-3, atol=1e-4), (arm, key)
-        for run, ref in zip(runs, ref_runs):
-            assert run["curves"]["loss"] == pytest.approx(ref["curves"]["loss"], rel=1e-4)
-            assert run["curves"]["train_acc"] == ref["curves"]["train_acc"]
-    train, children = stage_runs(single, "ddp")
-    assert len(train) == 1 and train[0].data.params["train.distributed"] == "ddp"
-    assert len(children) == len(ARMS) * 2
+    for state, ref, run, ref_run in against_single(single, "ddp"):
+        for key in ref:
+            assert torch.allclose(state[key].float(), ref[key].float(), rtol=1e-3, atol=1e-4), key
+        assert run["curves"]["loss"] == pytest.approx(ref_run["curves"]["loss"], rel=1e-4)
+        assert run["curves"]["train_acc"] == ref_run["curves"]["train_acc"]
 
 
 def test_distributed_without_torchrun_stops_before_writing(single, monkeypatch):
