@@ -10,10 +10,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import yaml
 
 from conftest import tiny_params
-from test_interruptions import run_in_process
+from test_interruptions import repro_in_process
 from test_pipeline_dvc import dvc, make_project, sh
 
 pytestmark = pytest.mark.slow
@@ -54,9 +53,7 @@ def baseline(tmp_path, monkeypatch):
     that change only train.epochs rerun only train and evaluate."""
     root = make_project(tmp_path / "project", tiny_params())
     monkeypatch.chdir(root)
-    for stage in yaml.safe_load((root / "dvc.yaml").read_text())["stages"].values():
-        run_in_process(stage["cmd"])
-    assert dvc(root, "commit", "--force").returncode == 0
+    repro_in_process(root)
     sh("git", "add", "-A", cwd=root)
     sh("git", "commit", "-qm", "baseline", cwd=root)
     yield root

@@ -45,13 +45,17 @@ def temps(root: Path) -> list[Path]:
     return [p for p in root.rglob(".*.tmp-*") if not {".dvc", ".git"} & set(p.relative_to(root).parts)]
 
 
-def run_in_process(cmd: str) -> None:
-    """A stage's dvc.yaml command (`python stages/<name>.py ...`, a thin shell over the CLI) in this process,
-    where the imports are already paid for."""
-    script, *args = shlex.split(cmd)[1:]
-    with pytest.raises(SystemExit) as exit:
-        main([Path(script).stem, *args])
-    assert exit.value.code == 0, cmd
+def repro_in_process(root: Path) -> None:
+    """What `dvc repro` does, minus a fresh interpreter per stage: run each dvc.yaml command (`python
+    stages/<name>.py ...`, a thin shell over the CLI) in this process, where the imports are already paid
+    for, then `dvc commit` the outputs, so DVC sees the pipeline up to date. The caller has chdir'd to root."""
+    for stage in yaml.safe_load((root / "dvc.yaml").read_text())["stages"].values():
+        script, *args = shlex.split(stage["cmd"])[1:]
+        with pytest.raises(SystemExit) as exit:
+            main([Path(script).stem, *args])
+        assert exit.value.code == 0, stage["cmd"]
+    committed = dvc(root, "commit", "--force")
+    assert committed.returncode == 0 and "up to date" in dvc(root, "status").stdout, committed.stderr
 
 
 def run_killed(root: Path, cmd: str, output: str) -> subprocess.CompletedProcess:
@@ -64,10 +68,7 @@ def test_killed_stages_keep_previous_outputs_and_repro_completes(tmp_path, monke
     root = make_project(tmp_path / "project", tiny_params())
     monkeypatch.chdir(root)
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
-    for stage in stages.values():  # what `dvc repro` would run, minus a fresh interpreter per stage
-        run_in_process(stage["cmd"])
-    committed = dvc(root, "commit", "--force")
-    assert committed.returncode == 0 and "up to date" in dvc(root, "status").stdout, committed.stderr
+    repro_in_process(root)
     assert set(stages) == set(FIRST_OUTPUT)
     outputs = {name: stage_outputs(root, stage) for name, stage in stages.items()}
     before = {name: snapshot(paths) for name, paths in outputs.items()}
