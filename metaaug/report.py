@@ -84,7 +84,8 @@ def policy_figure(policy: Policy):
         left.legend(fontsize=8, loc="lower right")
     left.set_xlabel(f"probability per layer ({policy.layers} layer{'s' * (policy.layers > 1)})")
     width = np.maximum(np.subtract(policy.mag_high, policy.mag_low), 0.01)  # a fixed magnitude stays visible
-    right.barh(y, width, left=policy.mag_low, color="C2", height=0.5)
+    colours = [(0.17, 0.63, 0.17, 1.0 if w > 0 else 0.2) for w in policy.weights]  # faint: an op never drawn
+    right.barh(y, width, left=policy.mag_low, color=colours, height=0.5)
     right.set_xlim(0, 1.01)
     right.set_xlabel("magnitude range (1 = the op's maximum)")
     left.set_yticks(y, ops)

@@ -17,7 +17,7 @@ from metaaug.pipeline import (augment_stage, evaluate_stage, metatrain_stage, pr
 def pipeline(tmp_path_factory):
     """The tiny pipeline run once through the stage functions, into its own MLflow store."""
     root = tmp_path_factory.mktemp("pipeline")
-    params = tiny_params()
+    params = tiny_params(**{"metatrain.workers": 1})  # no scoring processes to start: seconds saved
     d = {name: root / name for name in ("prepared", "policy", "augmented", "downstream", "plots", "reports")}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
