@@ -8,16 +8,17 @@ worse than no augmentation), so the policy is scored by real trainings:
 
 * **Search space** — the configured op space with TrivialAugment-Wide's maximum
   ranges. A point is a weight logit and a magnitude cap per op *group*
-  (geometric, colour, histogram, cutout, identity): op weights are the group's
-  mass shared evenly inside it, each op's magnitude range is [0, cap]. The
-  initialisation is TrivialAugment-Wide's sampling rule (uniform over ops, full
-  ranges); groups keep the search low-dimensional enough for a handful of
-  scored trainings to move it.
+  (geometric, scale, colour, histogram, cutout, identity) and a depth (1 or 2
+  ops per image): op weights are the group's mass shared evenly inside it, each
+  op's magnitude range is [0, cap]. The initialisation is TrivialAugment-Wide
+  itself (its ops equally likely, full ranges, one op per image; Scale and
+  Cutout start off); groups keep the search low-dimensional enough for a
+  handful of scored trainings to move it.
 * **Scoring** — every candidate of a rung is trained on the *same* tasks and
   initialisations (common random numbers), so candidates are compared by
   paired differences, not by split luck.
-* **Methods** — `sh_random`: candidates around the initialisation, each boosting one group,
-  successive halving (most candidates train on few tasks, the survivors on
+* **Methods** — `sh_random`: candidates around the incumbent, each moving along one
+  direction (see `explore`), successive halving (most candidates train on few tasks, the survivors on
   more). `cem`: the cross-entropy method, each generation scored the same way,
   its mean moved to the elites. Both keep the initialisation in the race, so
   the policy moves only where the evidence says it helps: the incumbent is
@@ -42,7 +43,7 @@ import torch
 from metaaug.errors import MetaaugError
 from metaaug.io import read_json, write_json
 from metaaug.ops import OP_NAMES
-from metaaug.policies import TA_WIDE_OPS, Policy, sample_apply
+from metaaug.policies import TA_WIDE_OPS, Policy, drop_color, sample_apply
 from metaaug.training import TrainSettings, predict, train_learner
 
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -96,8 +97,7 @@ class SearchSpace:
     groups: dict[str, tuple[str, ...]] = field(init=False)
 
     def __post_init__(self):
-        ops = tuple(op for op in self.ops if not (op == "Color" and self.channels == 1))
-        object.__setattr__(self, "groups", op_groups(ops))
+        object.__setattr__(self, "groups", op_groups(tuple(drop_color(self.ops, self.channels))))
         if not self.groups:
             raise MetaaugError(f"params.yaml: metatrain.ops {list(self.ops)} leaves no op for {self.channels}-channel "
                                "images; expected at least one op other than Color on grey images")
@@ -368,8 +368,7 @@ def explore(mean: np.ndarray, std: np.ndarray, c: int, space: SearchSpace, rng: 
     direction = c % (k + 2)
     if direction < k:
         share = IDENTITY_SHARE if list(space.groups)[direction] == "identity" else SHARE
-        others = np.delete(theta[:k], direction)
-        theta[direction] = np.log(np.exp(others - others.max()).sum()) + others.max() + math.log(share / (1 - share))
+        theta[direction] = np.logaddexp.reduce(np.delete(theta[:k], direction)) + math.log(share / (1 - share))
     elif direction == k:
         theta[k:2 * k] = 0.5 * space.caps(theta)
     else:

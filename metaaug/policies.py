@@ -155,7 +155,7 @@ def _uniform(name, ops, mag_low, mag_high, layers, prob=1.0):
     return Policy(name, tuple(ops), (1.0 / n,) * n, (prob,) * n, tuple(mag_low), tuple(mag_high), layers)
 
 
-def _drop_color(ops, image_channels):
+def drop_color(ops, image_channels):
     # Color is the identity on grey images: keeping it would silently add a second Identity.
     return [op for op in ops if not (op == "Color" and image_channels == 1)]
 
@@ -200,11 +200,11 @@ def fixed_policy(name: str, image_channels: int = 1, **kwargs) -> Policy:
             raise MetaaugError(f"fixed policy 'randaugment': n must be an integer >= 1, got {n!r}")
         if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m <= 30:
             raise MetaaugError(f"fixed policy 'randaugment': m must be in [0, 30], got {m!r}")
-        ops = _drop_color(RANDAUGMENT_OPS, image_channels)
+        ops = drop_color(RANDAUGMENT_OPS, image_channels)
         mags = [m / 30 * RANDAUGMENT_MAX_VALUE[op] / OPS[op].max_value if op in RANDAUGMENT_MAX_VALUE else 0.0
                 for op in ops]
         return _uniform(f"randaugment-n{n}-m{m:g}", ops, mags, mags, layers=n)
-    ops = _drop_color(TA_WIDE_OPS, image_channels)
+    ops = drop_color(TA_WIDE_OPS, image_channels)
     return _uniform("trivialaugment", ops, [0.0] * len(ops), [1.0] * len(ops), layers=1)
 
 
