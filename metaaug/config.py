@@ -118,6 +118,7 @@ SCHEMA: dict[str, Any] = {
         "proxy_epochs": Param(100, int, low=1, high=100000),  # learner epochs when scoring a candidate
         "proxy_width": Param(16, int, low=1, high=1024),  # learner width when scoring a candidate
         "workers": Param(0, int, low=0, high=1024),  # scoring processes, one thread each; 0 = one per CPU core
+        "population": Param(9, int, low=1, high=4096),  # proxy learners trained at once as one grouped network
         # a challenger replaces the incumbent policy only if better by this many standard errors (paired)
         "accept_z": Param(1.0, float, low=0.0, high=10.0),
         "ways": Param(5, int, low=2, high=1000),

@@ -31,6 +31,7 @@ scores, RNG states) is written atomically; a rerun resumes from it.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -39,12 +40,14 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch._dynamo  # noqa: F401  torch.optim imports it on first use (~1.7 s): here, before scoring
+# processes fork, so they inherit it instead of each paying for it
 
 from metaaug.errors import MetaaugError
 from metaaug.io import read_json, write_json
 from metaaug.ops import OP_NAMES
 from metaaug.policies import TA_WIDE_OPS, Policy, drop_color, sample_apply
-from metaaug.training import TrainSettings, predict, train_learner
+from metaaug.training import TrainSettings, predict, train_population
 
 GROUPS: dict[str, tuple[str, ...]] = {
     "geometric": ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate"),
@@ -175,9 +178,15 @@ def sample_tasks(images: np.ndarray, labels: np.ndarray, shots: int, ways: int, 
 
 def score(policy: Policy | None, task: Task, settings: TrainSettings) -> float:
     """Clean query accuracy of a learner trained on the task's support, augmented by `policy`."""
-    augment = None if policy is None else (lambda x, gen: sample_apply(policy, x, gen))
-    model, _ = train_learner(task.support_x, task.support_y, task.n_classes, settings, task.seed, augment)
-    return float(np.mean(predict(model, task.query_x) == task.query_y))
+    return score_population([(policy, task)], settings)[0]
+
+
+def score_population(jobs: list[tuple[Policy | None, Task]], settings: TrainSettings) -> list[float]:
+    """`score` of every (policy, task), their learners trained together as one population."""
+    augments = [None if policy is None else functools.partial(sample_apply, policy) for policy, _ in jobs]
+    learners = train_population([t.support_x for _, t in jobs], [t.support_y for _, t in jobs], jobs[0][1].n_classes,
+                                settings, [t.seed for _, t in jobs], augments)
+    return [float(np.mean(predict(model, t.query_x) == t.query_y)) for (model, _), (_, t) in zip(learners, jobs)]
 
 
 _WORKER: dict = {}  # a forked scoring process's tasks and settings (inherited, never pickled)
@@ -188,21 +197,33 @@ def _init_worker(tasks: list[Task], settings: TrainSettings) -> None:
     _WORKER.update(tasks=tasks, settings=settings)
 
 
-def _timed_score(policy: Policy, t: int) -> tuple[float, float]:
+def _timed_population(jobs: list[tuple[Policy, int]]) -> list[tuple[float, float]]:
+    """(score, seconds) per job; a population's wall time is shared evenly by its members."""
     start = time.perf_counter()
-    value = score(policy, _WORKER["tasks"][t], _WORKER["settings"])
-    return value, time.perf_counter() - start
+    values = score_population([(policy, _WORKER["tasks"][t]) for policy, t in jobs], _WORKER["settings"])
+    seconds = (time.perf_counter() - start) / len(jobs)
+    return [(value, seconds) for value in values]
+
+
+def populations(n_jobs: int, size: int) -> list[range]:
+    """Consecutive near-equal slices of at most `size` jobs: a function of the jobs alone, so
+    scores do not depend on how many processes share the work."""
+    n = math.ceil(n_jobs / size)
+    bounds = np.linspace(0, n_jobs, n + 1).round().astype(int)
+    return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 class Scorer:
-    """Scores (policy, task index) jobs in order, in `workers` forked processes when more than one.
+    """Scores (policy, task index) jobs, `population` learners trained at once (metaaug.population),
+    populations shared among `workers` forked processes when more than one.
 
-    A score is a pure function of (policy, task, settings) — the task fixes the learner's
-    seed — so the result does not depend on the number of workers or their scheduling.
+    A score is a function of (policy, task, settings) — the task fixes the learner's seed — and
+    of the population's composition only through float rounding; populations are cut from the
+    job list alone, so results do not depend on the number of workers or their scheduling.
     """
 
-    def __init__(self, tasks: list[Task], settings: TrainSettings, workers: int):
-        self.tasks, self.settings, self.workers, self.pool = tasks, settings, workers, None
+    def __init__(self, tasks: list[Task], settings: TrainSettings, workers: int, population: int = 1):
+        self.tasks, self.settings, self.workers, self.population, self.pool = tasks, settings, workers, population, None
 
     def __enter__(self) -> "Scorer":
         _WORKER.update(tasks=self.tasks, settings=self.settings)
@@ -219,10 +240,10 @@ class Scorer:
             self.pool.shutdown(cancel_futures=True)
 
     def map(self, jobs: list[tuple[Policy, int]]) -> list[tuple[float, float]]:
-        """(score, seconds) per job."""
-        if self.pool is None:
-            return [_timed_score(policy, t) for policy, t in jobs]
-        return list(self.pool.map(_timed_score, *zip(*jobs))) if jobs else []
+        """(score, seconds) per job, in order."""
+        groups = [jobs[r.start:r.stop] for r in populations(len(jobs), self.population)]
+        done = map(_timed_population, groups) if self.pool is None else self.pool.map(_timed_population, groups)
+        return [result for group in done for result in group]
 
 
 @dataclass
@@ -262,6 +283,7 @@ class SearchConfig:
     proxy_width: int = 16
     accept_z: float = 1.0
     workers: int = 1
+    population: int = 9
     seed: int = 0
 
 
@@ -331,7 +353,7 @@ def search(space: SearchSpace, tasks: list[Task], cfg: SearchConfig, settings: T
     generations = cfg.generations if cfg.method == "cem" else 1
     if state.mean is None:
         state.mean, state.std = list(init), [cfg.init_std] * space.dim
-    with Scorer(tasks, settings, cfg.workers) as scorer:
+    with Scorer(tasks, settings, cfg.workers, cfg.population) as scorer:
         while state.generation < generations:
             rng = np.random.default_rng([cfg.seed, state.generation])
             mean, std = np.array(state.mean), np.array(state.std)

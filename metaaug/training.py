@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metaaug import distributed
+from metaaug import distributed, population
 from metaaug.models import build_model
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -64,9 +64,10 @@ def normalise(x: torch.Tensor) -> torch.Tensor:
     return (x - 0.5) / 0.25
 
 
-def augmented_epochs(x: torch.Tensor, epochs: int, augment: Augment | None, gen: torch.Generator):
-    """Yield one (possibly augmented) copy of `x` per epoch, augmenting many epochs per call."""
-    per_call = max(1, AUGMENT_CHUNK // max(len(x), 1))
+def augmented_epochs(x: torch.Tensor, epochs: int, augment: Augment | None, gen: torch.Generator,
+                     chunk: int = AUGMENT_CHUNK):
+    """Yield one (possibly augmented) copy of `x` per epoch, augmenting about `chunk` images per call."""
+    per_call = max(1, chunk // max(len(x), 1))
     for start in range(0, epochs, per_call):
         n = min(per_call, epochs - start)
         copies = x.repeat(n, 1, 1, 1)
@@ -85,39 +86,67 @@ def train_learner(x: torch.Tensor, y: torch.Tensor, n_classes: int, settings: Tr
     `ddp`: one DistributedDataParallel learner over the process group, each rank training on its slice
     of every batch (metaaug.distributed); every rank returns the same model and curves.
     """
+    return train_population([x], [y], n_classes, settings, [seed], [augment], device, ddp)[0]
+
+
+def train_population(xs: list[torch.Tensor], ys: list[torch.Tensor], n_classes: int, settings: TrainSettings,
+                     seeds: list[int], augments: list[Augment | None], device: torch.device | None = None,
+                     ddp: bool = False) -> list[tuple[nn.Module, dict[str, list[float]]]]:
+    """Train len(xs) independent learners at once (metaaug.population): learner p is what
+    `train_learner(xs[p], ys[p], ..., seeds[p], augments[p])` trains, up to float rounding.
+
+    Every xs[p] has the same shape (same number of images, steps per epoch). Returns
+    (model, curves) per learner, as `train_learner` does.
+    """
     device = device or torch.device("cpu")
-    torch.manual_seed(seed)
-    model = net = build_model(x.shape[1], x.shape[-1], n_classes, settings.width).to(device)
+    size = len(xs)
+    members = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        members.append(build_model(xs[0].shape[1], xs[0].shape[-1], n_classes, settings.width).to(device))
+    model = net = (members[0] if size == 1 else population.group(members)).to(memory_format=torch.channels_last)
     if ddp:
         model, net = distributed.data_parallel(model, device)
     n_ranks = distributed.ranks() if ddp else 1
-    gen = torch.Generator(device=device).manual_seed(seed)
-    x, y = to_device(x, device), to_device(y, device)
+    gens = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+    x = torch.stack([to_device(xp, device) for xp in xs], 1)  # (images, learners, C, H, W)
+    y = torch.stack([to_device(yp, device) for yp in ys], 1)
+    epochs = [augmented_epochs(x[:, p], settings.epochs, augments[p], gens[p], AUGMENT_CHUNK // size)
+              for p in range(size)]
+    learner = torch.arange(size, device=device)
     steps_per_epoch = math.ceil(len(x) / settings.batch_size)
     opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum, nesterov=True,
                           weight_decay=settings.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch)
     use_amp = device.type == "cuda"
-    sums = torch.zeros(settings.epochs, 2, dtype=torch.float64, device=device)  # per epoch: loss sum, correct
+    sums = torch.zeros(settings.epochs, 2, size, dtype=torch.float64, device=device)  # loss sum, correct
     model.train()
-    for epoch, xe in enumerate(augmented_epochs(x, settings.epochs, augment, gen)):
-        order = torch.randperm(len(x), generator=gen, device=device)
+    for epoch in range(settings.epochs):
+        xe = torch.stack([next(e) for e in epochs], 1)
+        order = torch.stack([torch.randperm(len(x), generator=g, device=device) for g in gens], 1)
         for idx in order.split(settings.batch_size):
             mine = distributed.local_slice(idx) if ddp else idx
+            xb, yb = xe[mine, learner], y[mine, learner]  # (batch, learners, ...)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = net(normalise(xe[mine]))
-                loss_sum = F.cross_entropy(logits, y[mine], reduction="sum")
+                inputs = normalise(xb.flatten(1, 2)).contiguous(memory_format=torch.channels_last)
+                logits = net(inputs).view(len(mine), size, n_classes)
+                losses = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(len(mine), size)
             opt.zero_grad(set_to_none=True)
-            # DDP averages gradients over ranks, so each rank scales by ranks / batch: the whole batch's mean.
-            (loss_sum / (len(idx) / n_ranks)).backward()
+            # Each learner's mean over the whole batch; DDP averages gradients over ranks, hence * ranks.
+            (losses.sum() / (len(idx) / n_ranks)).backward()
             opt.step()
             sched.step()
-            sums[epoch, 0] += loss_sum.detach()
-            sums[epoch, 1] += (logits.argmax(1) == y[mine]).sum()
+            sums[epoch, 0] += losses.detach().sum(0)
+            sums[epoch, 1] += (logits.argmax(2) == yb).sum(0)
     if ddp:
         distributed.sum_over_ranks(sums)
     per_image = (sums / len(x)).cpu()  # one host sync per training, not one per step
-    return model.eval(), {"loss": per_image[:, 0].tolist(), "train_acc": per_image[:, 1].tolist()}
+    if size > 1:
+        members = [population.member(model, m, p) for p, m in enumerate(members)]
+    else:
+        members = [model]
+    return [(m.eval(), {"loss": per_image[:, 0, p].tolist(), "train_acc": per_image[:, 1, p].tolist()})
+            for p, m in enumerate(members)]
 
 
 @torch.no_grad()
