@@ -109,7 +109,7 @@ SCHEMA: dict[str, Any] = {
         "method": Param("sh_random", str, choices=("sh_random", "cem")),
         # The op space the policy learns in (null: every op in the table); e.g. drop Solarize for medical images.
         "ops": Param(None, list, nullable=True),
-        "candidates": Param(9, int, low=2, high=4096),  # policies per generation / halving bracket
+        "candidates": Param(12, int, low=2, high=4096),  # policies per generation / halving bracket
         "rungs": Param(3, int, low=1, high=12),  # successive-halving rungs (tasks double each rung)
         "tasks_first_rung": Param(2, int, low=1, high=1000),
         "generations": Param(2, int, low=1, high=1000),  # cem only

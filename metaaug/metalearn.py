@@ -46,7 +46,7 @@ import torch._dynamo  # noqa: F401  torch.optim imports it on first use (~1.7 s)
 from metaaug.errors import MetaaugError
 from metaaug.io import read_json, write_json
 from metaaug.ops import OP_NAMES
-from metaaug.policies import TA_WIDE_OPS, Policy, drop_color, sample_apply
+from metaaug.policies import Policy, drop_color, fixed_policy, sample_apply
 from metaaug.training import TrainSettings, predict, train_population
 
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -58,6 +58,9 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "identity": ("Identity",),
 }
 INCUMBENT = 0  # candidate 0 is the current policy (the initialisation, or CEM's mean)
+# The first bracket also scores the other fixed baselines' points in the space: a fixed policy
+# that is best on some kind of data is then a contender from the start, not a point to stumble on.
+ANCHORS = ("none", "handcrafted", "randaugment")
 SHARE = 0.75  # an explorer that boosts a group gives it this share of the op mass
 # ... and the identity group this one: "augment 5 % of the images". Measured on tasks where augmentation
 # destroys the label cue, augmenting even a quarter of the images costs nearly as much as augmenting all.
@@ -115,9 +118,25 @@ class SearchSpace:
         Ops of the space that TrivialAugment-Wide lacks (Scale, Cutout) start off
         (logit OFF) and are switched on only by candidates that explore them.
         """
-        counts = [sum(op in TA_WIDE_OPS for op in members) for members in self.groups.values()]
-        logits = [math.log(n) if n else OFF for n in counts]
-        return np.array([*logits, *[1.0] * len(counts), 1.0])
+        return self.project(fixed_policy("trivialaugment", image_channels=self.channels))
+
+    def project(self, policy: Policy) -> np.ndarray | None:
+        """The point of the space nearest a policy: each group gets the policy's mass on its ops
+        (spread evenly inside it; groups without any are OFF), a cap twice the mean magnitude of
+        those ops (so the range [0, cap] has the same mean), the policy's depth. None if the
+        policy has no op in this space.
+        """
+        weight = dict(zip(policy.ops, policy.weights))
+        middle = {op: (lo + hi) / 2 for op, lo, hi in zip(policy.ops, policy.mag_low, policy.mag_high)}
+        masses = np.array([sum(weight.get(op, 0.0) for op in members) for members in self.groups.values()])
+        if masses.max() <= 0:
+            return None
+        logits = [math.log(m / masses.max()) if m > 0 else OFF for m in masses]
+        caps = []
+        for members in self.groups.values():
+            sized = [middle[op] for op in members if op in middle and op not in MAGNITUDE_FREE]
+            caps.append(min(1.0, 2 * float(np.mean(sized))) if sized else 1.0)
+        return np.array([*logits, *caps, float(min(policy.layers, MAX_LAYERS))])
 
     def layers(self, theta: np.ndarray) -> int:
         return int(np.clip(np.rint(theta[-1]), 1, MAX_LAYERS))
@@ -273,7 +292,7 @@ class SearchState:
 @dataclass(frozen=True)
 class SearchConfig:
     method: str = "sh_random"
-    candidates: int = 6
+    candidates: int = 12
     rungs: int = 3
     tasks_first_rung: int = 2
     generations: int = 2
@@ -358,9 +377,10 @@ def search(space: SearchSpace, tasks: list[Task], cfg: SearchConfig, settings: T
             rng = np.random.default_rng([cfg.seed, state.generation])
             mean, std = np.array(state.mean), np.array(state.std)
             offset = int(rng.integers(len(space.groups) + 2))
-            thetas = [mean] + [explore(mean, std, c + offset, space, rng) for c in range(cfg.candidates - 1)]
-            if state.generation > 0:
-                thetas[1] = init  # the initialisation stays in the race
+            # generation 0 starts at the initialisation; later ones keep it in the race
+            fixed = (anchors(space) if state.generation == 0 else [init])[:cfg.candidates - 1]
+            thetas = [mean, *fixed] + [explore(mean, std, c + offset, space, rng)
+                                       for c in range(cfg.candidates - 1 - len(fixed))]
             ranked, _ = successive_halving(space, thetas, task_ids_for_generation(len(tasks), state.generation, cfg),
                                            cfg, scorer, state, lambda: state.save(checkpoint_path), log)
             state.best = list(map(float, ranked[0]))
@@ -374,6 +394,12 @@ def search(space: SearchSpace, tasks: list[Task], cfg: SearchConfig, settings: T
             state.rung, state.candidates, state.scores = 0, [], []
             state.save(checkpoint_path)
     return state
+
+
+def anchors(space: SearchSpace) -> list[np.ndarray]:
+    """The ANCHORS baselines projected into the space (those with an op in it)."""
+    points = [space.project(fixed_policy(name, image_channels=space.channels)) for name in ANCHORS]
+    return [p for p in points if p is not None]
 
 
 def explore(mean: np.ndarray, std: np.ndarray, c: int, space: SearchSpace, rng: np.random.Generator) -> np.ndarray:
