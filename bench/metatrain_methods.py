@@ -8,7 +8,11 @@ table: meta-val accuracy, paired difference to TrivialAugment-Wide with a
 bootstrap 95 % CI, search wall time and trainings. This is how metatrain's
 method and settings are chosen.
 
-    python bench/metatrain_methods.py [--prepared data/prepared] [--val-tasks 12]
+    python bench/metatrain_methods.py [--prepared data/prepared] [--val-tasks 24]
+        [--methods sh_random,sh_random:no-anchors,cem]
+
+`METHOD:no-anchors` runs METHOD with `metatrain.anchors: []`: its first bracket is
+TrivialAugment-Wide and explorers around it only, without the baselines' points.
 """
 
 from __future__ import annotations
@@ -41,8 +45,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prepared", type=Path, default=Path("data/prepared"))
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
-    ap.add_argument("--val-tasks", type=int, default=12)
-    ap.add_argument("--methods", default="sh_random,cem")
+    ap.add_argument("--val-tasks", type=int, default=24)
+    ap.add_argument("--methods", default="sh_random,sh_random:no-anchors,cem")
     args = ap.parse_args()
     params = load_params(args.params)
     prepared = load_prepared(args.prepared)
@@ -61,7 +65,9 @@ def main() -> None:
                                  for name in ("handcrafted", "randaugment", "trivialaugment")}}
     cost = {}
     for method in args.methods.split(","):
-        cfg = search_config({**params, "metatrain": {**mp, "method": method}})
+        name, _, variant = method.partition(":")
+        cfg = search_config({**params, "metatrain": {**mp, "method": name,
+                                                     **({"anchors": []} if variant == "no-anchors" else {})}})
         tasks = sample_tasks(images[~is_val], labels[~is_val], shots, mp["ways"], mp["query_per_class"],
                              tasks_needed(cfg), params["seed"])
         with tempfile.TemporaryDirectory() as d:

@@ -109,6 +109,8 @@ SCHEMA: dict[str, Any] = {
         "method": Param("sh_random", str, choices=("sh_random", "cem")),
         # The op space the policy learns in (null: every op in the table); e.g. drop Solarize for medical images.
         "ops": Param(None, list, nullable=True),
+        # fixed baselines whose points in the space the first bracket scores beside TA-Wide ([] for none)
+        "anchors": Param(["none", "handcrafted", "randaugment"], list, item_choices=("none", "handcrafted", "randaugment")),
         "candidates": Param(12, int, low=2, high=4096),  # policies per generation / halving bracket
         "rungs": Param(3, int, low=1, high=12),  # successive-halving rungs (tasks double each rung)
         "tasks_first_rung": Param(2, int, low=1, high=1000),

@@ -268,6 +268,7 @@ def search_config(params: dict) -> "SearchConfig":
     fields = SearchConfig.__dataclass_fields__
     chosen = {k: v for k, v in params["metatrain"].items() if k in fields}
     chosen["workers"] = chosen.get("workers") or os.cpu_count() or 1
+    chosen["anchors"] = tuple(chosen.get("anchors", ()))
     return SearchConfig(**chosen, seed=params["seed"])
 
 
