@@ -33,6 +33,9 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import signal
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -216,9 +219,24 @@ def score_population(jobs: list[tuple[Policy | None, Task]], settings: TrainSett
 _WORKER: dict = {}  # a forked scoring process's tasks and settings (inherited, never pickled)
 
 
-def _init_worker(tasks: list[Task], settings: TrainSettings) -> None:
+def _init_worker(tasks: list[Task], settings: TrainSettings, parent: int) -> None:
+    _die_with(parent)
     torch.set_num_threads(1)
     _WORKER.update(tasks=tasks, settings=settings)
+
+
+def _die_with(parent: int) -> None:
+    """Have the kernel SIGKILL this worker when its parent dies (Linux prctl PR_SET_PDEATHSIG).
+
+    Otherwise a SIGKILLed metatrain leaves its workers behind for good: each waits on a job
+    pipe whose write end its sibling inherited, holding the tasks in memory.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
 
 
 def _timed_population(jobs: list[tuple[Policy, int]]) -> list[tuple[float, float]]:
@@ -256,7 +274,7 @@ class Scorer:
             from concurrent.futures import ProcessPoolExecutor
 
             self.pool = ProcessPoolExecutor(self.workers, multiprocessing.get_context("fork"),
-                                            initializer=_init_worker, initargs=(self.tasks, self.settings))
+                                            initializer=_init_worker, initargs=(self.tasks, self.settings, os.getpid()))
         return self
 
     def __exit__(self, *exc) -> None:

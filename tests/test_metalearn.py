@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,6 +139,19 @@ def test_cem_runs_generations_and_keeps_initialisation_in_the_race(digits, tmp_p
 
 
 @pytest.mark.slow
+def session_members(session: int) -> list[int]:
+    """Live processes of a session (Linux /proc; zombies count as gone)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session and fields[0] != "Z":  # after "(comm)": state, ppid, pgrp, session
+            found.append(int(stat.parent.name))
+    return found
+
+
 def test_metatrain_resumes_after_being_killed(tmp_path):
     """SIGKILL metatrain after its first checkpoint; the rerun resumes and ends as an uninterrupted run does."""
     params = tiny_params(**{"metatrain.candidates": 4, "metatrain.rungs": 3, "metatrain.proxy_epochs": 30,
@@ -145,7 +159,8 @@ def test_metatrain_resumes_after_being_killed(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     cmd = [sys.executable, "-m", "metaaug"]
     subprocess.run([*cmd, "prepare"], cwd=tmp_path, check=True, capture_output=True)
-    proc = subprocess.Popen([*cmd, "metatrain"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([*cmd, "metatrain"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     deadline = time.time() + 120
     checkpoints = []
     while time.time() < deadline and not checkpoints:
@@ -155,6 +170,10 @@ def test_metatrain_resumes_after_being_killed(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "models/policy").exists()  # nothing half-written
+    deadline = time.time() + 10
+    while session_members(proc.pid) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not session_members(proc.pid), "the scoring workers outlived the killed metatrain"
     partial = yaml.safe_load(checkpoints[0].read_text())
     assert 0 < partial["rung"] < 3
     resumed = subprocess.run([*cmd, "metatrain"], cwd=tmp_path, capture_output=True, text=True)
