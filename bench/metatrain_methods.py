@@ -81,12 +81,12 @@ def main() -> None:
     acc = {name: np.array([score(p, t, settings) for t in val_tasks]) for name, p in policies.items()}
     print(f"machine: {machine_description()}; one full training {one_run:.2f} s on 1 thread; "
           f"meta-val tasks: {len(val_tasks)}")
-    print(f"{'arm':24s} {'meta-val acc':>12s} {'- TA (points, 95% CI)':>26s} {'search':>18s}")
+    print(f"{'arm':28s} {'meta-val acc':>12s} {'- TA (points, 95% CI)':>26s} {'search':>18s}")
     for name, a in acc.items():
         d = paired_difference(a, acc["trivialaugment"])
-        seconds, trainings = cost.get(name.split(":")[-1], (0.0, 0))
+        seconds, trainings = cost.get(name.partition(":")[2], (0.0, 0))
         extra = f"{seconds / one_run:6.1f}x ({trainings} tr.)" if name.startswith("learned") else ""
-        print(f"{name:24s} {100 * a.mean():12.2f} {d['mean']:+8.2f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}] {extra:>18s}")
+        print(f"{name:28s} {100 * a.mean():12.2f} {d['mean']:+8.2f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}] {extra:>18s}")
 
 
 if __name__ == "__main__":

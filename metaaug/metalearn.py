@@ -17,13 +17,16 @@ worse than no augmentation), so the policy is scored by real trainings:
 * **Scoring** — every candidate of a rung is trained on the *same* tasks and
   initialisations (common random numbers), so candidates are compared by
   paired differences, not by split luck.
-* **Methods** — `sh_random`: candidates around the incumbent, each moving along one
-  direction (see `explore`), successive halving (most candidates train on few tasks, the survivors on
-  more). `cem`: the cross-entropy method, each generation scored the same way,
-  its mean moved to the elites. Both keep the initialisation in the race, so
-  the policy moves only where the evidence says it helps: the incumbent is
-  scored on every task the winner is, and is replaced only when the paired
-  difference exceeds `accept_z` standard errors.
+* **Methods** — `sh_random`: the initialisation, the fixed baselines' points in the
+  space (`anchors`) and explorers around the initialisation, each moving along one
+  direction (see `explore`), scored by successive halving (explorers train on few
+  tasks, the better half on more). `cem`: the cross-entropy method, each generation
+  scored the same way, its mean moved to the elites. The references (the initialisation
+  and the anchors) are scored on every task; the best of them is the answer unless an
+  explorer beats it by more than `accept_z` paired standard errors — without that
+  guard the search drifts to whatever got lucky on a few tasks (the winner's curse).
+* **Populations** — the proxy learners of a rung are trained `population` at a time as
+  one grouped network (metaaug.population), in `workers` forked processes.
 
 Checkpoints: after every scored rung the full search state (candidates,
 scores, RNG states) is written atomically; a rerun resumes from it.
@@ -332,8 +335,15 @@ class SearchConfig:
 
 def successive_halving(space: SearchSpace, thetas: list[np.ndarray], task_ids: list[int], cfg: SearchConfig,
                        scorer: Scorer, state: SearchState, checkpoint: Callable[[], None],
-                       log: Callable[[dict], None]) -> tuple[list[np.ndarray], list[float]]:
-    """Score candidates on the same tasks, keep the better half, double the tasks; returns survivors ranked."""
+                       log: Callable[[dict], None], references: int = 1) -> tuple[list[np.ndarray], list[float]]:
+    """Score candidates on the same tasks, keep the better half, double the tasks; returns survivors ranked.
+
+    The first `references` candidates (the incumbent and the fixed baselines' points) are scored
+    on every rung's tasks; the better half of the others goes on. The best reference is the
+    default answer; an explorer replaces it only if clearly better (`clearly_better`) on the
+    final rung's tasks: a fixed policy that is best on some kind of data is never cut by the
+    luck of two tasks.
+    """
     if not state.candidates:
         state.candidates = [list(map(float, t)) for t in thetas]
         state.scores = [[] for _ in thetas]
@@ -357,13 +367,14 @@ def successive_halving(space: SearchSpace, thetas: list[np.ndarray], task_ids: l
             log(entry)
             checkpoint()
         if rung < cfg.rungs - 1:
-            alive = ranked[:max(1, math.ceil(len(ranked) / 2))]
-            alive += [] if INCUMBENT in alive else [INCUMBENT]
+            explorers = [i for i in ranked if i >= references]
+            alive = [*range(references), *explorers[:math.ceil(len(explorers) / 2)]]
             n_tasks *= 2
-    if ranked[0] != INCUMBENT and not clearly_better(state.scores[ranked[0]][:used], state.scores[INCUMBENT][:used],
-                                                     cfg.accept_z):
-        ranked.remove(INCUMBENT)
-        ranked.insert(0, INCUMBENT)
+    reference = max(range(references), key=lambda i: np.mean(state.scores[i][:used]))
+    if ranked[0] >= references and not clearly_better(state.scores[ranked[0]][:used],
+                                                      state.scores[reference][:used], cfg.accept_z):
+        ranked.remove(reference)
+        ranked.insert(0, reference)
     return [np.array(state.candidates[i]) for i in ranked], [float(np.mean(state.scores[i][:used])) for i in ranked]
 
 
@@ -406,7 +417,8 @@ def search(space: SearchSpace, tasks: list[Task], cfg: SearchConfig, settings: T
             thetas = [mean, *fixed] + [explore(mean, std, c + offset, space, rng)
                                        for c in range(cfg.candidates - 1 - len(fixed))]
             ranked, _ = successive_halving(space, thetas, task_ids_for_generation(len(tasks), state.generation, cfg),
-                                           cfg, scorer, state, lambda: state.save(checkpoint_path), log)
+                                           cfg, scorer, state, lambda: state.save(checkpoint_path), log,
+                                           references=1 + len(fixed))
             state.best = list(map(float, ranked[0]))
             if cfg.method == "cem":
                 n_elite = max(2, int(round(cfg.elite_fraction * cfg.candidates)))
