@@ -21,10 +21,11 @@ worse than no augmentation), so the policy is scored by real trainings:
   space (`anchors`) and explorers around the initialisation, each moving along one
   direction (see `explore`), scored by successive halving (explorers train on few
   tasks, the better half on more). `cem`: the cross-entropy method, each generation
-  scored the same way, its mean moved to the elites. The references (the initialisation
-  and the anchors) are scored on every task; the best of them is the answer unless an
-  explorer beats it by more than `accept_z` paired standard errors — without that
-  guard the search drifts to whatever got lucky on a few tasks (the winner's curse).
+  scored the same way, its mean moved to the elites. References (the initialisation and
+  the anchors) and explorers are halved as separate pools; the best reference is the
+  answer unless an explorer beats it by more than `accept_z` paired standard errors —
+  without that guard the search drifts to whatever got lucky on a few tasks (the
+  winner's curse).
 * **Populations** — the proxy learners of a rung are trained `population` at a time as
   one grouped network (metaaug.population), in `workers` forked processes.
 
@@ -338,11 +339,11 @@ def successive_halving(space: SearchSpace, thetas: list[np.ndarray], task_ids: l
                        log: Callable[[dict], None], references: int = 1) -> tuple[list[np.ndarray], list[float]]:
     """Score candidates on the same tasks, keep the better half, double the tasks; returns survivors ranked.
 
-    The first `references` candidates (the incumbent and the fixed baselines' points) are scored
-    on every rung's tasks; the better half of the others goes on. The best reference is the
-    default answer; an explorer replaces it only if clearly better (`clearly_better`) on the
-    final rung's tasks: a fixed policy that is best on some kind of data is never cut by the
-    luck of two tasks.
+    The first `references` candidates (the incumbent and the fixed baselines' points) and the
+    explorers are halved as separate pools, so the final rung holds the best reference and the
+    best explorers. The best reference is the answer unless an explorer is clearly better
+    (`clearly_better`) on the final rung's tasks: leaving a fixed baseline that does well on
+    these tasks takes evidence, not the luck of a few tasks.
     """
     if not state.candidates:
         state.candidates = [list(map(float, t)) for t in thetas]
@@ -367,10 +368,10 @@ def successive_halving(space: SearchSpace, thetas: list[np.ndarray], task_ids: l
             log(entry)
             checkpoint()
         if rung < cfg.rungs - 1:
-            explorers = [i for i in ranked if i >= references]
-            alive = [*range(references), *explorers[:math.ceil(len(explorers) / 2)]]
+            pools = [i for i in ranked if i < references], [i for i in ranked if i >= references]
+            alive = [i for pool in pools for i in pool[:math.ceil(len(pool) / 2)]]
             n_tasks *= 2
-    reference = max(range(references), key=lambda i: np.mean(state.scores[i][:used]))
+    reference = next(i for i in ranked if i < references)
     if ranked[0] >= references and not clearly_better(state.scores[ranked[0]][:used],
                                                       state.scores[reference][:used], cfg.accept_z):
         ranked.remove(reference)
