@@ -305,6 +305,7 @@ class SearchState:
     scores: list[list[float]] = field(default_factory=list)  # per candidate, per task scored so far
     history: list[dict] = field(default_factory=list)  # one entry per rung: the curve MLflow shows
     best: list[float] | None = None
+    finalists: list[dict] = field(default_factory=list)  # the last bracket's final rung, best first
     trainings: int = 0
     seconds: float = 0.0
 
@@ -376,6 +377,9 @@ def successive_halving(space: SearchSpace, thetas: list[np.ndarray], task_ids: l
                                                       state.scores[reference][:used], cfg.accept_z):
         ranked.remove(reference)
         ranked.insert(0, reference)
+    state.finalists = [{"policy": policy_summary(space.policy(np.array(state.candidates[i]))),
+                        "layers": space.layers(np.array(state.candidates[i])), "reference": i < references,
+                        "score": float(np.mean(state.scores[i][:used])), "tasks": used} for i in ranked]
     return [np.array(state.candidates[i]) for i in ranked], [float(np.mean(state.scores[i][:used])) for i in ranked]
 
 

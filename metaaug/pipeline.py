@@ -127,13 +127,15 @@ def write_downstream(out: Path, run_id: str, model: dict, jobs: list[tuple[str, 
         for arm in dict.fromkeys(arm for arm, _ in jobs):
             runs = [(i, r) for (a, i), r in zip(jobs, done) if a == arm]
             torch.save([r["state"] for _, r in runs], tmp / f"{arm}.pt")
-            results["arms"][arm] = [{"split": i, "seconds": r["seconds"], "curves": r["curves"]} for i, r in runs]
+            results["arms"][arm] = [{"split": i, "curves": r["curves"]} for i, r in runs]
             for i, r in runs:
                 tracking.log_child_run(run_id, f"{arm}/split{i}", {"arm": arm, "split": i, "seed": splits[i]["seed"]},
                                        {"metaaug.arm": arm, "metaaug.split": str(i), "metaaug.train_run": run_id},
                                        r["curves"], {"seconds": r["seconds"], "final_loss": r["curves"]["loss"][-1]})
             print(f"train: {arm}: {len(runs)} splits, {np.median([r['seconds'] for _, r in runs]):.2f} s a run")
         write_json(tmp / "results.json", results)
+    # wall times go to MLflow only, so that the output is byte-identical run to run
+    mlflow.log_metric("train.run_seconds", float(np.median([r["seconds"] for r in done])))
     mlflow.log_artifacts(str(out), "downstream")
 
 
@@ -179,12 +181,14 @@ def evaluate_stage(params: dict, prepared_dir: Path, downstream_dir: Path, metri
     with tracking.stage_run("evaluate", {"evaluate.arms": arms}, params["tracking"]["experiment"], upstream) as run:
         accuracy, confusion = test_accuracies(prepared, downstream_dir, arms)
         metrics = compare(accuracy)
-        run_seconds = [r["seconds"] for runs in results["arms"].values() for r in runs]
-        metrics["downstream_run_seconds"] = float(np.median(run_seconds))
+        experiment = params["tracking"]["experiment"]
+        one_run = (tracking.stage_metrics(experiment, "train", downstream_dir) or {}).get("train.run_seconds")
+        if one_run:
+            metrics["downstream_run_seconds"] = one_run
         metrics["machine"] = machine_description()
         search = None
-        timing = policy_dir and (policy_dir / "search.json").exists() and tracking.stage_metrics(
-            params["tracking"]["experiment"], "metatrain", policy_dir)
+        timing = one_run and policy_dir and (policy_dir / "search.json").exists() and tracking.stage_metrics(
+            experiment, "metatrain", policy_dir)
         if timing:
             search = {**read_json(policy_dir / "search.json"), "seconds": timing["search.seconds"],
                       "proxy_seconds": timing["search.proxy_seconds"], "workers": int(timing["search.workers"])}
@@ -316,13 +320,17 @@ def metatrain_stage(params: dict, prepared_dir: Path, out: Path) -> None:
             write_json(tmp / "checkpoint.json", {k: v for k, v in state.__dict__.items() if k != "seconds"})
             write_json(tmp / "search.json", {"method": cfg.method, "trainings": state.trainings,
                                              "proxy_epochs": cfg.proxy_epochs, "proxy_width": cfg.proxy_width,
-                                             "history": state.history, "theta": state.best})
+                                             "history": state.history, "finalists": state.finalists,
+                                             "theta": state.best})
         ckpt.unlink(missing_ok=True)
         mlflow.log_metrics({"search.seconds": seconds, "search.proxy_seconds": state.seconds,
                             "search.workers": cfg.workers, "search.trainings": state.trainings})
         mlflow.log_artifacts(str(out), "policy")
         print(f"metatrain: {cfg.method}, {state.trainings} proxy trainings in {seconds:.1f} s; policy: "
               f"{policy_summary(policy)}")
+        for f in state.finalists:
+            print(f"metatrain: final rung, {f['tasks']} tasks: {100 * f['score']:.2f} % "
+                  f"{'reference' if f['reference'] else 'explorer '} {f['policy']}, {f['layers']} layer(s)")
 
 
 def augment_stage(params: dict, prepared_dir: Path, policy_dir: Path, out: Path) -> None:

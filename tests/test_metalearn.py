@@ -222,7 +222,12 @@ def test_search_drops_the_ops_that_rewrite_the_label_cue(tmp_path):
                          query_per_class=20, n_tasks=4, seed=0)
     cfg = SearchConfig(candidates=4, rungs=1, tasks_first_rung=4, proxy_epochs=40, workers=2)
     space = SearchSpace(OP_NAMES, channels=1)
-    policy = space.policy(np.array(search(space, tasks, cfg, SETTINGS, tmp_path / "ckpt.json").best))
+    state = search(space, tasks, cfg, SETTINGS, tmp_path / "ckpt.json")
+    policy = space.policy(np.array(state.best))
     weight = dict(zip(policy.ops, policy.weights))
+    # the search log shows the final rung: all four references on the same 4 tasks, the answer first
+    assert [f["reference"] for f in state.finalists] == [True] * 4 and {f["tasks"] for f in state.finalists} == {4}
+    assert state.finalists[0]["policy"] == policy_summary(policy)
+    assert state.finalists[0]["score"] == max(f["score"] for f in state.finalists)
     assert sum(weight[op] for op in (*GROUPS["colour"], *GROUPS["histogram"]) if op in weight) < 0.1, \
         policy_summary(policy)
