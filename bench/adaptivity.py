@@ -31,8 +31,7 @@ from sklearn.datasets import load_digits
 from metaaug.config import load_params
 from metaaug.pipeline import (augment_stage, evaluate_stage, machine_description, metatrain_stage, prepare_stage,
                               train_stage)
-
-FIXED = ("none", "handcrafted", "randaugment", "trivialaugment")
+from metaaug.policies import FIXED_POLICIES as FIXED
 
 
 def digit_strokes(seed: int) -> tuple[np.ndarray, np.random.Generator]:

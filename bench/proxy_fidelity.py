@@ -22,11 +22,9 @@ import torch
 from metaaug.config import load_params
 from metaaug.metalearn import sample_tasks, score
 from metaaug.pipeline import machine_description
-from metaaug.policies import fixed_policy
+from metaaug.policies import FIXED_POLICIES as ARMS, fixed_policy  # TrivialAugment-Wide last: the reference
 from metaaug.tasks import load_prepared
 from metaaug.training import TrainSettings
-
-ARMS = ("none", "handcrafted", "randaugment", "trivialaugment")
 
 
 def main() -> None:

@@ -72,6 +72,7 @@ class Param:
 ARMS = ("none", "handcrafted", "randaugment", "trivialaugment", "learned")
 DEVICES = ("auto", "cpu", "cuda")
 DISTRIBUTED = ("none", "shard", "ddp")  # metaaug/distributed.py
+ANCHORS = ("none", "handcrafted", "randaugment")  # fixed baselines metatrain can start from (metalearn.anchors)
 
 SCHEMA: dict[str, Any] = {
     "seed": Param(0, int, low=0),
@@ -110,7 +111,7 @@ SCHEMA: dict[str, Any] = {
         # The op space the policy learns in (null: every op in the table); e.g. drop Solarize for medical images.
         "ops": Param(None, list, nullable=True),
         # fixed baselines whose points in the space the first bracket scores beside TA-Wide ([] for none)
-        "anchors": Param(["none", "handcrafted", "randaugment"], list, item_choices=("none", "handcrafted", "randaugment")),
+        "anchors": Param(list(ANCHORS), list, item_choices=ANCHORS),
         "candidates": Param(12, int, low=2, high=4096),  # policies per generation / halving bracket
         "rungs": Param(3, int, low=1, high=12),  # successive-halving rungs (tasks double each rung)
         "tasks_first_rung": Param(2, int, low=1, high=1000),

@@ -50,6 +50,7 @@ import torch
 import torch._dynamo  # noqa: F401  torch.optim imports it on first use (~1.7 s): here, before scoring
 # processes fork, so they inherit it instead of each paying for it
 
+from metaaug.config import ANCHORS  # the first bracket also scores these baselines' points in the space
 from metaaug.errors import MetaaugError
 from metaaug.io import read_json, write_json
 from metaaug.ops import OP_NAMES
@@ -64,10 +65,6 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "cutout": ("Cutout",),
     "identity": ("Identity",),
 }
-INCUMBENT = 0  # candidate 0 is the current policy (the initialisation, or CEM's mean)
-# The first bracket also scores these fixed baselines' points in the space (metatrain.anchors): a
-# fixed policy that is best on some kind of data is then a contender from the start.
-ANCHORS = ("none", "handcrafted", "randaugment")
 SHARE = 0.75  # an explorer that boosts a group gives it this share of the op mass
 # ... and the identity group this one: "augment 5 % of the images". Measured on tasks where augmentation
 # destroys the label cue, augmenting even a quarter of the images costs nearly as much as augmenting all.
@@ -419,7 +416,7 @@ def search(space: SearchSpace, tasks: list[Task], cfg: SearchConfig, settings: T
             offset = int(rng.integers(len(space.groups) + 2))
             # generation 0 starts at the initialisation; later ones keep it in the race
             fixed = (anchors(space, cfg.anchors) if state.generation == 0 else [init])[:cfg.candidates - 1]
-            thetas = [mean, *fixed] + [explore(mean, std, c + offset, space, rng)
+            thetas = [mean, *fixed] + [explore(mean, std, c + offset, space, rng)  # mean first: the incumbent
                                        for c in range(cfg.candidates - 1 - len(fixed))]
             ranked, _ = successive_halving(space, thetas, task_ids_for_generation(len(tasks), state.generation, cfg),
                                            cfg, scorer, state, lambda: state.save(checkpoint_path), log,

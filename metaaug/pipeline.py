@@ -178,18 +178,18 @@ def evaluate_stage(params: dict, prepared_dir: Path, downstream_dir: Path, metri
     results = read_json(downstream_dir / "results.json")
     arms = list(results["arms"])
     upstream = {"prepare": prepared_dir, "train": downstream_dir}
+    if policy_dir is not None and (policy_dir / "search.json").exists():
+        upstream["metatrain"] = policy_dir
     with tracking.stage_run("evaluate", {"evaluate.arms": arms}, params["tracking"]["experiment"], upstream) as run:
         accuracy, confusion = test_accuracies(prepared, downstream_dir, arms)
         metrics = compare(accuracy)
-        experiment = params["tracking"]["experiment"]
-        one_run = (tracking.stage_metrics(experiment, "train", downstream_dir) or {}).get("train.run_seconds")
+        one_run = tracking.upstream_metrics(run, "train").get("train.run_seconds")
         if one_run:
             metrics["downstream_run_seconds"] = one_run
         metrics["machine"] = machine_description()
         search = None
-        timing = one_run and policy_dir and (policy_dir / "search.json").exists() and tracking.stage_metrics(
-            experiment, "metatrain", policy_dir)
-        if timing:
+        timing = tracking.upstream_metrics(run, "metatrain") if one_run else {}
+        if "search.seconds" in timing:
             search = {**read_json(policy_dir / "search.json"), "seconds": timing["search.seconds"],
                       "proxy_seconds": timing["search.proxy_seconds"], "workers": int(timing["search.workers"])}
             metrics["search_cost"] = search["seconds"] / metrics["downstream_run_seconds"]
@@ -272,7 +272,8 @@ def search_config(params: dict) -> "SearchConfig":
     fields = SearchConfig.__dataclass_fields__
     chosen = {k: v for k, v in params["metatrain"].items() if k in fields}
     chosen["workers"] = chosen.get("workers") or os.cpu_count() or 1
-    chosen["anchors"] = tuple(chosen.get("anchors", ()))
+    if "anchors" in chosen:
+        chosen["anchors"] = tuple(chosen["anchors"])
     return SearchConfig(**chosen, seed=params["seed"])
 
 

@@ -145,17 +145,13 @@ def find_run_by_digest(client, experiment_id: str, stage: str, digest: str) -> s
     return runs[0].info.run_id if runs else None
 
 
-def stage_metrics(experiment: str, stage: str, output: Path) -> dict[str, float] | None:
-    """The metrics of the newest `stage` run that wrote `output` (as it is now); None if none is recorded.
+def upstream_metrics(run, stage: str) -> dict[str, float]:
+    """The metrics of the `stage` run whose output `run` read (its tag `upstream.<stage>`); {} if unknown.
 
-    Wall times live here, not in the stage's output, so that output stays byte-identical run to run.
+    Wall times live there, not in the stage's output, so that output stays byte-identical run to run.
     """
-    mlflow = _import_mlflow()
-    mlflow.set_tracking_uri(tracking_uri())
-    client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name(experiment)
-    run_id = exp and find_run_by_digest(client, exp.experiment_id, stage, dir_digest(output))
-    return client.get_run(run_id).data.metrics if run_id else None
+    run_id = run.data.tags.get(f"upstream.{stage}", "unknown")
+    return {} if run_id == "unknown" else _import_mlflow().MlflowClient().get_run(run_id).data.metrics
 
 
 @contextlib.contextmanager

@@ -141,12 +141,9 @@ def train_population(xs: list[torch.Tensor], ys: list[torch.Tensor], n_classes: 
     if ddp:
         distributed.sum_over_ranks(sums)
     per_image = (sums / len(x)).cpu()  # one host sync per training, not one per step
-    if size > 1:
-        members = [population.member(model, m, p) for p, m in enumerate(members)]
-    else:
-        members = [model]
+    trained = [model] if size == 1 else [population.member(model, m, p) for p, m in enumerate(members)]
     return [(m.eval(), {"loss": per_image[:, 0, p].tolist(), "train_acc": per_image[:, 1, p].tolist()})
-            for p, m in enumerate(members)]
+            for p, m in enumerate(trained)]
 
 
 @torch.no_grad()

@@ -98,6 +98,7 @@ def test_dvc_repro_end_to_end(tmp_path, monkeypatch):
     assert train.data.tags["upstream.augment"] == augment.info.run_id
     assert evaluate.data.tags["upstream.train"] == train.info.run_id
     assert evaluate.data.tags["upstream.prepare"] == prepare.info.run_id
+    assert evaluate.data.tags["upstream.metatrain"] == metatrain.info.run_id  # where its search cost comes from
     assert prepare.data.params["tasks.shots"] == "5"
     assert evaluate.data.metrics["arms.none.mean"] == pytest.approx(metrics["arms"]["none"]["mean"])
     children = by_stage[None]
