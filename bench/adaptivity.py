@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 from sklearn.datasets import load_digits
 
-from metaaug.config import load_params
-from metaaug.pipeline import (augment_stage, evaluate_stage, machine_description, metatrain_stage, prepare_stage,
-                              train_stage)
+from metaaug.config import Params, load_params, validate
+from metaaug.stages import augment, evaluate, metatrain, prepare, train
+from metaaug.timing import machine_description, search_cost
 from metaaug.policies import FIXED_POLICIES as FIXED
 
 
@@ -63,9 +63,9 @@ def save_task(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
              classes=np.array([str(c) for c in range(labels.max() + 1)]))
 
 
-def task_params(base: dict, name: str, scratch: Path, splits: int) -> dict:
+def task_params(base: Params, name: str, scratch: Path, splits: int) -> Params:
     """params.yaml's settings with this task's data source and target classes."""
-    params = {section: dict(values) if isinstance(values, dict) else values for section, values in base.items()}
+    params = base.model_dump()
     params["tasks"]["splits"] = splits
     params["tracking"]["experiment"] = "metaaug-adaptivity"
     if name == "digits-0-4":
@@ -75,17 +75,19 @@ def task_params(base: dict, name: str, scratch: Path, splits: int) -> dict:
         (intensity_task if name == "intensity" else position_task)(path)
         params["data"]["source"] = f"npz:{path}"
         params["tasks"]["target_classes"] = [str(c) for c in range(5, 10 if name == "intensity" else 9)]
-    return params
+    return validate(params)
 
 
-def run_pipeline(params: dict, work: Path) -> dict:
+def run_pipeline(params: Params, work: Path) -> dict:
+    """The five stages; evaluate's metrics with the search cost from the stages' timings."""
     prepared, policy, augmented = work / "prepared", work / "policy", work / "augmented"
-    downstream = work / "downstream"
-    prepare_stage(params, prepared)
-    metatrain_stage(params, prepared, policy)
-    augment_stage(params, prepared, policy, augmented)
-    train_stage(params, prepared, downstream, policy, augmented)
-    return evaluate_stage(params, prepared, downstream, work / "metrics.json", work / "plots", policy)
+    downstream, timings = work / "downstream", work / "timings"
+    prepare.run(params, prepared)
+    metatrain.run(params, prepared, policy, timings / "metatrain.json")
+    augment.run(params, prepared, policy, augmented)
+    train.run(params, prepared, downstream, policy, augmented, timings / "train.json")
+    metrics = evaluate.run(params, prepared, downstream, work / "metrics.json", work / "plots", policy)
+    return {**metrics, **search_cost(timings)}
 
 
 def table(results: dict[str, dict]) -> str:

@@ -28,11 +28,11 @@ import torch
 from metaaug.config import load_params
 from metaaug.metalearn import SearchSpace, policy_summary, sample_tasks, score, search, tasks_needed
 from metaaug.ops import OP_NAMES
-from metaaug.pipeline import machine_description, search_config, set_threads
+from metaaug.timing import machine_description
 from metaaug.policies import fixed_policy
 from metaaug.stats import paired_difference
 from metaaug.tasks import load_prepared
-from metaaug.training import TrainSettings
+from metaaug.training import set_threads
 
 
 def timed(fn) -> float:
@@ -53,26 +53,24 @@ def main() -> None:
     set_threads(prepared.meta_images.shape[1])
     images, labels = np.asarray(prepared.meta_images), np.asarray(prepared.meta_labels)
     is_val = np.asarray(prepared.meta_is_val)
-    settings = TrainSettings.from_params(params["train"])
-    shots, mp = params["tasks"]["shots"], params["metatrain"]
-    val_tasks = sample_tasks(images[is_val], labels[is_val], shots, mp["ways"], mp["query_per_class"],
-                             args.val_tasks, seed=10_000 + params["seed"])
+    settings, shots, mp = params.train, params.tasks.shots, params.metatrain
+    val_tasks = sample_tasks(images[is_val], labels[is_val], shots, mp.ways, mp.query_per_class,
+                             args.val_tasks, seed=10_000 + params.seed)
     one_run = float(np.median([timed(lambda: score(None, t, settings)) for t in val_tasks[:4]][1:]))  # after warm-up
 
     channels = images.shape[-1]
-    space = SearchSpace(tuple(mp["ops"]) if mp["ops"] else OP_NAMES, channels=channels)
+    space = SearchSpace(tuple(mp.ops or OP_NAMES), channels=channels)
     policies = {"none": None, **{name: fixed_policy(name, image_channels=channels)
                                  for name in ("handcrafted", "randaugment", "trivialaugment")}}
     cost = {}
     for method in args.methods.split(","):
         name, _, variant = method.partition(":")
-        cfg = search_config({**params, "metatrain": {**mp, "method": name,
-                                                     **({"anchors": []} if variant == "no-anchors" else {})}})
-        tasks = sample_tasks(images[~is_val], labels[~is_val], shots, mp["ways"], mp["query_per_class"],
-                             tasks_needed(cfg), params["seed"])
+        cfg = mp.model_copy(update={"method": name, **({"anchors": []} if variant == "no-anchors" else {})})
+        tasks = sample_tasks(images[~is_val], labels[~is_val], shots, mp.ways, mp.query_per_class,
+                             tasks_needed(cfg), params.seed)
         with tempfile.TemporaryDirectory() as d:
             start = time.perf_counter()
-            state = search(space, tasks, cfg, settings, Path(d) / "ckpt.json")
+            state = search(space, tasks, cfg, settings, params.seed, Path(d) / "ckpt.json")
             cost[method] = (time.perf_counter() - start, state.trainings)
         policies[f"learned:{method}"] = space.policy(np.array(state.best))
         print(f"{method}: {policy_summary(policies[f'learned:{method}'])}, {space.layers(np.array(state.best))} layer(s)",

@@ -24,9 +24,9 @@ from adaptivity import digit_strokes
 from metaaug import metalearn
 from metaaug.metalearn import SearchSpace, sample_tasks, score
 from metaaug.ops import OP_NAMES
-from metaaug.pipeline import machine_description
+from metaaug.timing import machine_description
 from metaaug.policies import fixed_policy
-from metaaug.training import TrainSettings
+from metaaug.config import TrainConfig
 
 
 def intensity_images(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -49,7 +49,7 @@ def main() -> None:
     with mock.patch.object(metalearn, "MIN_MASS", 0.0):  # the cut-off off: e^-8 stays e^-8
         nearly_none = space.policy(space.project(fixed_policy("none")))
     arms = {"none": None, "identity only": fixed_policy("none"), "none's point without the cut-off": nearly_none}
-    acc = {name: np.array([score(policy, t, TrainSettings()) for t in tasks]) for name, policy in arms.items()}
+    acc = {name: np.array([score(policy, t, TrainConfig()) for t in tasks]) for name, policy in arms.items()}
     print(f"intensity-coded classes, {args.tasks} target tasks; measured on: {machine_description()}\n")
     print("| arm | accuracy (%) | − none (points) |\n|---|---|---|")
     for name, a in acc.items():

@@ -11,7 +11,7 @@ each in its own process tree, measuring:
 * peak RSS of the largest single process (exact: the kernel's maxrss via wait4).
 
 Then one no-op `dvc repro` (nothing may run), and metatrain's cost as a multiple
-of one downstream training (metrics.json: search seconds / median training run,
+of one downstream training (timings/: search seconds / median training run,
 and the metatrain stage's wall time / the same). Prints a markdown table.
 Targets (issue 5): full default pipeline <= 10 min and <= 2 GiB peak RSS on
 2 CPU cores; no-op `dvc repro` <= 5 s.
@@ -22,7 +22,6 @@ Targets (issue 5): full default pipeline <= 10 min and <= 2 GiB peak RSS on
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -35,11 +34,8 @@ from pathlib import Path
 import psutil
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-from test_pipeline_dvc import make_project  # noqa: E402  (one way to build a project, shared with the e2e test)
-
-from metaaug.pipeline import machine_description  # noqa: E402
+from metaaug.testing import REPO, make_project
+from metaaug.timing import machine_description, search_cost
 
 GIB = 1 << 30
 TARGETS = {"pipeline_seconds": 600, "peak_rss": 2 * GIB, "noop_seconds": 5}
@@ -95,7 +91,7 @@ def stage_names(project: Path) -> list[str]:
 
 
 def run(project: Path) -> tuple[dict, dict, dict]:
-    """Each stage, then the no-op repro. Returns (per-stage measurements, no-op measurement, metrics.json)."""
+    """Each stage, then the no-op repro. Returns (per-stage measurements, no-op measurement, search cost from timings/)."""
     bin_dir = Path(sys.executable).parent
     # PYTHONPATH: the stages import the project's own copy of metaaug, a snapshot unaffected by later edits
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(project),
@@ -109,7 +105,7 @@ def run(project: Path) -> tuple[dict, dict, dict]:
     noop = measure([dvc, "repro"], project, env)
     if "Running stage" in (project / ".bench.log").read_bytes()[log_size:].decode(errors="replace"):
         raise SystemExit("the no-op `dvc repro` ran a stage: the pipeline is not reproducible as cached")
-    return stages, noop, json.loads((project / "metrics.json").read_text())
+    return stages, noop, search_cost(project / "timings")
 
 
 def code_version() -> str:
@@ -119,7 +115,7 @@ def code_version() -> str:
     return f"commit {git('rev-parse', '--short', 'HEAD')}" + (" with uncommitted changes" if dirty else "")
 
 
-def table(stages: dict, noop: dict, metrics: dict) -> str:
+def table(stages: dict, noop: dict, cost: dict) -> str:
     """The markdown report: one row per stage, the total, the no-op, the search-cost ratios, the verdicts."""
     mib = lambda b: f"{b / (1 << 20):,.0f}"  # noqa: E731
     lines = ["| stage | wall time (s) | peak RSS, process tree (MiB) | peak RSS, largest process (MiB) |",
@@ -131,14 +127,13 @@ def table(stages: dict, noop: dict, metrics: dict) -> str:
     lines += [f"| **full pipeline** | **{total:.1f}** | **{mib(peak)}** | "
               f"**{mib(max(m['peak_process'] for m in stages.values()))}** |",
               f"| no-op `dvc repro` | {noop['seconds']:.1f} | {mib(noop['peak_tree'])} | {mib(noop['peak_process'])} |"]
-    one = metrics["downstream_run_seconds"]
+    one = cost["downstream_run_seconds"]
     checks = [("full pipeline ≤ 10 min", f"{total / 60:.1f} min", total <= TARGETS["pipeline_seconds"]),
               ("peak RSS ≤ 2 GiB", f"{peak / GIB:.2f} GiB", peak <= TARGETS["peak_rss"]),
               ("no-op `dvc repro` ≤ 5 s", f"{noop['seconds']:.1f} s", noop["seconds"] <= TARGETS["noop_seconds"])]
     lines += ["", f"One downstream training (median over arms × splits): {one:.2f} s. Metatrain: "
-              f"search {metrics['search_cost']:.1f}× one training (metrics.json"
-              + (f"; proxy trainings summed over processes {metrics['search_cost_one_core']:.1f}×"
-                 if "search_cost_one_core" in metrics else "") + "), whole stage "
+              f"search {cost['search_cost']:.1f}× one training (timings/; proxy trainings summed over processes "
+              f"{cost['search_cost_one_core']:.1f}×), whole stage "
               f"{stages['metatrain']['seconds'] / one:.1f}× (with DVC and MLflow start-up).", "",
               "Targets: " + "; ".join(f"{label}: {value}, {'met' if ok else '**missed**'}"
                                       for label, value, ok in checks) + ".",

@@ -23,10 +23,11 @@ import torch
 from metaaug.data import load_source
 from metaaug.metalearn import SearchSpace, sample_tasks, score, score_population
 from metaaug.ops import OP_NAMES
-from metaaug.pipeline import machine_description
-from metaaug.training import TrainSettings, pick_device
+from metaaug.config import TrainConfig
+from metaaug.timing import machine_description
+from metaaug.training import pick_device
 
-PROXY = TrainSettings(epochs=100, width=16)
+PROXY = TrainConfig(epochs=100, width=16)
 
 
 @contextmanager
@@ -69,7 +70,7 @@ def main() -> None:
                          query_x=t.query_x.to(device)) for t in tasks]
     space = SearchSpace(OP_NAMES, channels=1)
     policy = space.policy(space.initial())
-    score(policy, tasks[0], TrainSettings(epochs=3, width=16))  # warm-up: imports, kernels
+    score(policy, tasks[0], TrainConfig(epochs=3, width=16))  # warm-up: imports, kernels
     print(f"Proxy learners (100 epochs, width 16, 25 images of 8x8, TrivialAugment-Wide), one thread. "
           f"Measured on: {machine_description()}, {device.type}\n")
     print("| learners | one by one (s per learner) | population (s per learner) | ratio | "

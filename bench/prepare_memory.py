@@ -108,7 +108,7 @@ def main() -> None:
             rss, seconds = peak_rss(merged, work)
             print(f"| {label} | {used:,} | {used * size / 2 ** 20:.1f} | {rss:.0f} | {seconds:.1f} |",
                   flush=True)
-    from metaaug.pipeline import machine_description
+    from metaaug.timing import machine_description
 
     print(f"\nMeasured on: {machine_description()}.")
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +20,9 @@ import torch
 
 from metaaug.config import load_params
 from metaaug.metalearn import sample_tasks, score
-from metaaug.pipeline import machine_description
+from metaaug.timing import machine_description
 from metaaug.policies import FIXED_POLICIES as ARMS, fixed_policy  # TrivialAugment-Wide last: the reference
 from metaaug.tasks import load_prepared
-from metaaug.training import TrainSettings
 
 
 def main() -> None:
@@ -37,13 +35,13 @@ def main() -> None:
     prepared, params = load_prepared(args.prepared), load_params(args.params)
     val = np.asarray(prepared.meta_is_val)
     images, labels = np.asarray(prepared.meta_images)[val], np.asarray(prepared.meta_labels)[val]
-    tasks = sample_tasks(images, labels, params["tasks"]["shots"], 5, 100, args.tasks, seed=123)
+    tasks = sample_tasks(images, labels, params.tasks.shots, 5, 100, args.tasks, seed=123)
     channels = images.shape[-1]
     policies = {arm: None if arm == "none" else fixed_policy(arm, image_channels=channels) for arm in ARMS}
-    full = TrainSettings.from_params(params["train"])
+    full = params.train
     learners = {f"full downstream training ({full.epochs} epochs, width {full.width})": full,
-                "40 epochs, width 32": replace(full, epochs=40, width=32),
-                "100 epochs, width 16": replace(full, epochs=100, width=16)}
+                "40 epochs, width 32": full.model_copy(update={"epochs": 40, "width": 32}),
+                "100 epochs, width 16": full.model_copy(update={"epochs": 100, "width": 16})}
     print(f"| learner used to score | {' | '.join(ARMS[:-1])} | s a run |\n|---|---|---|---|---|")
     for name, settings in learners.items():
         start = time.perf_counter()

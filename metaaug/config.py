@@ -1,180 +1,290 @@
-"""params.yaml: the single source of configuration, validated on load.
+"""params.yaml: the one typed configuration, validated on load and consumed directly.
 
-The schema below is the only place a parameter is declared: its type, its
-allowed values and its default. Loading merges the file over the defaults and
-stops at the first unknown key or bad value with one line naming the key
-(``train.epochs``) and what is allowed. Each stage reads only its own section.
+Each section of params.yaml is a frozen pydantic model; the code takes the section
+it needs (`params.train` is the training recipe, `params.metatrain` the search's
+settings) instead of looking keys up by string. The models are the only place a
+parameter is declared: its type, its range and its default. Loading rejects, with
+one line naming the key (``train.epochs``) and what is allowed, an unknown key, a
+duplicate key, a wrong type, a value out of range, and a value that would only fail
+stages later (an empty arm list, a seed torch cannot take, CUDA where there is none).
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, NamedTuple, get_args, get_origin
 
 import yaml
+from annotated_types import Ge, Le
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from metaaug.errors import MetaaugError
 
-
-@dataclass(frozen=True)
-class Param:
-    """One parameter: its default and what values are allowed."""
-
-    default: Any
-    kind: type | tuple[type, ...]
-    low: float | None = None
-    high: float | None = None
-    choices: tuple | None = None
-    nullable: bool = False
-    item_choices: tuple | None = None  # for lists: allowed items
-
-    def check(self, key: str, value: Any) -> Any:
-        if value is None:
-            if self.nullable:
-                return None
-            raise MetaaugError(f"params.yaml: {key} is empty; expected {self.expected()}")
-        kinds = self.kind if isinstance(self.kind, tuple) else (self.kind,)
-        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-            raise MetaaugError(f"params.yaml: {key} = {value!r} has the wrong type; expected {self.expected()}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise MetaaugError(f"params.yaml: {key} = {value!r}; expected a finite number")
-        out_of_range = (self.low is not None and value < self.low) or (self.high is not None and value > self.high)
-        if out_of_range or (self.choices is not None and value not in self.choices):
-            raise MetaaugError(f"params.yaml: {key} = {value!r} is out of range; expected {self.expected()}")
-        if isinstance(value, list):
-            value = [str(v) for v in value]
-            if self.item_choices is not None:
-                bad = [v for v in value if v not in self.item_choices]
-                if bad:
-                    raise MetaaugError(f"params.yaml: {key} contains {bad[0]!r}; expected items from {list(self.item_choices)}")
-            if len(set(value)) != len(value):
-                raise MetaaugError(f"params.yaml: {key} lists an item twice; expected distinct items")
-        return value
-
-    def expected(self) -> str:
-        if self.choices is not None:
-            text = f"one of {list(self.choices)}"
-        else:
-            names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}
-            kinds = self.kind if isinstance(self.kind, tuple) else (self.kind,)
-            text = " or ".join(names.get(k, k.__name__) for k in kinds)
-            if self.low is not None and self.high is not None:
-                text += f" in [{self.low}, {self.high}]"
-            elif self.low is not None:
-                text += f" >= {self.low}"
-        return text + (" or null" if self.nullable else "")
-
-
 ARMS = ("none", "handcrafted", "randaugment", "trivialaugment", "learned")
-DEVICES = ("auto", "cpu", "cuda")
-DISTRIBUTED = ("none", "shard", "ddp")  # metaaug/distributed.py
 ANCHORS = ("none", "handcrafted", "randaugment")  # fixed baselines metatrain can start from (metalearn.anchors)
-
-SCHEMA: dict[str, Any] = {
-    "seed": Param(0, int, low=0),
-    "data": {
-        # Where meta-training classes come from: digits | imagefolder:<dir> | idx:<dir> | cifar:<path> | npz:<file>
-        "source": Param("digits", str),
-        # Resize every image to image_size x image_size (null: keep the source's size).
-        "image_size": Param(None, int, low=4, high=1024, nullable=True),
-    },
-    "tasks": {
-        # The target task's source; null means the same source as data.source, with held-out classes.
-        "target_source": Param(None, str, nullable=True),
-        # Class names held out as the target task (with target_source set, null = all its classes).
-        "target_classes": Param(["5", "6", "7", "8", "9"], list, nullable=True),
-        "shots": Param(5, int, low=1, high=10000),  # labelled training images per target class
-        "splits": Param(20, int, low=1, high=1000),  # target splits: shot sample + initialisation
-        "test_fraction": Param(0.5, float, low=0.05, high=0.95),  # target images held out for testing
-        "meta_val_fraction": Param(0.3, float, low=0.05, high=0.95),  # meta-train images kept for meta-validation
-    },
-    "train": {
-        "arms": Param(list(ARMS), list, item_choices=ARMS),
-        "epochs": Param(150, int, low=1, high=100000),
-        "batch_size": Param(25, int, low=1, high=65536),
-        "lr": Param(0.05, float, low=1e-6, high=10.0),  # one-cycle peak learning rate
-        "momentum": Param(0.9, float, low=0.0, high=0.999),
-        "weight_decay": Param(5e-4, float, low=0.0, high=1.0),
-        "width": Param(32, int, low=4, high=1024),  # channels of the first conv layer
-        "device": Param("auto", str, choices=DEVICES),
-        # under torchrun: shard the arm x split runs over ranks, or one DDP learner over all ranks (README)
-        "distributed": Param("none", str, choices=DISTRIBUTED),
-        # learned arm: draw from data/augmented/ (the versioned copies) or sample the policy on the fly
-        "learned_source": Param("augmented", str, choices=("augmented", "on_the_fly")),
-    },
-    "metatrain": {
-        "method": Param("sh_random", str, choices=("sh_random", "cem")),
-        # The op space the policy learns in (null: every op in the table); e.g. drop Solarize for medical images.
-        "ops": Param(None, list, nullable=True),
-        # fixed baselines whose points in the space the first bracket scores beside TA-Wide ([] for none)
-        "anchors": Param(list(ANCHORS), list, item_choices=ANCHORS),
-        "candidates": Param(12, int, low=2, high=4096),  # policies per generation / halving bracket
-        "rungs": Param(3, int, low=1, high=12),  # successive-halving rungs (tasks double each rung)
-        "tasks_first_rung": Param(2, int, low=1, high=1000),
-        "generations": Param(2, int, low=1, high=1000),  # cem only
-        "elite_fraction": Param(0.25, float, low=0.01, high=1.0),
-        "init_std": Param(0.6, float, low=0.0, high=10.0),
-        "proxy_epochs": Param(100, int, low=1, high=100000),  # learner epochs when scoring a candidate
-        "proxy_width": Param(16, int, low=1, high=1024),  # learner width when scoring a candidate
-        "workers": Param(0, int, low=0, high=1024),  # scoring processes, one thread each; 0 = one per CPU core
-        "population": Param(9, int, low=1, high=4096),  # proxy learners trained at once as one grouped network
-        # a challenger replaces the incumbent policy only if better by this many standard errors (paired)
-        "accept_z": Param(1.0, float, low=0.0, high=10.0),
-        "ways": Param(5, int, low=2, high=1000),
-        "query_per_class": Param(100, int, low=1, high=100000),
-    },
-    "augment": {
-        "copies": Param(150, int, low=1, high=10000),  # augmented copies of every target training image
-    },
-    "tracking": {
-        "experiment": Param("metaaug", str),
-    },
-}
+MAX_SEED = 2**63 - 1  # torch.manual_seed and numpy's SeedSequence both take it
 
 
-def _validate(schema: dict, given: Any, prefix: str) -> dict:
-    """Merge `given` over the schema's defaults, checking every key and value."""
-    if given is None:
-        given = {}
-    if not isinstance(given, dict):
-        raise MetaaugError(f"params.yaml: {prefix.rstrip('.') or 'the file'} must be a mapping of keys to values, "
-                           f"got {given!r}; expected indented `key: value` lines")
-    unknown = sorted(set(given) - set(schema))
-    if unknown:
-        key = prefix + str(unknown[0])
-        raise MetaaugError(f"params.yaml: unknown key {key}; expected one of {[prefix + k for k in schema]}")
-    out = {}
-    for key, spec in schema.items():
-        if isinstance(spec, dict):
-            out[key] = _validate(spec, given.get(key), f"{prefix}{key}.")
-        else:
-            out[key] = spec.check(prefix + key, given.get(key, spec.default))
-    return out
+def _distinct(items: list) -> list:
+    if len(set(items)) != len(items):
+        raise PydanticCustomError("duplicate", "lists an item twice")
+    return items
 
 
-def defaults() -> dict:
+def _as_text(item: Any) -> Any:
+    """YAML reads class names like 5 as numbers; a name is text."""
+    return str(item) if isinstance(item, (int, float)) and not isinstance(item, bool) else item
+
+
+Name = Annotated[str, BeforeValidator(_as_text)]
+
+
+class Section(BaseModel):
+    """A params.yaml section: unknown keys and wrong types are errors, values are read-only."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+class DataConfig(Section):
+    # Where meta-training classes come from: digits | imagefolder:<dir> | idx:<dir> | cifar:<path> | npz:<file>
+    source: str = "digits"
+    # Resize every image to image_size x image_size (null: keep the source's size).
+    image_size: Annotated[int, Ge(4), Le(1024)] | None = None
+
+
+class TasksConfig(Section):
+    # The target task's source; null means the same source as data.source, with held-out classes.
+    target_source: str | None = None
+    # Class names held out as the target task (with target_source set, null = all its classes).
+    target_classes: Annotated[list[Name], AfterValidator(_distinct)] | None = ["5", "6", "7", "8", "9"]
+    shots: Annotated[int, Ge(1), Le(10000)] = 5  # labelled training images per target class
+    splits: Annotated[int, Ge(1), Le(1000)] = 20  # target splits: shot sample + initialisation
+    test_fraction: Annotated[float, Ge(0.05), Le(0.95)] = 0.5  # target images held out for testing
+    meta_val_fraction: Annotated[float, Ge(0.05), Le(0.95)] = 0.3  # meta-train images kept for meta-validation
+
+
+class TrainConfig(Section):
+    """The downstream learner's recipe (SGD-Nesterov, one-cycle schedule) and the train stage's arms."""
+
+    arms: Annotated[list[Literal[ARMS]], Field(min_length=1), AfterValidator(_distinct)] = list(ARMS)
+    epochs: Annotated[int, Ge(1), Le(100000)] = 150
+    batch_size: Annotated[int, Ge(1), Le(65536)] = 25
+    lr: Annotated[float, Ge(1e-6), Le(10.0)] = 0.05  # one-cycle peak learning rate
+    momentum: Annotated[float, Ge(0.0), Le(0.999)] = 0.9
+    weight_decay: Annotated[float, Ge(0.0), Le(1.0)] = 5e-4
+    width: Annotated[int, Ge(4), Le(1024)] = 32  # channels of the first conv layer
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # under torchrun: shard the arm x split runs over ranks, or one DDP learner over all ranks (README)
+    distributed: Literal["none", "shard", "ddp"] = "none"
+    # learned arm: draw from data/augmented/ (the versioned copies) or sample the policy on the fly
+    learned_source: Literal["augmented", "on_the_fly"] = "augmented"
+
+    @field_validator("device")
+    @classmethod
+    def _device_exists(cls, device: str) -> str:
+        if device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise PydanticCustomError("unavailable", "= 'cuda', but torch sees no CUDA device on this machine; "
+                                                         "expected 'auto' or 'cpu' here")
+        return device
+
+
+class MetatrainConfig(Section):
+    method: Literal["sh_random", "cem"] = "sh_random"
+    # The op space the policy learns in (null: every op in the table); e.g. drop Solarize for medical images.
+    ops: Annotated[list[Name], Field(min_length=1), AfterValidator(_distinct)] | None = None
+    # fixed baselines whose points in the space the first bracket scores beside TA-Wide ([] for none)
+    anchors: Annotated[list[Literal[ANCHORS]], AfterValidator(_distinct)] = list(ANCHORS)
+    candidates: Annotated[int, Ge(2), Le(4096)] = 12  # policies per generation / halving bracket
+    rungs: Annotated[int, Ge(1), Le(12)] = 3  # successive-halving rungs (tasks double each rung)
+    tasks_first_rung: Annotated[int, Ge(1), Le(1000)] = 2
+    generations: Annotated[int, Ge(1), Le(1000)] = 2  # cem only
+    elite_fraction: Annotated[float, Ge(0.01), Le(1.0)] = 0.25  # cem only
+    init_std: Annotated[float, Ge(0.0), Le(10.0)] = 0.6
+    proxy_epochs: Annotated[int, Ge(1), Le(100000)] = 100  # learner epochs when scoring a candidate
+    proxy_width: Annotated[int, Ge(1), Le(1024)] = 16  # learner width when scoring a candidate
+    workers: Annotated[int, Ge(0), Le(1024)] = 0  # scoring processes, one thread each; 0 = one per CPU core
+    population: Annotated[int, Ge(1), Le(4096)] = 9  # proxy learners trained at once as one grouped network
+    # a challenger replaces the incumbent policy only if better by this many standard errors (paired)
+    accept_z: Annotated[float, Ge(0.0), Le(10.0)] = 1.0
+    ways: Annotated[int, Ge(2), Le(1000)] = 5
+    query_per_class: Annotated[int, Ge(1), Le(100000)] = 100
+
+    @field_validator("ops")
+    @classmethod
+    def _known_ops(cls, ops: list[str] | None) -> list[str] | None:
+        from metaaug.ops import OP_NAMES
+
+        unknown = [op for op in ops or [] if op not in OP_NAMES]
+        if unknown:
+            raise PydanticCustomError("unknown_item", f"names unknown op {unknown[0]!r}; expected ops from "
+                                                      f"{list(OP_NAMES)}")
+        return ops
+
+
+class AugmentConfig(Section):
+    copies: Annotated[int, Ge(1), Le(10000)] = 150  # augmented copies of every target training image
+
+
+class TrackingConfig(Section):
+    experiment: Annotated[str, Field(min_length=1)] = "metaaug"
+
+
+class Params(Section):
+    """The whole of params.yaml."""
+
+    seed: Annotated[int, Ge(0), Le(MAX_SEED)] = 0
+    data: DataConfig = DataConfig()
+    tasks: TasksConfig = TasksConfig()
+    train: TrainConfig = TrainConfig()
+    metatrain: MetatrainConfig = MetatrainConfig()
+    augment: AugmentConfig = AugmentConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+
+def defaults() -> Params:
     """The full default configuration."""
-    return _validate(SCHEMA, {}, "")
+    return Params()
 
 
-def validate(params: dict) -> dict:
-    """Validate a params mapping (as read from YAML) and fill in defaults."""
-    return _validate(SCHEMA, params, "")
-
-
-def load_params(path: str | Path = "params.yaml") -> dict:
-    """Read and validate params.yaml; a missing file means all defaults."""
-    path = Path(path)
-    if not path.exists():
-        return defaults()
+def validate(raw: Any, where: str = "params.yaml") -> Params:
+    """Validate a params mapping (as read from YAML) and fill in defaults; bad input is one line."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise MetaaugError(f"{where}: the file must be a mapping of keys to values, got {raw!r}; "
+                           "expected indented `key: value` lines")
     try:
-        raw = yaml.safe_load(path.read_text())
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise MetaaugError(f"{where}: {describe_error(err.errors()[0])}") from None
+
+
+def describe_error(error: dict) -> str:
+    """One pydantic error as `key = value ...; expected ...`."""
+    names = [str(part) for part in error["loc"] if isinstance(part, str)]
+    key, value, kind = ".".join(names), error["input"], error["type"]
+    if kind == "extra_forbidden":
+        parent = field_at(names[:-1])
+        keys = [".".join([*names[:-1], k]) for k in (parent.annotation.model_fields if parent else Params.model_fields)]
+        return f"unknown key {key}; expected one of {keys}"
+    field = field_at(names)
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return (f"{key} must be a mapping of keys to values, got {value!r}; expected indented `key: value` lines")
+    if value is None or kind in ("too_short", "string_too_short"):
+        return f"{key} is empty; expected {expected(field)}" + (", at least one" if kind == "too_short" else "")
+    if kind == "finite_number":
+        return f"{key} = {value!r}; expected a finite number"
+    if kind == "duplicate":
+        return f"{key} lists an item twice; expected distinct items"
+    if kind in ("unknown_item", "unavailable"):
+        return f"{key} {error['msg']}" + ("" if "expected" in error["msg"] else f"; expected {expected(field)}")
+    if any(isinstance(part, int) for part in error["loc"]):  # an item of a list
+        return f"{key} contains {value!r}; expected items from {list(spec(field).choices)}"
+    if kind in ("greater_than_equal", "less_than_equal", "literal_error", "too_short"):
+        return f"{key} = {value!r} is out of range; expected {expected(field)}"
+    return f"{key} = {value!r} has the wrong type; expected {expected(field)}"
+
+
+def field_at(names: list[str]):
+    """The FieldInfo of a dotted key (None for the root)."""
+    model, field = Params, None
+    for name in names:
+        field = model.model_fields[name]
+        model = field.annotation
+    return field
+
+
+class Spec(NamedTuple):
+    """What one parameter allows, read off its annotation: the words of error messages, and tests' cases."""
+
+    kind: Any  # int, float, str, bool, list or Literal[...]
+    low: float | None
+    high: float | None
+    choices: tuple | None  # of a Literal, or of a list's Literal items
+    nullable: bool
+
+
+def spec(field) -> Spec:
+    annotation, nullable = field.annotation, False
+    if type(None) in get_args(annotation):
+        nullable = True
+        annotation = next(a for a in get_args(annotation) if a is not type(None))
+    metadata = list(field.metadata)
+    while get_origin(annotation) is Annotated:
+        annotation, *extra = get_args(annotation)
+        metadata += extra
+    low = next((m.ge for m in metadata if isinstance(m, Ge)), None)
+    high = next((m.le for m in metadata if isinstance(m, Le)), None)
+    if get_origin(annotation) is Literal:
+        return Spec(Literal, low, high, get_args(annotation), nullable)
+    if get_origin(annotation) is list:
+        item = get_args(annotation)[0]
+        while get_origin(item) is Annotated:
+            item = get_args(item)[0]
+        return Spec(list, low, high, get_args(item) if get_origin(item) is Literal else None, nullable)
+    return Spec(annotation, low, high, None, nullable)
+
+
+def expected(field) -> str:
+    """What a field allows, in words: `an integer in [1, 100000]`, `one of ['auto', 'cpu']`."""
+    s = spec(field)
+    if s.kind is Literal:
+        text = f"one of {list(s.choices)}"
+    elif s.kind is list:
+        text = "a list" + (f" of items from {list(s.choices)}" if s.choices else "")
+    else:
+        text = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(s.kind, "a value")
+        if s.low is not None and s.high is not None:
+            text += f" in [{s.low}, {s.high}]"
+        elif s.low is not None:
+            text += f" >= {s.low}"
+    return text + (" or null" if s.nullable else "")
+
+
+def leaf_fields(model: type[BaseModel] = Params, prefix: str = ""):
+    """(dotted key, FieldInfo) of every parameter."""
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            yield from leaf_fields(field.annotation, f"{prefix}{name}.")
+        else:
+            yield prefix + name, field
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error, not a silent overwrite."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise MetaaugError(f"key {key!r} appears twice at line {key_node.start_mark.line + 1}; "
+                                   "expected each key once")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file; a missing file is an error (never silently all defaults)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise MetaaugError(f"{path}: params file not found; expected a params.yaml "
+                           "(the repository's is the documented default)") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise MetaaugError(f"{path}: cannot be read ({err.__class__.__name__}); expected a readable YAML file") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
+    except MetaaugError as err:
+        raise MetaaugError(f"{path}: {err}") from None
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" at line {line + 1}" if line is not None else ""
         raise MetaaugError(f"{path}: not valid YAML{where}; expected a mapping of parameters") from None
-    return validate(raw)
+    return validate(raw, "params.yaml" if path.name == "params.yaml" else str(path))
+

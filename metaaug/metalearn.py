@@ -41,7 +41,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -50,21 +50,13 @@ import torch
 import torch._dynamo  # noqa: F401  torch.optim imports it on first use (~1.7 s): here, before scoring
 # processes fork, so they inherit it instead of each paying for it
 
-from metaaug.config import ANCHORS  # the first bracket also scores these baselines' points in the space
+from metaaug.config import MetatrainConfig, TrainConfig
 from metaaug.errors import MetaaugError
 from metaaug.io import read_json, write_json
-from metaaug.ops import OP_NAMES
+from metaaug.ops import GROUPS, OPS
 from metaaug.policies import Policy, drop_color, fixed_policy, sample_apply
-from metaaug.training import TrainSettings, predict, train_population
+from metaaug.training import predict, train_population
 
-GROUPS: dict[str, tuple[str, ...]] = {
-    "geometric": ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate"),
-    "scale": ("Scale",),
-    "colour": ("Brightness", "Color", "Contrast", "Sharpness"),
-    "histogram": ("Posterize", "Solarize", "AutoContrast", "Equalize"),
-    "cutout": ("Cutout",),
-    "identity": ("Identity",),
-}
 SHARE = 0.75  # an explorer that boosts a group gives it this share of the op mass
 # ... and the identity group this one: "augment 5 % of the images". Measured on tasks where augmentation
 # destroys the label cue, augmenting even a quarter of the images costs nearly as much as augmenting all.
@@ -73,7 +65,6 @@ OFF = -8.0  # the logit of a group that is off (e.g. one TrivialAugment-Wide lac
 # Mass below this is exactly zero. Measured by bench/off_groups.py on intensity-coded classes: a policy
 # of Identity plus 0.17 % full-strength TrivialAugment-Wide ops scored 1.4 points below no augmentation.
 MIN_MASS = 1e-3
-MAGNITUDE_FREE = {"Identity", "AutoContrast", "Equalize"}
 MAX_LAYERS = 2  # ops applied in sequence per image: 1 (TrivialAugment) or 2 (RandAugment's N=2)
 
 
@@ -91,10 +82,7 @@ class Task:
 
 def op_groups(ops: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
     """The groups restricted to the configured ops (empty groups dropped)."""
-    unknown = [op for op in ops if op not in OP_NAMES]
-    if unknown:
-        raise MetaaugError(f"params.yaml: metatrain.ops names unknown op {unknown[0]!r}; expected ops from {list(OP_NAMES)}")
-    groups = {g: tuple(op for op in members if op in ops) for g, members in GROUPS.items()}
+    groups = {g: tuple(op for op in OPS if op in ops and OPS[op].group == g) for g in GROUPS}
     return {g: members for g, members in groups.items() if members}
 
 
@@ -141,7 +129,7 @@ class SearchSpace:
         logits = [math.log(m / masses.max()) if m > 0 else OFF for m in masses]
         caps = []
         for members in self.groups.values():
-            sized = [middle[op] for op in members if op in middle and op not in MAGNITUDE_FREE]
+            sized = [middle[op] for op in members if op in middle and OPS[op].has_magnitude]
             caps.append(min(1.0, 2 * float(np.mean(sized))) if sized else 1.0)
         return np.array([*logits, *caps, float(min(policy.layers, MAX_LAYERS))])
 
@@ -165,7 +153,7 @@ class SearchSpace:
             for op in members:
                 ops.append(op)
                 weights.append(float(m) / len(members))
-                highs.append(1.0 if op in MAGNITUDE_FREE else float(cap))
+                highs.append(float(cap) if OPS[op].has_magnitude else 1.0)
         return Policy(name=name, ops=tuple(ops), weights=tuple(weights), prob=(1.0,) * len(ops),
                       mag_low=(0.0,) * len(ops), mag_high=tuple(highs), layers=self.layers(theta))
 
@@ -204,12 +192,12 @@ def sample_tasks(images: np.ndarray, labels: np.ndarray, shots: int, ways: int, 
     return tasks
 
 
-def score(policy: Policy | None, task: Task, settings: TrainSettings) -> float:
+def score(policy: Policy | None, task: Task, settings: TrainConfig) -> float:
     """Clean query accuracy of a learner trained on the task's support, augmented by `policy`."""
     return score_population([(policy, task)], settings)[0]
 
 
-def score_population(jobs: list[tuple[Policy | None, Task]], settings: TrainSettings) -> list[float]:
+def score_population(jobs: list[tuple[Policy | None, Task]], settings: TrainConfig) -> list[float]:
     """`score` of every (policy, task), their learners trained together as one population."""
     augments = [None if policy is None else functools.partial(sample_apply, policy) for policy, _ in jobs]
     learners = train_population([t.support_x for _, t in jobs], [t.support_y for _, t in jobs], jobs[0][1].n_classes,
@@ -220,7 +208,7 @@ def score_population(jobs: list[tuple[Policy | None, Task]], settings: TrainSett
 _WORKER: dict = {}  # a forked scoring process's tasks and settings (inherited, never pickled)
 
 
-def _init_worker(tasks: list[Task], settings: TrainSettings, parent: int) -> None:
+def _init_worker(tasks: list[Task], settings: TrainConfig, parent: int) -> None:
     _die_with(parent)
     torch.set_num_threads(1)
     _WORKER.update(tasks=tasks, settings=settings)
@@ -265,7 +253,7 @@ class Scorer:
     job list alone, so results do not depend on the number of workers or their scheduling.
     """
 
-    def __init__(self, tasks: list[Task], settings: TrainSettings, workers: int, population: int = 1):
+    def __init__(self, tasks: list[Task], settings: TrainConfig, workers: int, population: int = 1):
         self.tasks, self.settings, self.workers, self.population, self.pool = tasks, settings, workers, population, None
 
     def __enter__(self) -> "Scorer":
@@ -314,25 +302,7 @@ class SearchState:
         return cls(**read_json(path))
 
 
-@dataclass(frozen=True)
-class SearchConfig:
-    method: str = "sh_random"
-    candidates: int = 12
-    rungs: int = 3
-    tasks_first_rung: int = 2
-    generations: int = 2
-    elite_fraction: float = 0.25
-    init_std: float = 0.6
-    proxy_epochs: int = 100
-    proxy_width: int = 16
-    accept_z: float = 1.0
-    workers: int = 1
-    population: int = 9
-    anchors: tuple[str, ...] = ANCHORS
-    seed: int = 0
-
-
-def successive_halving(space: SearchSpace, thetas: list[np.ndarray], task_ids: list[int], cfg: SearchConfig,
+def successive_halving(space: SearchSpace, thetas: list[np.ndarray], task_ids: list[int], cfg: MetatrainConfig,
                        scorer: Scorer, state: SearchState, checkpoint: Callable[[], None],
                        log: Callable[[dict], None], references: int = 1) -> tuple[list[np.ndarray], list[float]]:
     """Score candidates on the same tasks, keep the better half, double the tasks; returns survivors ranked.
@@ -391,7 +361,7 @@ def clearly_better(challenger: list[float], incumbent: list[float], z: float) ->
     return bool(d.mean() > 0 and d.mean() > z * se)
 
 
-def search(space: SearchSpace, tasks: list[Task], cfg: SearchConfig, settings: TrainSettings,
+def search(space: SearchSpace, tasks: list[Task], cfg: MetatrainConfig, settings: TrainConfig, seed: int,
            checkpoint_path: Path, log: Callable[[dict], None] = lambda entry: None) -> SearchState:
     """Run (or resume) the configured search; `state.best` is the chosen policy vector.
 
@@ -400,7 +370,7 @@ def search(space: SearchSpace, tasks: list[Task], cfg: SearchConfig, settings: T
     training's order none < handcrafted < TrivialAugment-Wide at 0.42 of its cost; 40 epochs
     erase the gap between none and TrivialAugment-Wide (augmentation pays off late in training).
     """
-    settings = replace(settings, epochs=cfg.proxy_epochs, width=cfg.proxy_width)
+    settings = settings.model_copy(update={"epochs": cfg.proxy_epochs, "width": cfg.proxy_width})
     state = SearchState.load(checkpoint_path) if checkpoint_path.exists() else SearchState(cfg.method)
     if state.method != cfg.method:
         raise MetaaugError(f"{checkpoint_path}: checkpoint of method {state.method!r}, params ask for "
@@ -409,9 +379,9 @@ def search(space: SearchSpace, tasks: list[Task], cfg: SearchConfig, settings: T
     generations = cfg.generations if cfg.method == "cem" else 1
     if state.mean is None:
         state.mean, state.std = list(init), [cfg.init_std] * space.dim
-    with Scorer(tasks, settings, cfg.workers, cfg.population) as scorer:
+    with Scorer(tasks, settings, cfg.workers or os.cpu_count() or 1, cfg.population) as scorer:
         while state.generation < generations:
-            rng = np.random.default_rng([cfg.seed, state.generation])
+            rng = np.random.default_rng([seed, state.generation])
             mean, std = np.array(state.mean), np.array(state.std)
             offset = int(rng.integers(len(space.groups) + 2))
             # generation 0 starts at the initialisation; later ones keep it in the race
@@ -434,12 +404,8 @@ def search(space: SearchSpace, tasks: list[Task], cfg: SearchConfig, settings: T
     return state
 
 
-def anchors(space: SearchSpace, names: tuple[str, ...] = ANCHORS) -> list[np.ndarray]:
-    """The named fixed baselines projected into the space (those with an op in it)."""
-    unknown = [name for name in names if name not in ANCHORS]
-    if unknown:
-        raise MetaaugError(f"params.yaml: metatrain.anchors names {unknown[0]!r}; expected baselines from "
-                           f"{list(ANCHORS)} (TrivialAugment-Wide is the initialisation)")
+def anchors(space: SearchSpace, names: list[str]) -> list[np.ndarray]:
+    """The named fixed baselines (config.ANCHORS) projected into the space (those with an op in it)."""
     points = [space.project(fixed_policy(name, image_channels=space.channels)) for name in names]
     return [p for p in points if p is not None]
 
@@ -466,14 +432,14 @@ def explore(mean: np.ndarray, std: np.ndarray, c: int, space: SearchSpace, rng: 
     return theta
 
 
-def task_ids_for_generation(n_tasks: int, generation: int, cfg: SearchConfig) -> list[int]:
+def task_ids_for_generation(n_tasks: int, generation: int, cfg: MetatrainConfig) -> list[int]:
     """Fresh tasks for each CEM generation (so elites are not fitted to one task sample)."""
     per_generation = cfg.tasks_first_rung * 2 ** (cfg.rungs - 1)
     start = (generation * per_generation) % max(1, n_tasks - per_generation + 1)
     return list(range(start, min(n_tasks, start + per_generation)))
 
 
-def tasks_needed(cfg: SearchConfig) -> int:
+def tasks_needed(cfg: MetatrainConfig) -> int:
     per_generation = cfg.tasks_first_rung * 2 ** (cfg.rungs - 1)
     return per_generation * (cfg.generations if cfg.method == "cem" else 1)
 

@@ -35,10 +35,7 @@ degrees = atan(v), the blur sigma of negative Sharpness, integer Posterize bits,
 independent height/width draws) the twin matches exactly at each value and range end,
 but samples the in-between values with a slightly different distribution.
 
-Gradients. Every op is differentiable wrt the images and its magnitude, except where the
-op is piecewise constant; there (Posterize, Solarize, Equalize, AutoContrast, the size of
-Cutout, the integer rounding of translations) a straight-through estimator is used (see
-:func:`_straight_through`). kornia 0.9 no longer ships one, and its ``warp_affine``
+Why not kornia: its ``warp_affine``
 costs ~0.3 ms of overhead per call (measured, 25 images of 8x8), more than the warp
 itself, so the warp is ``grid_sample`` on a cached base grid (see :func:`_warp`); the colour
 ops are one-line formulas whose kornia counterparts use different definitions (kornia's
@@ -67,57 +64,29 @@ OP_TABLE_VERSION = 1
 
 # ITU-R 601 luma, as cv2.COLOR_RGB2GRAY and torchvision's rgb_to_grayscale.
 _LUMA = (0.299, 0.587, 0.114)
-# Straight-through slope: d out / d m = (hard - images) / max(m, _STE_MIN_MAGNITUDE).
-_STE_MIN_MAGNITUDE = 0.05
 
 
 @dataclass(frozen=True)
 class Op:
-    """One augmentation: its value range, its torch form and its Albumentations twin.
+    """One augmentation: its value range, its search group, its torch form and its Albumentations twin.
 
     ``torch_fn(images, values, generator)`` applies the op with one value per image;
     ``albumentations_fn(value_low, value_high)`` builds the Albumentations transform (p=1)
     that draws the value uniformly from [low, high] (both of one sign for signed ops).
+    ``group`` is the family the policy search moves as one (metaaug.metalearn.SearchSpace):
+    every op of the table belongs to one, so a new op joins the search with its row.
     """
 
     name: str
-    max_value: float
+    max_value: float  # 0: the op has no magnitude (Identity, AutoContrast, Equalize)
     signed: bool
-    differentiable: bool
+    group: str
     torch_fn: Callable
     albumentations_fn: Callable
 
-
-# ---------------------------------------------------------------------------------------
-# Straight-through estimator
-# ---------------------------------------------------------------------------------------
-
-def _needs_grad(*tensors):
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
-def _straight_through(images, hard, values=None, max_value=1.0, image_grad=True):
-    """Forward ``hard``; backward identity wrt images and a secant slope wrt the magnitude.
-
-    Each op using this is the identity at magnitude 0, so the slope of the line from
-    (0, images) to (m, hard), ``(hard - images) / m``, is the simplest surrogate for
-    d hard / d m that points where a larger magnitude moves the image (cf. moskomule/dda's
-    ``ste``); m is floored at 0.05 so the slope stays finite. ``image_grad=False`` is for
-    ops whose own image gradient is already exact (Cutout's masking). Without gradients
-    (the usual augmentation call) this returns ``hard`` at no extra cost.
-    """
-    # hard + (x - x.detach()) is exactly hard in the forward pass, x in the backward pass.
-    out = hard.detach() + (images - images.detach()) if image_grad and _needs_grad(images) else hard
-    if values is None or not _needs_grad(values):
-        return out
-    m = values.abs() / max_value
-    slope = (hard - images).detach() / m.detach().clamp_min(_STE_MIN_MAGNITUDE).view(-1, 1, 1, 1)
-    return out + (m - m.detach()).view(-1, 1, 1, 1) * slope
-
-
-def _trunc_ste(x):
-    """Truncate toward zero (Python's int()) in the forward pass, identity backward."""
-    return torch.trunc(x).detach() + (x - x.detach()) if _needs_grad(x) else torch.trunc(x)
+    @property
+    def has_magnitude(self) -> bool:
+        return self.max_value > 0
 
 
 # ---------------------------------------------------------------------------------------
@@ -195,12 +164,12 @@ def _shear_twin(axis):
 def _translate_x(images, values, generator=None):
     # Forward x' = x + trunc(v * W) pixels; inverse shift in normalised units of 2/(W-1).
     w = images.shape[-1]
-    return _warp(images, _theta(images, [(_trunc_ste(values * w), ((0, 0, -2 / (w - 1)), (0, 0, 0)))]))
+    return _warp(images, _theta(images, [(torch.trunc(values * w), ((0, 0, -2 / (w - 1)), (0, 0, 0)))]))
 
 
 def _translate_y(images, values, generator=None):
     h = images.shape[-2]
-    return _warp(images, _theta(images, [(_trunc_ste(values * h), ((0, 0, 0), (0, 0, -2 / (h - 1))))]))
+    return _warp(images, _theta(images, [(torch.trunc(values * h), ((0, 0, 0), (0, 0, -2 / (h - 1))))]))
 
 
 def _translate_twin(axis):
@@ -308,7 +277,7 @@ def _sharpness_twin(lo, hi):
 
 
 # ---------------------------------------------------------------------------------------
-# Piecewise-constant ops (straight-through)
+# Piecewise-constant ops
 # ---------------------------------------------------------------------------------------
 
 def _levels(images):
@@ -321,7 +290,7 @@ def _posterize(images, values, generator=None):
     # keeps the top bits of the uint8 level, as Albumentations' LUT ``level & ~(2^k - 1)``.
     step = _col(2.0 ** torch.round(values.detach()))
     hard = torch.floor(_levels(images) / step) * step / 255.0
-    return _straight_through(images, hard, values, OPS["Posterize"].max_value)
+    return hard
 
 
 def _posterize_twin(lo, hi):
@@ -332,7 +301,7 @@ def _solarize(images, values, generator=None):
     # value = 1 - threshold; invert pixels >= threshold (torchvision, Albumentations).
     threshold = _col(1.0 - values.detach())
     hard = torch.where(images >= threshold, 1.0 - images, images)
-    return _straight_through(images, hard, values, OPS["Solarize"].max_value)
+    return hard
 
 
 def _solarize_twin(lo, hi):
@@ -346,7 +315,7 @@ def _autocontrast(images, values=None, generator=None):
     hi = images.amax(dim=(2, 3), keepdim=True)
     stretched = ((images - lo) / (hi - lo).clamp_min(1e-12)).clamp(0, 1)
     hard = torch.where(hi > lo, stretched, images)
-    return _straight_through(images, hard.detach())
+    return hard
 
 
 def _equalize(images, values=None, generator=None):
@@ -368,7 +337,7 @@ def _equalize(images, values=None, generator=None):
     lut = torch.round((hist.cumsum(1) - lowest).float() * scale).clamp(0, 255)
     equalised = lut.gather(1, q).view(n, c, hgt, wid).to(images.dtype) / 255.0
     hard = torch.where((rest > 0).view(n, c, 1, 1), equalised, images)
-    return _straight_through(images, hard.detach())
+    return hard
 
 
 def _cutout(images, values, generator=None):
@@ -390,7 +359,7 @@ def _cutout(images, values, generator=None):
     hole = ((ys >= top.view(-1, 1, 1)) & (ys < (top + hole_h).view(-1, 1, 1))
             & (xs >= left.view(-1, 1, 1)) & (xs < (left + hole_w).view(-1, 1, 1)))
     hard = images * (~hole).unsqueeze(1).to(images.dtype)
-    return _straight_through(images, hard, values, OPS["Cutout"].max_value, image_grad=False)
+    return hard
 
 
 def _cutout_twin(lo, hi):
@@ -411,36 +380,39 @@ def _no_value(twin):
 # ---------------------------------------------------------------------------------------
 
 OPS: dict[str, Op] = {op.name: op for op in [
-    Op("Identity", 0.0, False, True, _identity, _no_value(lambda: A.NoOp(p=1.0))),
+    Op("Identity", 0.0, False, "identity", _identity, _no_value(lambda: A.NoOp(p=1.0))),
     # Shear factor (tan of the angle) up to 0.99: TA-Wide.
-    Op("ShearX", 0.99, True, True, _shear_x, _shear_twin("x")),
-    Op("ShearY", 0.99, True, True, _shear_y, _shear_twin("y")),
+    Op("ShearX", 0.99, True, "geometric", _shear_x, _shear_twin("x")),
+    Op("ShearY", 0.99, True, "geometric", _shear_y, _shear_twin("y")),
     # Fraction of the side up to 1.0: TA-Wide's 32 px on 32 px CIFAR images.
-    Op("TranslateX", 1.0, True, True, _translate_x, _translate_twin("x")),
-    Op("TranslateY", 1.0, True, True, _translate_y, _translate_twin("y")),
+    Op("TranslateX", 1.0, True, "geometric", _translate_x, _translate_twin("x")),
+    Op("TranslateY", 1.0, True, "geometric", _translate_y, _translate_twin("y")),
     # Degrees up to 135: TA-Wide.
-    Op("Rotate", 135.0, True, True, _rotate, lambda lo, hi: _affine_twin(rotate=(lo, hi))),
+    Op("Rotate", 135.0, True, "geometric", _rotate, lambda lo, hi: _affine_twin(rotate=(lo, hi))),
     # Enhancement factor 1 +- v, v up to 0.99: TA-Wide.
-    Op("Brightness", 0.99, True, True, _brightness, _jitter_twin("brightness")),
-    Op("Color", 0.99, True, True, _color, _jitter_twin("saturation")),
-    Op("Contrast", 0.99, True, True, _contrast, _jitter_twin("contrast")),
-    Op("Sharpness", 0.99, True, True, _sharpness, _sharpness_twin),
+    Op("Brightness", 0.99, True, "colour", _brightness, _jitter_twin("brightness")),
+    Op("Color", 0.99, True, "colour", _color, _jitter_twin("saturation")),
+    Op("Contrast", 0.99, True, "colour", _contrast, _jitter_twin("contrast")),
+    Op("Sharpness", 0.99, True, "colour", _sharpness, _sharpness_twin),
     # Bits removed up to 6 (8 -> 2 bits): TA-Wide.
-    Op("Posterize", 6.0, False, False, _posterize, _posterize_twin),
+    Op("Posterize", 6.0, False, "histogram", _posterize, _posterize_twin),
     # 1 - threshold up to 1 (threshold 255 -> 0): TA-Wide.
-    Op("Solarize", 1.0, False, False, _solarize, _solarize_twin),
-    Op("AutoContrast", 0.0, False, False, _autocontrast,
+    Op("Solarize", 1.0, False, "histogram", _solarize, _solarize_twin),
+    Op("AutoContrast", 0.0, False, "histogram", _autocontrast,
        _no_value(lambda: A.AutoContrast(cutoff=0, method="pil", p=1.0))),
     # OpenCV's equalisation (Albumentations' default mode; its "pil" mode is not PIL's either).
-    Op("Equalize", 0.0, False, False, _equalize,
+    Op("Equalize", 0.0, False, "histogram", _equalize,
        _no_value(lambda: A.Equalize(mode="cv", by_channels=True, p=1.0))),
     # Square side up to 0.5 of the image: DeVries & Taylor 2017 (16 px on 32 px CIFAR-10).
-    Op("Cutout", 0.5, False, False, _cutout, _cutout_twin),
+    Op("Cutout", 0.5, False, "cutout", _cutout, _cutout_twin),
     # Zoom factor 1 +- v, v up to 0.25 (metaaug's, for the handcrafted policy; not in TA).
-    Op("Scale", 0.25, True, True, _scale, lambda lo, hi: _affine_twin(scale=(1.0 + lo, 1.0 + hi),
+    Op("Scale", 0.25, True, "scale", _scale, lambda lo, hi: _affine_twin(scale=(1.0 + lo, 1.0 + hi),
                                                                      keep_ratio=True)),
 ]}
 OP_NAMES: tuple[str, ...] = tuple(OPS)
+# The op groups in the order the policy search lays them out (metaaug.metalearn.SearchSpace).
+GROUPS: tuple[str, ...] = ("geometric", "scale", "colour", "histogram", "cutout", "identity")
+assert {op.group for op in OPS.values()} <= set(GROUPS), "every op's group must be one of GROUPS"
 _IDENTITY = OP_NAMES.index("Identity")
 
 
@@ -454,8 +426,7 @@ def apply_ops(images, op_index, magnitude, sign, generator=None):
     """Apply op ``op_index[i]`` with ``magnitude[i]`` and ``sign[i]`` to image i.
 
     Images are grouped by op, one kernel call per op present, and returned in their
-    original order. Gradients reach ``images`` and ``magnitude`` (straight-through for the
-    piecewise-constant ops). ``generator`` drives the only random choice left, Cutout's
+    original order. ``generator`` drives the only random choice left, Cutout's
     position.
     """
     counts = _check_batch(images, op_index, magnitude, sign)

@@ -21,8 +21,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy import stats as scipy_stats  # noqa: E402
 
+from metaaug.arms import arm_augmenter  # noqa: E402
 from metaaug.plots import show_image  # noqa: E402
-from metaaug.policies import Policy  # noqa: E402
+from metaaug.policies import Policy, load_policy  # noqa: E402
+from metaaug.training import to_tensor  # noqa: E402
 
 SAMPLE_IMAGES = 8  # support images shown per arm
 SAMPLE_DRAWS = 2  # augmented draws of them per arm
@@ -102,9 +104,6 @@ def augmented_samples(images: np.ndarray, arms: list[str], policy_dir: Path | No
     Uses the train stage's own augmenters. The learned arm samples its policy on the
     fly: the same distribution its stored copies (data/augmented/) were drawn from.
     """
-    from metaaug.pipeline import arm_augmenter
-    from metaaug.training import to_tensor
-
     x = to_tensor(images)
     draws = {}
     for arm in arms:
@@ -156,27 +155,43 @@ def best_and_worst(metrics: dict) -> list[str]:
     return list(dict.fromkeys([ranked[-1], ranked[0]]))
 
 
-def search_cost_markdown(metrics: dict, search: dict | None) -> list[str]:
-    """The metatrain budget as a table: method, wall time, proxy trainings, ratio to one downstream training."""
+def search_markdown(search: dict | None) -> list[str]:
+    """The metatrain budget as a table: method and proxy trainings (their wall time: `metaaug results`)."""
     if search is None:
         return ["No search log (models/policy/search.json) was given to evaluate."]
-    rows = [("method", search["method"]), ("metatrain wall time", f"{search['seconds']:.1f} s"),
-            ("proxy trainings", f"{search['trainings']} × {search['proxy_epochs']} epochs"),
-            ("one downstream training (median)", f"{metrics['downstream_run_seconds']:.2f} s"),
-            ("search cost (wall time)", f"{metrics['search_cost']:.1f}× one downstream training, "
-                                        f"{search.get('workers', 1)} scoring process(es)")]
-    if "search_cost_one_core" in metrics:
-        rows.append(("search cost on one core", f"{metrics['search_cost_one_core']:.1f}× (proxy trainings summed "
-                                                "over processes)"))
-    return ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+    rows = [("method", search["method"]),
+            ("proxy trainings", f"{search['trainings']} × {search['proxy_epochs']} epochs, width {search['proxy_width']}")]
+    return (["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows] +
+            ["", "Its wall time as a multiple of one downstream training depends on the machine, so it is kept "
+                 "out of this report: `metaaug results` prints it from `timings/`."])
+
+
+def accuracy_tables(metrics: dict) -> str:
+    """Markdown: accuracy per arm, then the paired differences with their bootstrap CIs."""
+    lines = ["| arm | test accuracy (mean ± std over splits) |", "|---|---|"]
+    lines += [f"| {arm} | {s['mean']:.2f} ± {s['std']:.2f} (n={s['n']}) |" for arm, s in metrics["arms"].items()]
+    lines += ["", "| paired difference | mean (points) | bootstrap 95 % CI | wins/losses |", "|---|---|---|---|"]
+    lines += [f"| {pair} | {d['mean']:+.2f} | [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}] | {d['wins']}/{d['losses']} |"
+              for pair, d in metrics["paired"].items()]
+    return "\n".join(lines)
+
+
+def results_markdown(metrics: dict, cost: dict | None) -> str:
+    """The README's results section, from metrics.json and the timings (`metaaug results`)."""
+    lines = [accuracy_tables(metrics), ""]
+    if cost is not None:
+        lines.append(f"Search cost: metatrain took {cost['search_cost']:.1f}× one downstream training run "
+                     f"({cost['downstream_run_seconds']:.2f} s) in wall time with {cost['workers']} scoring "
+                     f"process(es); its proxy trainings alone, summed over processes, {cost['search_cost_one_core']:.1f}×.")
+        lines.append(f"Timed on: {cost['machine']}.")
+    else:
+        lines.append("Search cost: no timings/metatrain.json and timings/train.json (run the pipeline to write them).")
+    return "\n".join(lines)
 
 
 def write_report(out: Path, metrics: dict, accuracy: dict[str, np.ndarray], results: dict, confusion: dict,
                  prepared, policy_dir: Path | None, search: dict | None) -> None:
     """Write report.md and its PNGs into `out` (an empty directory; the caller makes it atomic)."""
-    from metaaug.pipeline import accuracy_tables
-    from metaaug.policies import load_policy
-
     manifest = prepared.manifest
     classes = manifest["target"]["classes"]
     support = np.asarray(manifest["splits"][0]["support"])[:SAMPLE_IMAGES]
@@ -191,8 +206,8 @@ def write_report(out: Path, metrics: dict, accuracy: dict[str, np.ndarray], resu
         save(policy_figure(load_policy(policy_dir / "policy.json")), out / "policy.png")
     lines = ["# metaaug report", "",
              f"Target classes {', '.join(classes)} ({manifest['target']['source']}), "
-             f"{len(manifest['splits'])} splits, {len(manifest['test'])} test images; "
-             f"measured on {metrics.get('machine', 'an unknown machine')}. Written by the `evaluate` stage.", "",
+             f"{len(manifest['splits'])} splits, {len(manifest['test'])} test images. Written by the `evaluate` stage.",
+             "",
              "## Accuracy per arm", "", "![test accuracy per arm](accuracy.png)", "", accuracy_tables(metrics), "",
              "## Learning curves", "", "Mean over splits of each arm's per-epoch training loss and accuracy.", "",
              "![learning curves](learning_curves.png)", "",
@@ -205,5 +220,5 @@ def write_report(out: Path, metrics: dict, accuracy: dict[str, np.ndarray], resu
               "## Confusion matrices", "",
               f"Best and worst arm by mean accuracy ({' and '.join(extremes)}), pooled over splits, "
               "% of each true class.", "", "![confusion matrices](confusion.png)", "",
-              "## Search cost", ""] + search_cost_markdown(metrics, search)
+              "## Search", ""] + search_markdown(search)
     (out / "report.md").write_text("\n".join(lines) + "\n")

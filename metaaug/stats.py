@@ -25,3 +25,13 @@ def paired_difference(a: np.ndarray, b: np.ndarray, n_boot: int = 10000, seed: i
     low, high = np.percentile(means, [2.5, 97.5])
     return {"mean": float(d.mean()), "ci_low": float(low), "ci_high": float(high),
             "wins": int(np.sum(d > 0)), "losses": int(np.sum(d < 0)), "n": int(len(d))}
+
+
+def compare(accuracy: dict[str, np.ndarray]) -> dict:
+    """Per-arm summary and paired differences: learned (if present) minus each arm, each arm minus none."""
+    metrics = {"arms": {arm: summarise(acc) for arm, acc in accuracy.items()}, "paired": {}}
+    pairs = [("learned", b) for b in accuracy if b != "learned" and "learned" in accuracy]
+    pairs += [(a, "none") for a in accuracy if a not in ("none", "learned") and "none" in accuracy]
+    for a, b in pairs:
+        metrics["paired"][f"{a}-{b}"] = paired_difference(accuracy[a], accuracy[b])
+    return metrics

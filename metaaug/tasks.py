@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from metaaug.config import DataConfig, TasksConfig
 from metaaug.data import Dataset, load_source
 from metaaug.errors import MetaaugError
 from metaaug.io import load_array, read_json, save_arrays, write_json
@@ -93,28 +94,27 @@ def few_shot_splits(labels: np.ndarray, pool: np.ndarray, shots: int, n_splits: 
     return splits
 
 
-def prepare(data_params: dict, task_params: dict, seed: int, out: Path) -> dict:
+def prepare(data: DataConfig, tasks: TasksConfig, seed: int, out: Path) -> dict:
     """Load the sources, build meta-train and target tasks, write them into directory `out`."""
-    meta_ds = load_source(data_params["source"], data_params["image_size"])
-    same = task_params["target_source"] in (None, data_params["source"])
+    meta_ds = load_source(data.source, data.image_size)
+    same = tasks.target_source in (None, data.source)
     # A separate target folder is decoded only for the target classes (fewer than 2: choose_classes says so).
-    wanted = task_params["target_classes"]
+    wanted = tasks.target_classes
     only = wanted if wanted is not None and len(wanted) >= 2 else None
-    target_ds = meta_ds if same else load_source(task_params["target_source"], data_params["image_size"], only)
-    meta_names, target_names = choose_classes(meta_ds, target_ds, task_params["target_classes"], same)
+    target_ds = meta_ds if same else load_source(tasks.target_source, data.image_size, only)
+    meta_names, target_names = choose_classes(meta_ds, target_ds, tasks.target_classes, same)
     meta_x, meta_y = subset(meta_ds, meta_names)
     target_x, target_y = subset(target_ds, target_names)
     rng = np.random.default_rng(seed)
-    meta_is_val = split_per_class(meta_y, task_params["meta_val_fraction"], rng)
-    is_test = split_per_class(target_y, task_params["test_fraction"], rng)
-    splits = few_shot_splits(target_y, np.flatnonzero(~is_test), task_params["shots"], task_params["splits"], seed,
-                             target_names)
+    meta_is_val = split_per_class(meta_y, tasks.meta_val_fraction, rng)
+    is_test = split_per_class(target_y, tasks.test_fraction, rng)
+    splits = few_shot_splits(target_y, np.flatnonzero(~is_test), tasks.shots, tasks.splits, seed, target_names)
     manifest = {
         "meta": {"source": meta_ds.source, "classes": meta_names, "shape": list(meta_x.shape[1:]),
                  "counts": np.bincount(meta_y, minlength=len(meta_names)).tolist(),
                  "val_count": int(meta_is_val.sum())},
         "target": {"source": target_ds.source, "classes": target_names, "shape": list(target_x.shape[1:]),
-                   "counts": np.bincount(target_y, minlength=len(target_names)).tolist(), "shots": task_params["shots"]},
+                   "counts": np.bincount(target_y, minlength=len(target_names)).tolist(), "shots": tasks.shots},
         "test": np.flatnonzero(is_test).tolist(),
         "splits": splits,
     }

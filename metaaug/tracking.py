@@ -123,15 +123,25 @@ def pipeline_id(commit: str) -> str:
     return hashlib.sha256(f"{commit}\0{diff}".encode()).hexdigest()[:12]
 
 
-def flatten(params: dict, prefix: str = "") -> dict[str, str]:
-    """Nested params as flat dotted keys, the way the MLflow UI shows them."""
+def flatten(nested: dict, prefix: str = "") -> dict:
+    """Nested dicts as flat dotted keys (`train.epochs`, `arms.none.mean`), the way the MLflow UI shows them."""
     flat = {}
-    for key, value in params.items():
+    for key, value in nested.items():
         if isinstance(value, dict):
             flat.update(flatten(value, f"{prefix}{key}."))
         else:
-            flat[prefix + key] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+            flat[prefix + key] = value
     return flat
+
+
+def as_params(nested: dict) -> dict[str, str]:
+    """MLflow params: flat keys, lists as JSON, everything else as text."""
+    return {k: json.dumps(v) if isinstance(v, (list, tuple)) else str(v) for k, v in flatten(nested).items()}
+
+
+def as_metrics(nested: dict) -> dict[str, float]:
+    """MLflow metrics: the numeric leaves of a nested dict, flat keys."""
+    return {k: float(v) for k, v in flatten(nested).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def find_run_by_digest(client, experiment_id: str, stage: str, digest: str) -> str | None:
@@ -143,15 +153,6 @@ def find_run_by_digest(client, experiment_id: str, stage: str, digest: str) -> s
         max_results=1,
     )
     return runs[0].info.run_id if runs else None
-
-
-def upstream_metrics(run, stage: str) -> dict[str, float]:
-    """The metrics of the `stage` run whose output `run` read (its tag `upstream.<stage>`); {} if unknown.
-
-    Wall times live there, not in the stage's output, so that output stays byte-identical run to run.
-    """
-    run_id = run.data.tags.get(f"upstream.{stage}", "unknown")
-    return {} if run_id == "unknown" else _import_mlflow().MlflowClient().get_run(run_id).data.metrics
 
 
 @contextlib.contextmanager
@@ -178,7 +179,7 @@ def stage_run(stage: str, params: dict, experiment: str, upstream: dict[str, Pat
         run_id = find_run_by_digest(client, exp.experiment_id, name, dir_digest(path))
         tags[f"upstream.{name}"] = run_id or "unknown"
     with mlflow.start_run(run_name=stage, tags=tags) as run:
-        mlflow.log_params(flatten(params))
+        mlflow.log_params(as_params(params))
         yield run
         if output is not None:
             mlflow.set_tag(DIGEST_TAG, dir_digest(output))
@@ -198,7 +199,7 @@ def log_child_run(parent_run_id: str, name: str, params: dict, tags: dict, curve
     now = int(time.time() * 1000)
     metrics = [Metric(key, float(v), now, step) for key, values in curves.items() for step, v in enumerate(values)]
     metrics += [Metric(key, float(v), now, 0) for key, v in final.items()]
-    run_params = [MlflowParam(k, v) for k, v in flatten(params).items()]
+    run_params = [MlflowParam(k, v) for k, v in as_params(params).items()]
     for start in range(0, max(len(metrics), 1), 1000):  # MLflow caps a batch at 1000 metrics
         client.log_batch(run.info.run_id, metrics=metrics[start:start + 1000],
                          params=run_params if start == 0 else [], tags=[])
@@ -223,3 +224,31 @@ def describe_evaluate_run(run) -> None:
              "select them and Compare, by param `arm` (and `split`, `seed`).", "",
              f"Every stage run of this execution: ``tags.`{PIPELINE_TAG}` = '{tags.get(PIPELINE_TAG)}'``."]
     mlflow.set_tag("mlflow.note.content", "\n".join(lines))
+
+
+# The active stage run's logging: the stages call these, never mlflow itself.
+
+def log_metrics(metrics: dict, step: int | None = None) -> None:
+    """The numeric leaves of a (nested) dict as metrics of the active run."""
+    _import_mlflow().log_metrics(as_metrics(metrics), step=step)
+
+
+def set_tags(tags: dict[str, str]) -> None:
+    _import_mlflow().set_tags(tags)
+
+
+def log_figure(figure, name: str) -> None:
+    _import_mlflow().log_figure(figure, name)
+
+
+def log_dict(data: dict, name: str) -> None:
+    _import_mlflow().log_dict(data, name)
+
+
+def log_artifacts(path: Path, artifact_path: str | None = None) -> None:
+    """A file or every file of a directory, under `artifact_path` of the active run."""
+    mlflow = _import_mlflow()
+    if Path(path).is_dir():
+        mlflow.log_artifacts(str(path), artifact_path)
+    else:
+        mlflow.log_artifact(str(path), artifact_path)

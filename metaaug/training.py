@@ -10,7 +10,6 @@ otherwise spend more time in per-op Python dispatch than in the convolutions).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
@@ -19,26 +18,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from metaaug import distributed, population
+from metaaug.config import TrainConfig
 from metaaug.models import build_model
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 AUGMENT_CHUNK = 4096  # images augmented per batched call
+# The fields of params.train a training reads (the rest say which arms to train, and where)
+RECIPE = {"epochs", "batch_size", "lr", "momentum", "weight_decay", "width"}
 
 
-@dataclass(frozen=True)
-class TrainSettings:
-    """Optimisation recipe: SGD-Nesterov with a one-cycle schedule (DESIGN §5)."""
-
-    epochs: int = 150
-    batch_size: int = 25
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    width: int = 32
-
-    @classmethod
-    def from_params(cls, train_params: dict) -> "TrainSettings":
-        return cls(**{k: train_params[k] for k in asdict(cls())})
+def set_threads(image_size: int) -> None:
+    """Small learners run faster on one thread (measured: 0.6 s vs 0.9 s a digits run on 2 cores)."""
+    if image_size < 32:
+        torch.set_num_threads(1)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -76,7 +68,7 @@ def augmented_epochs(x: torch.Tensor, epochs: int, augment: Augment | None, gen:
         yield from copies.chunk(n)
 
 
-def train_learner(x: torch.Tensor, y: torch.Tensor, n_classes: int, settings: TrainSettings, seed: int,
+def train_learner(x: torch.Tensor, y: torch.Tensor, n_classes: int, settings: TrainConfig, seed: int,
                   augment: Augment | None = None, device: torch.device | None = None, ddp: bool = False,
                   ) -> tuple[nn.Module, dict[str, list[float]]]:
     """Train a fresh learner on (x, y); `seed` fixes the initialisation, data order and augmentation draws.
@@ -89,7 +81,7 @@ def train_learner(x: torch.Tensor, y: torch.Tensor, n_classes: int, settings: Tr
     return train_population([x], [y], n_classes, settings, [seed], [augment], device, ddp)[0]
 
 
-def train_population(xs: list[torch.Tensor], ys: list[torch.Tensor], n_classes: int, settings: TrainSettings,
+def train_population(xs: list[torch.Tensor], ys: list[torch.Tensor], n_classes: int, settings: TrainConfig,
                      seeds: list[int], augments: list[Augment | None], device: torch.device | None = None,
                      ddp: bool = False) -> list[tuple[nn.Module, dict[str, list[float]]]]:
     """Train len(xs) independent learners at once (metaaug.population): learner p is what

@@ -1,8 +1,6 @@
-"""DVC stage `augment`: a thin entry point; dvc.yaml names its inputs and outputs."""
+"""DVC stage `augment` (dvc.yaml runs this file); the stage itself is metaaug/stages/augment.py."""
 
-import sys
-
-from metaaug.cli import main
+from metaaug.stages import augment, run_command
 
 if __name__ == "__main__":
-    main(["augment", *sys.argv[1:]])
+    run_command(augment.command)

@@ -1,8 +1,6 @@
-"""DVC stage `evaluate`: a thin entry point; dvc.yaml names its inputs and outputs."""
+"""DVC stage `evaluate` (dvc.yaml runs this file); the stage itself is metaaug/stages/evaluate.py."""
 
-import sys
-
-from metaaug.cli import main
+from metaaug.stages import evaluate, run_command
 
 if __name__ == "__main__":
-    main(["evaluate", *sys.argv[1:]])
+    run_command(evaluate.command)

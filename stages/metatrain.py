@@ -1,8 +1,6 @@
-"""DVC stage `metatrain`: a thin entry point; dvc.yaml names its inputs and outputs."""
+"""DVC stage `metatrain` (dvc.yaml runs this file); the stage itself is metaaug/stages/metatrain.py."""
 
-import sys
-
-from metaaug.cli import main
+from metaaug.stages import metatrain, run_command
 
 if __name__ == "__main__":
-    main(["metatrain", *sys.argv[1:]])
+    run_command(metatrain.command)

@@ -1,8 +1,6 @@
-"""DVC stage `prepare`: a thin entry point; dvc.yaml names its inputs and outputs."""
+"""DVC stage `prepare` (dvc.yaml runs this file); the stage itself is metaaug/stages/prepare.py."""
 
-import sys
-
-from metaaug.cli import main
+from metaaug.stages import prepare, run_command
 
 if __name__ == "__main__":
-    main(["prepare", *sys.argv[1:]])
+    run_command(prepare.command)

@@ -1,8 +1,6 @@
-"""DVC stage `train`: a thin entry point; dvc.yaml names its inputs and outputs."""
+"""DVC stage `train` (dvc.yaml runs this file); the stage itself is metaaug/stages/train.py."""
 
-import sys
-
-from metaaug.cli import main
+from metaaug.stages import train, run_command
 
 if __name__ == "__main__":
-    main(["train", *sys.argv[1:]])
+    run_command(train.command)

@@ -1,6 +1,5 @@
 """Shared test fixtures: every test gets its own MLflow store, never the repo's mlflow.db."""
 
-import os
 from pathlib import Path
 
 import pytest
@@ -21,10 +20,11 @@ def isolated_mlflow(tmp_path, monkeypatch):
 
 
 def tiny_params(**overrides) -> dict:
-    """Defaults shrunk so that a whole pipeline runs in seconds."""
+    """Defaults shrunk so that a whole pipeline runs in seconds, as a params.yaml mapping
+    (`metaaug.config.validate` makes it the typed Params the stages take)."""
     from metaaug.config import defaults
 
-    params = defaults()
+    params = defaults().model_dump()
     params["tasks"]["splits"] = 2
     params["train"]["epochs"] = 4
     params["train"]["arms"] = ["none", "trivialaugment", "learned"]
@@ -34,3 +34,10 @@ def tiny_params(**overrides) -> dict:
         section, key = dotted.split(".")
         params[section][key] = value
     return params
+
+
+def tiny_config(**overrides):
+    """`tiny_params` as the typed Params the stages and library functions take."""
+    from metaaug.config import validate
+
+    return validate(tiny_params(**overrides))

@@ -18,13 +18,13 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import REPO, tiny_params
+from conftest import REPO, tiny_config, tiny_params
 from metaaug.cli import main
-from metaaug.config import SCHEMA
+from metaaug.config import leaf_fields, spec
 from metaaug.io import atomic_dir
 from metaaug.ops import OP_TABLE_VERSION
 from metaaug.tasks import prepare
-from test_sources import cifar_files, write_cifar_tar, write_idx
+from helpers import cifar_files, free_port, write_cifar_tar, write_idx
 
 RNG = np.random.default_rng(0)
 
@@ -226,10 +226,10 @@ def test_mixed_channel_counts_are_promoted_to_rgb(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    params = tiny_params()
+    params = tiny_config()
     out = tmp_path_factory.mktemp("bad_inputs") / "prepared"
     with atomic_dir(out) as tmp:
-        prepare(params["data"], params["tasks"], params["seed"], tmp)
+        prepare(params.data, params.tasks, params.seed, tmp)
     return out
 
 
@@ -255,21 +255,17 @@ def test_bad_policy_file_stops_augment_in_one_line(doc, names, expected, prepare
 # --- params.yaml ---------------------------------------------------------------------------------------
 
 
-def out_of_range_values(schema=SCHEMA, prefix=""):
+def out_of_range_values():
     """(key, value) for every bounded key: just below its low end, just above its high end, outside its choices."""
-    for key, spec in schema.items():
-        if isinstance(spec, dict):
-            yield from out_of_range_values(spec, f"{prefix}{key}.")
-            continue
-        integer = spec.kind is int
-        if spec.low is not None:
-            yield prefix + key, spec.low - 1 if integer else (spec.low / 2 if spec.low > 0 else -1.0)
-        if spec.high is not None:
-            yield prefix + key, spec.high + 1 if integer else spec.high * 2
-        if spec.choices is not None:
-            yield prefix + key, "nonsense"
-        if spec.item_choices is not None:
-            yield prefix + key, ["nonsense"]
+    for key, field in leaf_fields():
+        s = spec(field)
+        integer = s.kind is int
+        if s.low is not None:
+            yield key, s.low - 1 if integer else (s.low / 2 if s.low > 0 else -1.0)
+        if s.high is not None:
+            yield key, s.high + 1 if integer else s.high * 2
+        if s.choices is not None:
+            yield key, ["nonsense"] if s.kind is list else "nonsense"
 
 
 @pytest.mark.parametrize("key, value", [*out_of_range_values(), ("train.epochs", "many"), ("data", 5)])
@@ -289,12 +285,6 @@ def test_bad_params_stop_in_one_line(key, value, tmp_path, capsys):
 
 
 # --- MLflow tracking server ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_refused_tracking_server_fails_fast_in_a_real_process(tmp_path):

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_params
-from test_interruptions import repro_in_process
-from test_pipeline_dvc import dvc, make_project, sh
+from helpers import dvc, make_project, repro_in_process, sh
 
 pytestmark = pytest.mark.slow
 

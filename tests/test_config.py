@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from metaaug.config import SCHEMA, Param, defaults, load_params, validate
+from metaaug.config import defaults, leaf_fields, load_params, validate
 from metaaug.errors import MetaaugError
 
 
@@ -13,16 +13,17 @@ def test_repo_params_file_is_valid_and_matches_defaults():
     assert load_params(REPO / "params.yaml") == defaults()
 
 
-def test_missing_file_means_defaults(tmp_path):
-    assert load_params(tmp_path / "absent.yaml") == defaults()
+def test_a_missing_params_file_is_an_error_not_silently_all_defaults(tmp_path):
+    with pytest.raises(MetaaugError, match=r"absent.yaml: params file not found; expected"):
+        load_params(tmp_path / "absent.yaml")
 
 
 def test_partial_file_is_merged_over_defaults(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("train:\n  epochs: 7\n")
     params = load_params(path)
-    assert params["train"]["epochs"] == 7
-    assert params["train"]["lr"] == defaults()["train"]["lr"]
+    assert params.train.epochs == 7
+    assert params.train.lr == defaults().train.lr
 
 
 @pytest.mark.parametrize("raw, fragment", [
@@ -40,6 +41,13 @@ def test_partial_file_is_merged_over_defaults(tmp_path):
     ({"data": {"image_size": 2}}, "data.image_size = 2 is out of range"),
     ({"data": {"source": None}}, "data.source is empty"),
     ({"data": 5}, "data must be a mapping"),
+    ({"train": {"arms": []}}, "train.arms is empty; expected"),
+    ({"seed": 2**64}, "seed = 18446744073709551616 is out of range; expected an integer in [0, "),
+    ({"seed": -1}, "seed = -1 is out of range"),
+    ({"metatrain": {"ops": ["Warp"]}}, "metatrain.ops names unknown op 'Warp'; expected ops from"),
+    ({"metatrain": {"anchors": ["cutmix"]}}, "metatrain.anchors contains 'cutmix'; expected items from"),
+    ({"tracking": {"experiment": ""}}, "tracking.experiment is empty"),
+    ({"tasks": {"target_classes": ["5", "5"]}}, "tasks.target_classes lists an item twice"),
 ])
 def test_bad_values_name_the_key_in_one_line(raw, fragment):
     with pytest.raises(MetaaugError) as err:
@@ -48,17 +56,9 @@ def test_bad_values_name_the_key_in_one_line(raw, fragment):
     assert "\n" not in str(err.value)
 
 
-def every_param(schema=SCHEMA, prefix=""):
-    for key, spec in schema.items():
-        if isinstance(spec, dict):
-            yield from every_param(spec, f"{prefix}{key}.")
-        else:
-            yield prefix + key, spec
-
-
-@pytest.mark.parametrize("key, spec", list(every_param()))
-def test_every_key_rejects_a_wrong_type(key, spec: Param):
-    wrong = {"x": 1} if spec.kind is not dict else 3
+@pytest.mark.parametrize("key", [key for key, _ in leaf_fields()])
+def test_every_key_rejects_a_wrong_type(key):
+    wrong = {"x": 1}
     raw: dict = {}
     node = raw
     *parents, leaf = key.split(".")
@@ -79,4 +79,33 @@ def test_invalid_yaml_is_one_line(tmp_path):
 def test_yaml_ints_are_accepted_for_floats(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump({"train": {"lr": 1}}))
-    assert load_params(path)["train"]["lr"] == 1.0
+    assert load_params(path).train.lr == 1.0
+
+
+def test_class_names_read_as_numbers_are_names(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("tasks:\n  target_classes: [5, 6]\n")
+    assert load_params(path).tasks.target_classes == ["5", "6"]
+
+
+@pytest.mark.parametrize("text, line", [("train:\n  epochs: 3\n  epochs: 4\n", 3),
+                                        ("train:\n  epochs: 3\ntrain:\n  lr: 0.1\n", 3)])
+def test_a_key_given_twice_is_an_error(tmp_path, text, line):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(MetaaugError, match=rf"key '(epochs|train)' appears twice at line {line}; expected each key once"):
+        load_params(path)
+
+
+def test_cuda_is_refused_at_load_where_torch_sees_none(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(MetaaugError, match=r"train.device = 'cuda', but torch sees no CUDA device"):
+        validate({"train": {"device": "cuda"}})
+
+
+def test_sections_are_read_only():
+    params = defaults()
+    with pytest.raises(Exception):
+        params.train.epochs = 3

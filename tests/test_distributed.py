@@ -16,9 +16,11 @@ import yaml
 from conftest import REPO, tiny_params
 from metaaug.errors import MetaaugError
 from metaaug.io import read_json
-from metaaug.pipeline import train_stage
+from metaaug.config import validate
+from metaaug.stages import train
 from metaaug.tasks import prepare
-from metaaug.training import TrainSettings, predict, to_tensor, train_learner
+from metaaug.config import TrainConfig
+from metaaug.training import predict, to_tensor, train_learner
 
 ARMS = ["none", "trivialaugment"]
 
@@ -33,12 +35,12 @@ def params_for(mode: str) -> dict:
 def single(tmp_path_factory):
     """Prepared target splits and the train stage's outputs from one process."""
     root = tmp_path_factory.mktemp("dist")
-    params = params_for("none")
+    params = validate(params_for("none"))
     (root / "prepared").mkdir()
-    prepare(params["data"], params["tasks"], params["seed"], root / "prepared")
+    prepare(params.data, params.tasks, params.seed, root / "prepared")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", tracking_uri(root))
-        train_stage(params, root / "prepared", root / "single")
+        train.run(params, root / "prepared", root / "single")
     return root
 
 
@@ -111,14 +113,14 @@ def test_distributed_without_torchrun_stops_before_writing(single, monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     with pytest.raises(MetaaugError, match=r"train.distributed = ddp needs processes started by torchrun.*expected"):
-        train_stage(params_for("ddp"), single / "prepared", single / "never")
+        train.run(validate(params_for("ddp")), single / "prepared", single / "never")
     assert not (single / "never").exists()
 
 
 def test_several_processes_without_a_distributed_mode_stop_before_writing(single, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(MetaaugError, match=r"train.distributed = none, but torchrun started 2 processes; expected"):
-        train_stage(params_for("none"), single / "prepared", single / "never")
+        train.run(validate(params_for("none")), single / "prepared", single / "never")
     assert not (single / "never").exists()
 
 
@@ -130,7 +132,7 @@ def test_cuda_training_matches_cpu_within_mixed_precision_tolerance():
     digits = load_digits()
     x = to_tensor((digits.images[:50] * 255 / 16).astype("uint8")[..., None])
     y = torch.tensor(digits.target[:50])
-    settings = TrainSettings(epochs=5, batch_size=25)
+    settings = TrainConfig(epochs=5, batch_size=25)
     cpu_model, cpu = train_learner(x, y, 10, settings, seed=1, device=torch.device("cpu"))
     gpu_model, gpu = train_learner(x, y, 10, settings, seed=1, device=torch.device("cuda"))
     assert gpu["loss"] == pytest.approx(cpu["loss"], rel=0.05)

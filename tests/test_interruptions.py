@@ -17,10 +17,9 @@ import pytest
 import yaml
 
 from conftest import tiny_params
-from metaaug.cli import main
 from metaaug.io import KILL_ENV
 from metaaug.tracking import dir_digest
-from test_pipeline_dvc import dvc, make_project
+from helpers import dvc, make_project, repro_in_process
 
 pytestmark = pytest.mark.slow
 
@@ -43,19 +42,6 @@ def snapshot(paths: list[Path]) -> dict[Path, tuple[int, str]]:
 def temps(root: Path) -> list[Path]:
     """Hidden temp outputs (`.<name>.tmp-<pid>-...`) in the workspace."""
     return [p for p in root.rglob(".*.tmp-*") if not {".dvc", ".git"} & set(p.relative_to(root).parts)]
-
-
-def repro_in_process(root: Path) -> None:
-    """What `dvc repro` does, minus a fresh interpreter per stage: run each dvc.yaml command (`python
-    stages/<name>.py ...`, a thin shell over the CLI) in this process, where the imports are already paid
-    for, then `dvc commit` the outputs, so DVC sees the pipeline up to date. The caller has chdir'd to root."""
-    for stage in yaml.safe_load((root / "dvc.yaml").read_text())["stages"].values():
-        script, *args = shlex.split(stage["cmd"])[1:]
-        with pytest.raises(SystemExit) as exit:
-            main([Path(script).stem, *args])
-        assert exit.value.code == 0, stage["cmd"]
-    committed = dvc(root, "commit", "--force")
-    assert committed.returncode == 0 and "up to date" in dvc(root, "status").stdout, committed.stderr
 
 
 def run_killed(root: Path, cmd: str, output: str) -> subprocess.CompletedProcess:

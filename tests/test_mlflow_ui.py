@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from test_shared_infra import STAGES, served_pipeline, stage_runs  # noqa: F401  (session fixture)
+from helpers import STAGES, served_pipeline, stage_runs  # noqa: F401  (session fixture)
 
 pytestmark = pytest.mark.slow
 CHROMIUM = Path("/usr/bin/chromium")

@@ -6,7 +6,8 @@ import torch
 
 from metaaug.metalearn import populations
 from metaaug.policies import fixed_policy, sample_apply
-from metaaug.training import TrainSettings, predict, train_learner, train_population
+from metaaug.config import TrainConfig
+from metaaug.training import predict, train_learner, train_population
 
 
 def trivialaugment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -19,7 +20,7 @@ def test_population_members_match_separate_trainings(channels, size):
     xs = [torch.rand(10, channels, size, size, generator=gen) for _ in range(3)]
     ys = [torch.randint(0, 4, (10,), generator=gen) for _ in range(3)]
     augments = [trivialaugment, None, trivialaugment]
-    settings = TrainSettings(epochs=2, batch_size=4, width=8)
+    settings = TrainConfig(epochs=2, batch_size=4, width=8)
     together = train_population(xs, ys, 4, settings, [5, 6, 7], augments)
     for p, (model, curves) in enumerate(together):
         alone, alone_curves = train_learner(xs[p], ys[p], 4, settings, 5 + p, augments[p])
@@ -35,7 +36,7 @@ def test_members_of_a_population_do_not_interact():
     gen = torch.Generator().manual_seed(1)
     xs = [torch.rand(8, 1, 8, 8, generator=gen) for _ in range(2)]
     ys = [torch.randint(0, 3, (8,), generator=gen) for _ in range(2)]
-    settings = TrainSettings(epochs=2, batch_size=4, width=4)
+    settings = TrainConfig(epochs=2, batch_size=4, width=4)
     a = train_population(xs, ys, 3, settings, [0, 1], [None, None])
     b = train_population([xs[0], torch.rand(8, 1, 8, 8, generator=gen)], ys, 3, settings, [0, 1], [None, None])
     assert all(torch.equal(v, b[0][0].state_dict()[k]) for k, v in a[0][0].state_dict().items())

@@ -7,26 +7,26 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import tiny_params
+from conftest import tiny_config
 from metaaug.errors import MetaaugError
 from metaaug.io import read_json
-from metaaug.pipeline import (augment_stage, evaluate_stage, metatrain_stage, prepare_stage, train_stage)
+from metaaug.stages import augment, evaluate, metatrain, prepare, train
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     """The tiny pipeline run once through the stage functions, into its own MLflow store."""
     root = tmp_path_factory.mktemp("pipeline")
-    params = tiny_params(**{"metatrain.workers": 1})  # no scoring processes to start: seconds saved
+    params = tiny_config(**{"metatrain.workers": 1})  # no scoring processes to start: seconds saved
     d = {name: root / name for name in ("prepared", "policy", "augmented", "downstream", "plots", "reports")}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
         mp.chdir(root)  # outside the repo (edited by others meanwhile): no git commit, one pipeline id
-        prepare_stage(params, d["prepared"])
-        metatrain_stage(params, d["prepared"], d["policy"])
-        augment_stage(params, d["prepared"], d["policy"], d["augmented"])
-        train_stage(params, d["prepared"], d["downstream"], d["policy"], d["augmented"])
-        metrics = evaluate_stage(params, d["prepared"], d["downstream"], root / "metrics.json", d["plots"],
+        prepare.run(params, d["prepared"])
+        metatrain.run(params, d["prepared"], d["policy"])
+        augment.run(params, d["prepared"], d["policy"], d["augmented"])
+        train.run(params, d["prepared"], d["downstream"], d["policy"], d["augmented"])
+        metrics = evaluate.run(params, d["prepared"], d["downstream"], root / "metrics.json", d["plots"],
                                  d["policy"], d["reports"])
     return {"root": root, "params": params, "metrics": metrics, **d}
 
@@ -45,7 +45,7 @@ def test_report_links_every_png_and_each_is_a_valid_image(pipeline):
     for arm, s in pipeline["metrics"]["arms"].items():
         assert f"| {arm} | {s['mean']:.2f} ± {s['std']:.2f} (n=2) |" in text
     search = read_json(pipeline["policy"] / "search.json")
-    assert f"| proxy trainings | {search['trainings']} × 2 epochs |" in text
+    assert f"| proxy trainings | {search['trainings']} × 2 epochs, width 16 |" in text
     best = max(pipeline["metrics"]["arms"], key=lambda arm: pipeline["metrics"]["arms"][arm]["mean"])
     assert re.search(rf"Best and worst arm by mean accuracy \({best} and \w+\)", text)
 
@@ -80,7 +80,7 @@ def test_bad_policy_leaves_the_previous_report_intact(pipeline, tmp_path):
     shutil.copytree(pipeline["reports"], reports)
     before = {p.name: p.read_bytes() for p in reports.iterdir()}
     with pytest.raises(MetaaugError, match="policy.json: not valid JSON"):
-        evaluate_stage(pipeline["params"], pipeline["prepared"], pipeline["downstream"], tmp_path / "metrics.json",
+        evaluate.run(pipeline["params"], pipeline["prepared"], pipeline["downstream"], tmp_path / "metrics.json",
                        tmp_path / "plots", policy, reports)
     assert {p.name: p.read_bytes() for p in reports.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db", "policy", "reports"]

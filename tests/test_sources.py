@@ -1,15 +1,14 @@
 """Data sources: every format is written as a tiny real file and loaded back; every bad input is one line."""
 
-import gzip
 import io
 import pickle
 import struct
-import tarfile
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import CIFAR10_NAMES, CIFAR100_NAMES, cifar_files, idx_bytes, write_cifar_tar, write_idx
 from metaaug.data import Dataset, load_source
 from metaaug.errors import MetaaugError
 
@@ -145,17 +144,6 @@ def test_bad_image_size(size):
 # --- IDX --------------------------------------------------------------------
 
 
-def idx_bytes(array: np.ndarray) -> bytes:
-    return struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
-
-
-def write_idx(folder, prefix, images, labels, gz):
-    for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
-        data = idx_bytes(array)
-        path = folder / f"{prefix}-{kind}-ubyte" if not gz else folder / f"{prefix}-{kind}-ubyte.gz"
-        path.write_bytes(gzip.compress(data) if gz else data)
-
-
 def test_idx_raw_and_gz_pairs_concatenate_in_sorted_order(tmp_path):
     train = RNG.integers(0, 256, (3, 5, 4), np.uint8)
     test = RNG.integers(0, 256, (2, 5, 4), np.uint8)
@@ -196,46 +184,6 @@ def test_idx_folder_without_pairs(tmp_path):
 
 # --- CIFAR ------------------------------------------------------------------
 
-CIFAR10_NAMES = [b"airplane", b"automobile", b"bird"]
-CIFAR100_NAMES = [b"apple", b"aquarium_fish", b"baby", b"bear"]
-
-
-def cifar_batch(images, labels, label_key):
-    """A batch dict with the real keys: rows are the R, G, B planes of one image, row-major."""
-    data = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
-    return {b"batch_label": b"batch", label_key: list(labels), b"data": data, b"filenames": [b"x.png"] * len(images)}
-
-
-def cifar_files(hundred: bool):
-    """(folder name, {file name: pickled bytes}, all images, all labels) of a tiny CIFAR-10/100."""
-    if hundred:
-        folder, names, key = "cifar-100-python", ["train", "test"], b"fine_labels"
-        meta = {b"fine_label_names": CIFAR100_NAMES, b"coarse_label_names": [b"fruit", b"people"]}
-        meta_name, n_classes = "meta", len(CIFAR100_NAMES)
-    else:
-        folder, names, key = "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], b"labels"
-        meta = {b"label_names": CIFAR10_NAMES, b"num_cases_per_batch": 2}
-        meta_name, n_classes = "batches.meta", len(CIFAR10_NAMES)
-    files = {meta_name: pickle.dumps(meta, protocol=2)}
-    images, labels = [], []
-    for i, name in enumerate(names):
-        batch_images = RNG.integers(0, 256, (2, 32, 32, 3), np.uint8)
-        batch_labels = [(2 * i) % n_classes, (2 * i + 1) % n_classes]
-        batch = cifar_batch(batch_images, batch_labels, key)
-        if hundred:
-            batch[b"coarse_labels"] = [0, 1]
-        files[name] = pickle.dumps(batch)
-        images.append(batch_images)
-        labels += batch_labels
-    return folder, files, np.concatenate(images), labels
-
-
-def write_cifar_tar(path, folder, files):
-    with tarfile.open(path, "w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(f"{folder}/{name}")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
 
 
 @pytest.mark.parametrize("hundred", [False, True])

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import tiny_params
+from conftest import tiny_config
 from metaaug.errors import MetaaugError
 from metaaug.io import atomic_dir
 from metaaug.tasks import load_prepared, prepare
@@ -11,10 +11,10 @@ from metaaug.tracking import dir_digest
 
 
 def run_prepare(tmp_path, **overrides):
-    params = tiny_params(**overrides)
+    params = tiny_config(**overrides)
     out = tmp_path / "prepared"
     with atomic_dir(out) as tmp:
-        prepare(params["data"], params["tasks"], params["seed"], tmp)
+        prepare(params.data, params.tasks, params.seed, tmp)
     return load_prepared(out)
 
 

@@ -1,0 +1,58 @@
+"""Stage `augment`: K augmented copies of every target training-pool image, a versioned dataset
+(`data/augmented/`: `images.npy`, `index.npy`, `manifest.json` with SHA-256 digests)."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from metaaug import tracking
+from metaaug.config import Params, load_params
+from metaaug.io import atomic_dir, write_json
+from metaaug.policies import load_policy, sample_apply
+from metaaug.preview import preview_grid
+from metaaug.progress import progress
+from metaaug.stages import AUGMENTED, PARAMS, POLICY, PREPARED
+from metaaug.tasks import load_prepared
+from metaaug.training import pick_device, to_tensor
+
+
+def run(params: Params, prepared_dir: Path, policy_dir: Path, out: Path) -> None:
+    prepared = load_prepared(prepared_dir)
+    policy = load_policy(policy_dir / "policy.json")
+    test = set(prepared.manifest["test"])
+    pool = np.array([i for i in range(len(prepared.target_labels)) if i not in test])
+    copies = params.augment.copies
+    device = pick_device(params.train.device)
+    upstream = {"prepare": prepared_dir, "metatrain": policy_dir}
+    logged = {"augment": params.augment.model_dump(), "seed": params.seed, "train.device": params.train.device}
+    with tracking.stage_run("augment", logged, params.tracking.experiment, upstream, output=out):
+        x = to_tensor(np.asarray(prepared.target_images)[pool]).to(device)
+        gen = torch.Generator(device=device).manual_seed(params.seed)
+        start = time.perf_counter()
+        bank = torch.stack([sample_apply(policy, x, gen).clamp_(0, 1)
+                            for _ in progress(range(copies), desc="augment copies")])
+        seconds = time.perf_counter() - start
+        images = (bank * 255).round_().to(torch.uint8).permute(0, 1, 3, 4, 2).cpu().numpy()
+        with atomic_dir(out) as tmp:
+            np.save(tmp / "images.npy", images, allow_pickle=False)
+            np.save(tmp / "index.npy", pool, allow_pickle=False)
+            digest = tracking.dir_digest(tmp / "images.npy")
+            write_json(tmp / "manifest.json", {"copies": copies, "images": int(images.shape[1]),
+                                               "shape": list(images.shape[2:]), "sha256": digest,
+                                               "policy_sha256": tracking.dir_digest(policy_dir / "policy.json")})
+        with tempfile.TemporaryDirectory() as d:
+            preview_grid(np.asarray(prepared.target_images)[pool], policy, Path(d) / "augment_preview.png")
+            tracking.log_artifacts(Path(d) / "augment_preview.png")
+        tracking.log_metrics({"augment.images_per_second": images.shape[0] * images.shape[1] / max(seconds, 1e-9)})
+        tracking.set_tags({"augment.sha256": digest})
+        print(f"augment: {copies} copies of {len(pool)} images -> {out} (sha256 {digest[:12]})")
+
+
+def command(params: Path = PARAMS, prepared: Path = PREPARED, policy: Path = POLICY, out: Path = AUGMENTED):
+    """Apply a policy (any metaaug policy directory: no further search) to the target training images."""
+    run(load_params(params), prepared, policy, out)

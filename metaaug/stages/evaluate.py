@@ -1,0 +1,82 @@
+"""Stage `evaluate`: test accuracy per arm and paired differences -> `metrics.json`, DVC plots, the report.
+
+Everything it writes is a function of its DVC inputs alone (prepared data, trained models,
+policy): wall times are not read back from MLflow (see metaaug.timing).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import typer
+
+from metaaug import tracking
+from metaaug.config import Params, load_params
+from metaaug.io import atomic_dir, read_json, write_json
+from metaaug.models import build_model
+from metaaug.plots import write_dvc_plots
+from metaaug.report import write_report
+from metaaug.stages import DOWNSTREAM, PARAMS, POLICY, PREPARED
+from metaaug.stats import compare
+from metaaug.tasks import Prepared, load_prepared
+from metaaug.training import predict, to_tensor
+
+
+def test_accuracies(prepared: Prepared, downstream_dir: Path, arms: list[str]) -> tuple[dict, dict]:
+    """Per arm: test accuracy per split, and (labels, predictions) pooled over splits."""
+    results = read_json(downstream_dir / "results.json")
+    test = np.asarray(prepared.manifest["test"])
+    x_test, y_test = to_tensor(prepared.target_images)[test], np.asarray(prepared.target_labels)[test]
+    model = build_model(**results["model"])
+    accuracy, confusion = {}, {}
+    for arm in arms:
+        preds = []
+        for state in torch.load(downstream_dir / f"{arm}.pt", weights_only=True):
+            model.load_state_dict(state)
+            preds.append(predict(model, x_test))
+        accuracy[arm] = np.array([np.mean(p == y_test) for p in preds])
+        confusion[arm] = (np.tile(y_test, len(preds)), np.concatenate(preds))
+    return accuracy, confusion
+
+
+def run(params: Params, prepared_dir: Path, downstream_dir: Path, metrics_path: Path, plots_dir: Path,
+        policy_dir: Path | None = None, reports_dir: Path | None = None) -> dict:
+    prepared = load_prepared(prepared_dir)
+    results = read_json(downstream_dir / "results.json")
+    arms = list(results["arms"])
+    upstream = {"prepare": prepared_dir, "train": downstream_dir}
+    search = None
+    if policy_dir is not None and (policy_dir / "search.json").exists():
+        upstream["metatrain"] = policy_dir
+        search = read_json(policy_dir / "search.json")
+    with tracking.stage_run("evaluate", {"evaluate.arms": arms}, params.tracking.experiment, upstream) as run_:
+        accuracy, confusion = test_accuracies(prepared, downstream_dir, arms)
+        metrics = compare(accuracy)
+        if reports_dir is not None:  # first: it reads the policy, so bad input stops before any output is replaced
+            with atomic_dir(reports_dir) as tmp:
+                write_report(tmp, metrics, accuracy, results, confusion, prepared, policy_dir, search)
+        with atomic_dir(plots_dir) as tmp:
+            write_dvc_plots(tmp, accuracy, results, confusion, prepared.manifest["target"]["classes"])
+        write_json(metrics_path, metrics)
+        tracking.log_metrics(metrics)
+        tracking.log_artifacts(metrics_path)
+        tracking.log_artifacts(plots_dir, "plots")
+        if reports_dir is not None:
+            tracking.log_artifacts(reports_dir, "report")
+        tracking.describe_evaluate_run(run_)
+        for arm, s in metrics["arms"].items():
+            print(f"evaluate: {arm:15s} {s['mean']:.2f} ± {s['std']:.2f} (n={s['n']})")
+        for pair, d in metrics["paired"].items():
+            print(f"evaluate: {pair:28s} {d['mean']:+.2f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]")
+        print(f"evaluate: mlflow run {run_.info.run_id}")
+    return metrics
+
+
+def command(params: Path = PARAMS, prepared: Path = PREPARED, downstream: Path = DOWNSTREAM,
+            policy: Path = POLICY, metrics: Path = typer.Option(Path("metrics.json")),
+            plots: Path = typer.Option(Path("plots")),
+            reports: Path = typer.Option(Path("reports"), help="Where report.md and its PNGs go.")):
+    """Test accuracy per arm, paired differences with bootstrap CIs, DVC plots, the report."""
+    run(load_params(params), prepared, downstream, metrics, plots, policy, reports)

@@ -1,0 +1,38 @@
+"""Stage `prepare`: the data source(s) -> meta-train images and the target task's splits (`data/prepared/`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from metaaug import tracking
+from metaaug.config import Params, load_params
+from metaaug.io import atomic_dir
+from metaaug.plots import class_grid
+from metaaug.stages import PARAMS
+from metaaug.tasks import load_prepared, prepare
+
+
+def run(params: Params, out: Path) -> None:
+    logged = {"seed": params.seed, "data": params.data.model_dump(), "tasks": params.tasks.model_dump()}
+    with tracking.stage_run("prepare", logged, params.tracking.experiment, output=out) as run_:
+        with atomic_dir(out) as tmp:
+            manifest = prepare(params.data, params.tasks, params.seed, tmp)
+        prepared = load_prepared(out)
+        for part in ("meta", "target"):
+            tracking.log_metrics({part: {"count": dict(zip(manifest[part]["classes"], manifest[part]["counts"]))}})
+        tracking.log_metrics({"target.test_images": len(manifest["test"]), "meta.val_images": manifest["meta"]["val_count"]})
+        tracking.set_tags({"data.meta_source": manifest["meta"]["source"],
+                           "data.target_source": manifest["target"]["source"]})
+        tracking.log_figure(class_grid(prepared.target_images, prepared.target_labels, manifest["target"]["classes"]),
+                            "target_samples.png")
+        tracking.log_figure(class_grid(prepared.meta_images, prepared.meta_labels, manifest["meta"]["classes"]),
+                            "meta_samples.png")
+        print(f"prepare: {len(prepared.meta_labels)} meta-train images, {len(prepared.target_labels)} target images, "
+              f"{len(manifest['splits'])} splits -> {out} (mlflow run {run_.info.run_id})")
+
+
+def command(params: Path = PARAMS, out: Path = typer.Option(Path("data/prepared"))):
+    """Load the data source(s) and write meta-train tasks and target splits."""
+    run(load_params(params), out)

@@ -1,0 +1,92 @@
+"""Stage `train`: every arm on every target split (`models/downstream/`), one nested MLflow run per arm x split.
+
+Under torchrun, `train.distributed` shares the trainings among the ranks (metaaug/distributed.py);
+rank 0 writes the outputs and the MLflow runs. The output is byte-identical run to run: wall
+times go to MLflow and to `timings/train.json`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import typer
+
+from metaaug import distributed, tracking
+from metaaug.arms import arm_augmenter
+from metaaug.config import Params, load_params
+from metaaug.io import atomic_dir, write_json
+from metaaug.progress import progress
+from metaaug.stages import AUGMENTED, DOWNSTREAM, PARAMS, POLICY, PREPARED
+from metaaug.tasks import load_prepared
+from metaaug.timing import write_timing
+from metaaug.training import pick_device, set_threads, to_device, to_tensor, train_learner
+
+
+def run(params: Params, prepared_dir: Path, out: Path, policy_dir: Path | None = None,
+        augmented_dir: Path | None = None, timing: Path | None = None) -> None:
+    prepared = load_prepared(prepared_dir)
+    cfg = params.train
+    x_all, y_all = to_tensor(prepared.target_images), torch.tensor(np.asarray(prepared.target_labels))
+    n_classes, channels, size = len(prepared.manifest["target"]["classes"]), x_all.shape[1], x_all.shape[-1]
+    set_threads(size)
+    upstream = {"prepare": prepared_dir}
+    splits = prepared.manifest["splits"]
+    if "learned" in cfg.arms:
+        upstream["metatrain"] = policy_dir
+        if cfg.learned_source == "augmented":
+            upstream["augment"] = augmented_dir
+    with distributed.world(cfg.distributed, pick_device(cfg.device)) as world:
+        x_all, y_all = to_device(x_all, world.device), to_device(y_all, world.device)
+        augmenters = {arm: arm_augmenter(arm, channels, cfg.learned_source, policy_dir, augmented_dir)
+                      for arm in cfg.arms}
+
+        def train_one(job: tuple[str, int]) -> dict:
+            arm, i = job
+            support = np.asarray(splits[i]["support"])
+            start = time.perf_counter()
+            model, curves = train_learner(x_all[support], y_all[support], n_classes, cfg, splits[i]["seed"],
+                                          augmenters[arm](support), world.device, ddp=world.mode == "ddp")
+            return {"state": {k: v.cpu() for k, v in model.state_dict().items()},
+                    "seconds": time.perf_counter() - start, "curves": curves}
+
+        jobs = [(arm, i) for arm in cfg.arms for i in range(len(splits))]
+        logged = {"train": cfg.model_dump(), "train.ranks": world.size, "tasks.shots": params.tasks.shots}
+        stage = (tracking.stage_run("train", logged, params.tracking.experiment, upstream, output=out)
+                 if world.is_main else contextlib.nullcontext())
+        with stage as run_:
+            mine = world.share(jobs)
+            done = world.collect([train_one(job) for job in progress(mine, desc="train", total=len(mine))], len(jobs))
+            if world.is_main:
+                model = {"in_channels": channels, "image_size": size, "n_classes": n_classes, "width": cfg.width}
+                write_downstream(out, run_.info.run_id, model, jobs, done, splits)
+                write_timing(timing, run_seconds=float(np.median([r["seconds"] for r in done])))
+
+
+def write_downstream(out: Path, run_id: str, model: dict, jobs: list[tuple[str, int]], done: list[dict],
+                     splits: list[dict]) -> None:
+    """models/downstream/ (one state-dict list per arm, results.json) and one child MLflow run per job."""
+    results = {"model": model, "arms": {}}
+    with atomic_dir(out) as tmp:
+        for arm in dict.fromkeys(arm for arm, _ in jobs):
+            runs = [(i, r) for (a, i), r in zip(jobs, done) if a == arm]
+            torch.save([r["state"] for _, r in runs], tmp / f"{arm}.pt")
+            results["arms"][arm] = [{"split": i, "curves": r["curves"]} for i, r in runs]
+            for i, r in runs:
+                tracking.log_child_run(run_id, f"{arm}/split{i}", {"arm": arm, "split": i, "seed": splits[i]["seed"]},
+                                       {"metaaug.arm": arm, "metaaug.split": str(i), "metaaug.train_run": run_id},
+                                       r["curves"], {"seconds": r["seconds"], "final_loss": r["curves"]["loss"][-1]})
+            print(f"train: {arm}: {len(runs)} splits, {np.median([r['seconds'] for _, r in runs]):.2f} s a run")
+        write_json(tmp / "results.json", results)
+    tracking.log_metrics({"train.run_seconds": float(np.median([r["seconds"] for r in done]))})
+    tracking.log_artifacts(out, "downstream")
+
+
+def command(params: Path = PARAMS, prepared: Path = PREPARED, policy: Path = POLICY, augmented: Path = AUGMENTED,
+            out: Path = DOWNSTREAM,
+            timing: Path = typer.Option(Path("timings/train.json"), help="Where the wall times go.")):
+    """Train the downstream learner for every arm on every target split."""
+    run(load_params(params), prepared, out, policy, augmented, timing)

@@ -1,0 +1,48 @@
+"""Scratch metaaug projects for the end-to-end tests and the pipeline benchmark.
+
+A project is this checkout's pipeline files (dvc.yaml, stages/, metaaug/) and a params file in
+a fresh directory, with git and DVC initialised and everything committed: what a user's clone
+looks like, where `dvc repro` runs for real.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sh(*cmd, cwd, check=True):
+    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{out.stdout}\n{out.stderr}")
+    return out
+
+
+def make_project(root: Path, params: dict) -> Path:
+    """A fresh project: the repo's pipeline files and package sources, git + DVC initialised."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", "stages", "metaaug"):
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, root / name)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    bin_dir = Path(sys.executable).parent
+    sh("git", "init", "-q", cwd=root)
+    sh(str(bin_dir / "dvc"), "init", "-q", cwd=root)
+    sh("git", "add", "-A", cwd=root)
+    sh("git", "commit", "-qm", "init", cwd=root)
+    return root
+
+
+def dvc(root: Path, *args, check=True):
+    bin_dir = Path(sys.executable).parent
+    env_path = f"{bin_dir}:{os.environ['PATH']}"
+    return subprocess.run([str(bin_dir / "dvc"), *args], cwd=root, capture_output=True, text=True,
+                          env={**os.environ, "PATH": env_path}, check=False)

@@ -1,0 +1,50 @@
+"""Wall times, and the machine they were taken on.
+
+Timings differ run to run and machine to machine, so they never enter a stage's
+deterministic outputs (or the MLflow-derived values of one): each timed stage
+writes them to its own small JSON file, which dvc.yaml declares as an uncached
+DVC metric (`timings/metatrain.json`, `timings/train.json`). `dvc metrics show`
+lists them, and `metaaug results` turns them into the search cost: metatrain's
+wall time as a multiple of one downstream training.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+from metaaug.io import read_json, write_json
+
+
+def machine_description() -> str:
+    """Where the timings were taken: CPU model and count, or the GPU."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (CUDA), torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
+
+
+def write_timing(path: Path | None, **figures: float) -> None:
+    """One stage's wall times (seconds) with the machine; nothing when no path is given."""
+    if path is not None:
+        write_json(path, {**figures, "machine": machine_description()})
+
+
+def search_cost(timings: Path) -> dict | None:
+    """Metatrain's cost from `timings/metatrain.json` and `timings/train.json`; None while either is missing."""
+    search, train = Path(timings) / "metatrain.json", Path(timings) / "train.json"
+    if not (search.is_file() and train.is_file()):
+        return None
+    search, train = read_json(search), read_json(train)
+    one_run = train["run_seconds"]
+    return {"search_cost": search["search_seconds"] / one_run,
+            "search_cost_one_core": search["proxy_seconds"] / one_run,  # proxy trainings summed over processes
+            "downstream_run_seconds": one_run, "search_seconds": search["search_seconds"],
+            "workers": search["workers"], "machine": search["machine"]}
