@@ -24,16 +24,17 @@ for stage in (prepare, metatrain, augment, train, evaluate):
 
 @app.command("results")
 @one_line_errors
-def results_cmd(metrics: Path = typer.Option(Path("metrics.json")),
+def results_cmd(evaluation: Path = typer.Option(Path("reports/evaluation.json"),
+                                                help="The evaluate stage's full comparison."),
                 timings: Path = typer.Option(Path("timings"), help="The stages' wall times (timings/*.json).")):
-    """Print the results table (markdown) from the latest evaluate output, and the search cost."""
+    """Print the verdict and the results tables (markdown) from the latest evaluate output, and the search cost."""
     from metaaug.io import read_json
     from metaaug.report import results_markdown
     from metaaug.timing import search_cost
 
-    if not metrics.is_file():
-        raise MetaaugError(f"{metrics}: not found; expected the output of `dvc repro` (evaluate stage)")
-    typer.echo(results_markdown(read_json(metrics), search_cost(timings)))
+    if not evaluation.is_file():
+        raise MetaaugError(f"{evaluation}: not found; expected the output of `dvc repro` (evaluate stage)")
+    typer.echo(results_markdown(read_json(evaluation), search_cost(timings)))
 
 
 def version_callback(value: bool) -> None:

@@ -56,8 +56,9 @@ class DataConfig(Section):
 class TasksConfig(Section):
     # The target task's source; null means the same source as data.source, with held-out classes.
     target_source: str | None = None
-    # Class names held out as the target task (with target_source set, null = all its classes).
-    target_classes: Annotated[list[Name], AfterValidator(_distinct)] | None = ["5", "6", "7", "8", "9"]
+    # Class names held out as the target task. null: the last half of the source's classes in natural
+    # order (digits: 5-9), or, with target_source set, all of its classes.
+    target_classes: Annotated[list[Name], AfterValidator(_distinct)] | None = None
     shots: Annotated[int, Ge(1), Le(10000)] = 5  # labelled training images per target class
     splits: Annotated[int, Ge(1), Le(1000)] = 20  # target splits: shot sample + initialisation
     test_fraction: Annotated[float, Ge(0.05), Le(0.95)] = 0.5  # target images held out for testing

@@ -55,6 +55,7 @@ from metaaug.errors import MetaaugError
 from metaaug.io import read_json, write_json
 from metaaug.ops import GROUPS, OPS
 from metaaug.policies import Policy, drop_color, fixed_policy, sample_apply
+from metaaug.progress import progress
 from metaaug.training import predict, train_population
 
 SHARE = 0.75  # an explorer that boosts a group gives it this share of the op mass
@@ -274,7 +275,8 @@ class Scorer:
         """(score, seconds) per job, in order."""
         groups = [jobs[r.start:r.stop] for r in populations(len(jobs), self.population)]
         done = map(_timed_population, groups) if self.pool is None else self.pool.map(_timed_population, groups)
-        return [result for group in done for result in group]
+        # a bar per rung, one step per population trained (silent off a terminal)
+        return [result for group in progress(done, desc="metatrain rung", total=len(groups)) for result in group]
 
 
 @dataclass
@@ -408,6 +410,16 @@ def anchors(space: SearchSpace, names: list[str]) -> list[np.ndarray]:
     """The named fixed baselines (config.ANCHORS) projected into the space (those with an op in it)."""
     points = [space.project(fixed_policy(name, image_channels=space.channels)) for name in names]
     return [p for p in points if p is not None]
+
+
+def baseline_point(space: SearchSpace, theta: np.ndarray, names: list[str]) -> str | None:
+    """The fixed baseline whose point in the space `theta` is (TrivialAugment-Wide, the initialisation,
+    or one of the anchors `names`), None for any other point: the policy a user can name and look up."""
+    chosen = space.policy(np.asarray(theta))
+    candidates = {"trivialaugment": space.initial(), **dict(zip(names, (space.project(
+        fixed_policy(name, image_channels=space.channels)) for name in names)))}
+    return next((name for name, point in candidates.items()
+                 if point is not None and space.policy(point) == chosen), None)
 
 
 def explore(mean: np.ndarray, std: np.ndarray, c: int, space: SearchSpace, rng: np.random.Generator) -> np.ndarray:

@@ -38,17 +38,18 @@ def class_grid(images: np.ndarray, labels: np.ndarray, classes: list[str], per_c
 
 
 def write_dvc_plots(out: Path, accuracy: dict[str, np.ndarray], results: dict, confusion: dict, classes: list[str]):
-    """accuracy.json (per arm and split), curves/<arm>.csv (mean loss per epoch), confusion/<arm>.json."""
+    """The files dvc.yaml's plots read (templates in .dvc/plots/): accuracy.json (test accuracy, %, per arm and
+    split: one panel, a dot per split and a tick at each arm's mean), curves.csv (mean training loss and
+    accuracy per epoch, one line per arm on one panel), confusion/<arm>.json (pooled over splits)."""
     write_json(out / "accuracy.json", [{"arm": arm, "split": i, "accuracy": round(100 * float(a), 4)}
                                        for arm, accs in accuracy.items() for i, a in enumerate(accs)])
-    (out / "curves").mkdir()
-    for arm, runs in results["arms"].items():
-        loss = np.mean([r["curves"]["loss"] for r in runs], axis=0)
-        acc = np.mean([r["curves"]["train_acc"] for r in runs], axis=0)
-        with open(out / "curves" / f"{arm}.csv", "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["epoch", "train_loss", "train_acc"])
-            writer.writerows([e, f"{l:.6f}", f"{a:.6f}"] for e, (l, a) in enumerate(zip(loss, acc)))
+    with open(out / "curves.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["epoch", "arm", "train_loss", "train_acc"])
+        for arm, runs in results["arms"].items():
+            loss = np.mean([r["curves"]["loss"] for r in runs], axis=0)
+            acc = np.mean([r["curves"]["train_acc"] for r in runs], axis=0)
+            writer.writerows([e, arm, f"{l:.6f}", f"{a:.6f}"] for e, (l, a) in enumerate(zip(loss, acc)))
     (out / "confusion").mkdir()
     for arm, (actual, predicted) in confusion.items():
         write_json(out / "confusion" / f"{arm}.json",

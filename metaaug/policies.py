@@ -104,6 +104,25 @@ def _validate(p: Policy) -> None:
         raise MetaaugError(f"{where}: layers must be an integer >= 1, got {p.layers!r}")
 
 
+BASELINE_TITLES = {"none": "no augmentation", "handcrafted": "the handcrafted policy", "randaugment": "RandAugment",
+                   "trivialaugment": "TrivialAugment-Wide"}
+
+
+def describe(policy: Policy, baseline: str | None = None) -> list[str]:
+    """The whole policy in lines a person reads: what it is, its depth, then every op that is ever drawn
+    with its share of the draws and its magnitude range (1 = the op's maximum)."""
+    what = (f"{BASELINE_TITLES[baseline]}'s point in the search space" if baseline
+            else "a searched policy (no fixed baseline's point)")
+    lines = [f"{what}; {policy.layers} op(s) per image"]
+    order = sorted(range(len(policy.ops)), key=lambda k: -policy.weights[k])
+    for k in (k for k in order if policy.weights[k] > 0):
+        magnitude = "no magnitude" if not OPS[policy.ops[k]].has_magnitude else \
+            f"magnitude [{policy.mag_low[k]:.2f}, {policy.mag_high[k]:.2f}]"
+        applied = "" if policy.prob[k] == 1 else f", applied with p={policy.prob[k]:.2f}"
+        lines.append(f"{policy.ops[k]:13s} {100 * policy.weights[k]:5.1f} % of draws, {magnitude}{applied}")
+    return lines
+
+
 # ---------------------------------------------------------------------------------------
 # Sampling in torch
 # ---------------------------------------------------------------------------------------
@@ -238,6 +257,12 @@ def save_policy(policy: Policy, path, provenance: dict) -> None:
 
 def load_policy(path) -> Policy:
     """Read a policy JSON; every problem is one MetaaugError line naming the file."""
+    return read_policy(path)[0]
+
+
+def read_policy(path) -> tuple[Policy, dict]:
+    """A policy JSON's policy and its provenance (e.g. `baseline_point`: the fixed baseline it is the
+    point of); every problem is one MetaaugError line naming the file."""
     where = f"policy file {path}"
     try:
         doc = json.loads(Path(path).read_text())
@@ -265,7 +290,7 @@ def load_policy(path) -> Policy:
         raise MetaaugError(f"{where}: policy must have keys {sorted(required)} (+ optional 'layers'), "
                            f"got {sorted(spec)}")
     try:
-        return Policy(**spec)
+        return Policy(**spec), doc.get("provenance") or {}
     except MetaaugError as err:
         raise MetaaugError(f"{where}: {err}") from None
 

@@ -19,11 +19,12 @@ matplotlib.use("Agg")  # files only, never a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from scipy import stats as scipy_stats  # noqa: E402
 
 from metaaug.arms import arm_augmenter  # noqa: E402
+from metaaug.io import write_json  # noqa: E402
 from metaaug.plots import show_image  # noqa: E402
-from metaaug.policies import Policy, load_policy  # noqa: E402
+from metaaug.policies import BASELINE_TITLES, Policy, load_policy  # noqa: E402
+from metaaug.stats import BOOTSTRAP_FROM  # noqa: E402
 from metaaug.training import to_tensor  # noqa: E402
 
 SAMPLE_IMAGES = 8  # support images shown per arm
@@ -38,9 +39,7 @@ def save(fig, path: Path) -> None:
 
 def mean_ci(summary: dict) -> tuple[float, float]:
     """Mean accuracy and the half-width of its 95 % t-interval over splits (points)."""
-    n = summary["n"]
-    half = scipy_stats.t.ppf(0.975, n - 1) * summary["sem"] if n > 1 else 0.0
-    return summary["mean"], float(half)
+    return summary["mean"], (summary["ci_high"] - summary["ci_low"]) / 2
 
 
 def accuracy_figure(metrics: dict, accuracy: dict[str, np.ndarray]):
@@ -75,7 +74,7 @@ def curves_figure(results: dict):
     return fig
 
 
-def policy_figure(policy: Policy):
+def policy_figure(policy: Policy, baseline: str | None = None):
     """Per op: probability of being drawn (and applied), and its normalised magnitude range."""
     ops = list(policy.ops)
     y = np.arange(len(ops))
@@ -92,7 +91,8 @@ def policy_figure(policy: Policy):
     right.set_xlabel("magnitude range (1 = the op's maximum)")
     left.set_yticks(y, ops)
     left.invert_yaxis()
-    fig.suptitle(f"policy {policy.name!r}")
+    fig.suptitle("learned policy: " + (f"{BASELINE_TITLES[baseline]}'s point in the search space" if baseline
+                                        else "a searched policy (no fixed baseline's point)"))
     fig.tight_layout()
     return fig
 
@@ -176,9 +176,9 @@ def accuracy_tables(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def results_markdown(metrics: dict, cost: dict | None) -> str:
-    """The README's results section, from metrics.json and the timings (`metaaug results`)."""
-    lines = [accuracy_tables(metrics), ""]
+def results_markdown(evaluation: dict, cost: dict | None) -> str:
+    """The README's results section, from reports/evaluation.json and the timings (`metaaug results`)."""
+    lines = [evaluation["verdict"], "", accuracy_tables(evaluation), ""]
     if cost is not None:
         lines.append(f"Search cost: metatrain took {cost['search_cost']:.1f}× one downstream training run "
                      f"({cost['downstream_run_seconds']:.2f} s) in wall time with {cost['workers']} scoring "
@@ -189,9 +189,58 @@ def results_markdown(metrics: dict, cost: dict | None) -> str:
     return "\n".join(lines)
 
 
-def write_report(out: Path, metrics: dict, accuracy: dict[str, np.ndarray], results: dict, confusion: dict,
-                 prepared, policy_dir: Path | None, search: dict | None) -> None:
-    """Write report.md and its PNGs into `out` (an empty directory; the caller makes it atomic)."""
+def _ci(d: dict) -> str:
+    return f"{d['mean']:+.2f} points [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]"
+
+
+def _compared(d: dict, a: str, b: str) -> str:
+    """`a` against `b` in words, from the paired difference's 95 % CI."""
+    if d["ci_low"] > 0:
+        return f"{a} is better than {b}: {_ci(d)}"
+    if d["ci_high"] < 0:
+        return f"{a} is worse than {b}: {_ci(d)}"
+    return f"{a} and {b} cannot be told apart on these splits ({_ci(d)}, a 95 % CI that includes 0)"
+
+
+def verdict(metrics: dict, baseline: str | None, search: dict | None) -> str:
+    """Which augmentation to use, by how much it beats the others and how sure that is, in a paragraph
+    generated from the metrics (report, evaluate run description, `metaaug results`)."""
+    arms, paired = metrics["arms"], metrics["paired"]
+    n = next(iter(arms.values()))["n"]
+    fixed = sorted((a for a in arms if a != "learned"), key=lambda a: -arms[a]["mean"])
+    if "learned" not in arms or not fixed:
+        best = max(arms, key=lambda a: arms[a]["mean"])
+        return (f"**Verdict:** {best} has the highest mean test accuracy, {arms[best]['mean']:.2f} % over {n} "
+                "splits (the learned arm and a fixed arm are needed for a recommendation).")
+    best, learned = fixed[0], ("the learned policy" + (f" ({BASELINE_TITLES[baseline]}'s point in the search "
+                                                        "space)" if baseline else ""))
+    d = paired[f"learned-{best}"]
+    if d["ci_high"] < 0:
+        use = f"use {best}: it beats {learned} by {-d['mean']:.2f} points [{-d['ci_high']:.2f}, {-d['ci_low']:.2f}]"
+    elif baseline == best:
+        use = f"use {best}, which is what metatrain learned: {learned}"
+    else:
+        use = f"use {learned}: " + _compared(d, "it", f"the best fixed arm, {best},")
+    lines = [f"**Verdict: {use}.** Test accuracy over {n} splits: learned {arms['learned']['mean']:.2f} %, "
+             f"{best} {arms[best]['mean']:.2f} %."]
+    if "trivialaugment" in arms and best != "trivialaugment":
+        lines.append(_compared(paired["learned-trivialaugment"], "Learned", "TrivialAugment-Wide") + ".")
+    if n < BOOTSTRAP_FROM:
+        lines.append(f"Only {n} splits: the intervals are t-intervals and wide; raise `tasks.splits` "
+                     f"(≥ {BOOTSTRAP_FROM}) before relying on them.")
+    if search and search.get("finalists"):
+        finalists = search["finalists"]
+        runner = finalists[1] if len(finalists) > 1 else None
+        lines.append(f"The search ({search['trainings']} proxy trainings on meta-train tasks) chose its answer "
+                     + (f"over the runner-up by {100 * (finalists[0]['score'] - runner['score']):+.2f} points "
+                        f"on {runner['tasks']} task(s)." if runner else "with no other finalist."))
+    return " ".join(lines)
+
+
+def write_report(out: Path, metrics: dict, summary: str, accuracy: dict[str, np.ndarray], results: dict,
+                 confusion: dict, prepared, policy_dir: Path | None, baseline: str | None, search: dict | None) -> None:
+    """Write report.md, its PNGs and evaluation.json (every figure of the comparison, with the verdict)
+    into `out` (an empty directory; the caller makes it atomic)."""
     manifest = prepared.manifest
     classes = manifest["target"]["classes"]
     support = np.asarray(manifest["splits"][0]["support"])[:SAMPLE_IMAGES]
@@ -203,11 +252,12 @@ def write_report(out: Path, metrics: dict, accuracy: dict[str, np.ndarray], resu
     save(confusion_figure(confusion, classes, extremes), out / "confusion.png")
     has_policy = policy_dir is not None and (policy_dir / "policy.json").exists()
     if has_policy:
-        save(policy_figure(load_policy(policy_dir / "policy.json")), out / "policy.png")
+        save(policy_figure(load_policy(policy_dir / "policy.json"), baseline), out / "policy.png")
+    write_json(out / "evaluation.json", {**metrics, "verdict": summary})
     lines = ["# metaaug report", "",
              f"Target classes {', '.join(classes)} ({manifest['target']['source']}), "
              f"{len(manifest['splits'])} splits, {len(manifest['test'])} test images. Written by the `evaluate` stage.",
-             "",
+             "", summary, "",
              "## Accuracy per arm", "", "![test accuracy per arm](accuracy.png)", "", accuracy_tables(metrics), "",
              "## Learning curves", "", "Mean over splits of each arm's per-epoch training loss and accuracy.", "",
              "![learning curves](learning_curves.png)", "",

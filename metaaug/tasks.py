@@ -14,6 +14,7 @@ byte-identical across runs.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,9 +52,22 @@ def subset(ds: Dataset, class_names: list[str]) -> tuple[np.ndarray, np.ndarray]
     return ds.images[keep], relabel[ds.labels[keep]]
 
 
+def natural_key(name: str) -> list:
+    """Sort key that orders class names as a person does: "2" before "10", "cat" before "dog"."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
+
+
 def choose_classes(meta: Dataset, target: Dataset, target_classes: list[str] | None, same_source: bool):
-    """(meta-train class names, target class names), checked."""
-    names = list(target.classes) if target_classes is None else [str(c) for c in target_classes]
+    """(meta-train class names, target class names), checked. Without target_classes the target is the
+    last half of the source's classes in natural order (digits: 5-9) when it shares the meta-train source,
+    or all of a separate target source's classes."""
+    if target_classes is not None:
+        names = [str(c) for c in target_classes]
+    elif same_source:
+        ordered = sorted(target.classes, key=natural_key)
+        names = ordered[len(ordered) // 2:]
+    else:
+        names = list(target.classes)
     unknown = [c for c in names if c not in target.classes]
     if unknown:
         raise MetaaugError(f"params.yaml: tasks.target_classes names {unknown[0]!r}, which {target.source} does not "

@@ -36,6 +36,7 @@ def make_project(root: Path, params: dict) -> Path:
     bin_dir = Path(sys.executable).parent
     sh("git", "init", "-q", cwd=root)
     sh(str(bin_dir / "dvc"), "init", "-q", cwd=root)
+    shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")  # dvc.yaml's plot templates
     sh("git", "add", "-A", cwd=root)
     sh("git", "commit", "-qm", "init", cwd=root)
     return root

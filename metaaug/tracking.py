@@ -185,43 +185,110 @@ def stage_run(stage: str, params: dict, experiment: str, upstream: dict[str, Pat
             mlflow.set_tag(DIGEST_TAG, dir_digest(output))
 
 
-def log_child_run(parent_run_id: str, name: str, params: dict, tags: dict, curves: dict[str, list[float]],
-                  final: dict[str, float]) -> str:
-    """One nested run (e.g. one arm x split) with its per-epoch curves, logged in a single batch."""
+def splits_experiment(experiment: str) -> str:
+    """Where the arm x split training runs go: beside the stage runs' experiment, not in it, so that
+    a pipeline's five stage runs stay on the first page of its experiment (100 nested runs per
+    train stage would push them behind "Load more"), while Compare over the split runs, grouped
+    by param `arm`, shows the arms' test accuracies side by side."""
+    return f"{experiment}-splits"
+
+
+def _experiment_id(client, name: str) -> str:
+    """The id of experiment `name`, created if missing (a concurrent creator is fine)."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException:  # another process created it meanwhile
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def _splits_experiment_of(client, train_run_id: str) -> tuple:
+    train = client.get_run(train_run_id)
+    return train, splits_experiment(client.get_experiment(train.info.experiment_id).name)
+
+
+def log_split_runs(train_run_id: str, runs: list[dict]) -> None:
+    """One run per arm x split in the splits experiment, each with its params, tags, per-epoch curves and
+    final figures, logged in batches (MLflow caps a batch at 1000 metrics)."""
     mlflow = _import_mlflow()
     from mlflow.entities import Metric, Param as MlflowParam
 
     client = mlflow.MlflowClient()
-    parent = client.get_run(parent_run_id)
-    all_tags = {"mlflow.parentRunId": parent_run_id, "mlflow.runName": name,
-                PIPELINE_TAG: parent.data.tags.get(PIPELINE_TAG, "unknown"), **tags}
-    run = client.create_run(parent.info.experiment_id, tags=all_tags, run_name=name)
+    train, name = _splits_experiment_of(client, train_run_id)
+    experiment_id = _experiment_id(client, name)
     now = int(time.time() * 1000)
-    metrics = [Metric(key, float(v), now, step) for key, values in curves.items() for step, v in enumerate(values)]
-    metrics += [Metric(key, float(v), now, 0) for key, v in final.items()]
-    run_params = [MlflowParam(k, v) for k, v in as_params(params).items()]
-    for start in range(0, max(len(metrics), 1), 1000):  # MLflow caps a batch at 1000 metrics
-        client.log_batch(run.info.run_id, metrics=metrics[start:start + 1000],
-                         params=run_params if start == 0 else [], tags=[])
-    client.set_terminated(run.info.run_id)
-    return run.info.run_id
+    for r in runs:
+        tags = {"mlflow.runName": r["name"], PIPELINE_TAG: train.data.tags.get(PIPELINE_TAG, "unknown"),
+                "metaaug.train_run": train_run_id, **r["tags"]}
+        run = client.create_run(experiment_id, tags=tags, run_name=r["name"])
+        metrics = [Metric(key, float(v), now, step) for key, values in r["curves"].items()
+                   for step, v in enumerate(values)]
+        metrics += [Metric(key, float(v), now, 0) for key, v in r["final"].items()]
+        run_params = [MlflowParam(k, v) for k, v in as_params(r["params"]).items()]
+        for start in range(0, max(len(metrics), 1), 1000):
+            client.log_batch(run.info.run_id, metrics=metrics[start:start + 1000],
+                             params=run_params if start == 0 else [], tags=[])
+        client.set_terminated(run.info.run_id)
 
 
-def describe_evaluate_run(run) -> None:
-    """The evaluate run's description (MLflow's note, shown on its page): links to the runs it compared.
+def log_split_accuracies(train_run_id: str, accuracy: dict[tuple[str, int], float]) -> int:
+    """Test accuracy (%) onto each arm x split run of a train run; returns how many runs got one (none
+    when the train run is unknown: its output was not written by a recorded run)."""
+    if train_run_id == "unknown":
+        return 0
+    mlflow = _import_mlflow()
+    from mlflow.entities import Metric
 
-    The train run's arm x split runs carry param `arm` and tag `metaaug.train_run`, so
-    the search given here selects exactly them for MLflow's Compare view.
-    """
+    client = mlflow.MlflowClient()
+    _, name = _splits_experiment_of(client, train_run_id)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return 0
+    runs = client.search_runs([experiment.experiment_id], f"tags.`metaaug.train_run` = '{train_run_id}'",
+                              max_results=50000)
+    now, logged = int(time.time() * 1000), 0
+    for run in runs:
+        key = (run.data.tags.get("metaaug.arm"), int(run.data.tags.get("metaaug.split", -1)))
+        if key in accuracy:
+            client.log_batch(run.info.run_id, metrics=[Metric("test_accuracy", float(accuracy[key]), now, 0)])
+            logged += 1
+    return logged
+
+
+def name_run(stage: str, facts: dict) -> None:
+    """Name the active stage run by what tells its pipeline from another (target data, classes, shots,
+    splits, the DVC experiment), and log those facts as params, so runs of two pipelines differ at a glance."""
+    mlflow = _import_mlflow()
+    experiment = os.environ.get("DVC_EXP_NAME")
+    facts = {**facts, **({"dvc.experiment": experiment} if experiment else {})}
+    classes = facts["target.classes"]
+    shown = ",".join(classes) if len(",".join(classes)) <= 24 else f"{len(classes)} classes"
+    name = " · ".join([stage, *([experiment] if experiment else []),
+                       f"{facts['target.source']} [{shown}] {facts['target.shots']}-shot × {facts['target.splits']}"])
+    mlflow.log_params(as_params(facts))
+    mlflow.set_tag("mlflow.runName", name)
+
+
+def describe_evaluate_run(run, verdict: str) -> None:
+    """The evaluate run's description (MLflow's note, shown on its page): the verdict, then links to the
+    runs it compared. The train run's arm x split runs (in the splits experiment) carry param `arm`, tag
+    `metaaug.train_run` and metric `test_accuracy`, so the search given here selects exactly them for
+    MLflow's Compare view."""
     mlflow = _import_mlflow()
     tags, exp = run.data.tags, run.info.experiment_id
     upstream = {k.removeprefix("upstream."): v for k, v in tags.items() if k.startswith("upstream.")}
     train = upstream.get("train", "unknown")
-    lines = [f"Evaluate of pipeline execution `{tags.get(PIPELINE_TAG, 'unknown')}`.", "",
+    splits = splits_experiment(mlflow.get_experiment(exp).name)
+    lines = [verdict, "", f"Evaluate of pipeline execution `{tags.get(PIPELINE_TAG, 'unknown')}`.", "",
              "Upstream runs: " + ", ".join(f"{stage} [{rid[:8]}](#/experiments/{exp}/runs/{rid})"
                                            for stage, rid in upstream.items() if rid != "unknown") + ".", "",
-             f"The arm × split training runs it compared: search ``tags.`metaaug.train_run` = '{train}'``, "
-             "select them and Compare, by param `arm` (and `split`, `seed`).", "",
+             f"The arm × split training runs it compared are in experiment `{splits}`: search "
+             f"``tags.`metaaug.train_run` = '{train}'``, select them and Compare, grouped by param `arm`: "
+             "each carries its `test_accuracy` (%).", "",
              f"Every stage run of this execution: ``tags.`{PIPELINE_TAG}` = '{tags.get(PIPELINE_TAG)}'``."]
     mlflow.set_tag("mlflow.note.content", "\n".join(lines))
 

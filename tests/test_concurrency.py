@@ -83,7 +83,8 @@ def test_queued_experiments_log_every_run_to_one_sqlite_store(baseline, tmp_path
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{db}")
-    runs = client.search_runs([client.get_experiment_by_name("metaaug").experiment_id], max_results=1000)
+    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id for name in
+                               ("metaaug", "metaaug-splits")], max_results=1000)
     assert all(run.info.status == "FINISHED" for run in runs)
     stages = {}
     for run in runs:

@@ -67,14 +67,14 @@ def outputs(out: Path, arm: str) -> tuple[list[dict], list[dict]]:
 
 
 def stage_runs(root: Path, mode: str) -> tuple:
-    """The train stage's run for `mode`, and its child runs."""
+    """The train stage's run for `mode`, and its arm x split runs (in the splits experiment)."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri(root))
     exp = client.get_experiment_by_name(f"dist-{mode}")
     runs = client.search_runs([exp.experiment_id])
     train = [r for r in runs if r.data.tags.get("metaaug.stage") == "train"]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    children = client.search_runs([client.get_experiment_by_name(f"dist-{mode}-splits").experiment_id])
     return train, children
 
 

@@ -39,7 +39,15 @@ def test_dvc_repro_end_to_end(tmp_path, monkeypatch):
     assert shown[""]["data"]["metrics.json"]["data"]["arms"]["none"]["n"] == 2
     plots = json.loads(dvc(root, "plots", "show", "--json").stdout)
     assert not plots.get("errors"), plots["errors"]
-    assert {"accuracy", "plots/curves/learned.csv", "plots/confusion/none.json"} <= set(plots["data"])
+    assert {"accuracy", "learning curves", "plots/confusion/none.json"} <= set(plots["data"])
+    # the rendered accuracy plot: one point per arm x split, in percent, on one panel with a tick at each mean
+    accuracy = plots["data"]["accuracy"][0]["content"]
+    points = accuracy["data"]["values"]
+    assert len(points) == 3 * 2 and all(0 <= p["accuracy"] <= 100 for p in points)
+    assert [layer["encoding"]["x"].get("aggregate") for layer in accuracy["layer"]] == [None, "mean"]
+    curves = plots["data"]["learning curves"][0]["content"]  # every arm's curve on one panel
+    assert {v["arm"] for v in curves["data"]["values"]} == {"none", "trivialaugment", "learned"}
+    assert set(json.loads((root / "metrics.json").read_text())["paired"]) == {"learned-none", "learned-trivialaugment"}
 
     second = dvc(root, "repro")
     assert second.returncode == 0
@@ -74,7 +82,10 @@ def test_dvc_repro_end_to_end(tmp_path, monkeypatch):
     assert evaluate.data.tags["upstream.metatrain"] == metatrain.info.run_id
     assert prepare.data.params["tasks.shots"] == "5"
     assert evaluate.data.metrics["arms.none.mean"] == pytest.approx(metrics["arms"]["none"]["mean"])
-    children = by_stage[None]
+    assert all("test_accuracy" in c.data.metrics for c in client.search_runs(
+        [client.get_experiment_by_name("metaaug-splits").experiment_id]))
+    assert None not in by_stage  # the arm x split runs are in their own experiment, not among the stage runs
+    children = client.search_runs([client.get_experiment_by_name("metaaug-splits").experiment_id])
     assert len(children) == 3 * 2  # arms x splits
     assert {c.data.tags["metaaug.arm"] for c in children} == {"none", "trivialaugment", "learned"}
     history = client.get_metric_history(children[0].info.run_id, "loss")

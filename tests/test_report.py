@@ -54,22 +54,45 @@ def test_report_and_lineage_in_mlflow(pipeline):
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{pipeline['root'] / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("metaaug").experiment_id], max_results=100)
-    stages = {r.data.tags["metaaug.stage"]: r for r in runs if "metaaug.stage" in r.data.tags}
-    children = [r for r in runs if "metaaug.arm" in r.data.tags]
+    experiment = client.get_experiment_by_name("metaaug").experiment_id
+    runs = client.search_runs([experiment], max_results=100)
+    # the experiment holds the five stage runs only: the arm x split runs are beside it, not burying them
+    stages = {r.data.tags["metaaug.stage"]: r for r in runs}
+    assert len(runs) == len(stages) == 5
+    children = client.search_runs([client.get_experiment_by_name("metaaug-splits").experiment_id], max_results=100)
     execution = stages["evaluate"].data.tags["metaaug.pipeline"]
     assert {r.data.tags["metaaug.pipeline"] for r in [*stages.values(), *children]} == {execution}
     assert {c.data.params["arm"] for c in children} == {"none", "trivialaugment", "learned"}
     seeds = {s["seed"] for s in read_json(pipeline["prepared"] / "manifest.json")["splits"]}
     assert {int(c.data.params["seed"]) for c in children} == seeds
+    # every arm x split run carries its test accuracy, the one evaluate measured
+    accuracy = {(r["arm"], r["split"]): r["accuracy"] for r in read_json(pipeline["plots"] / "accuracy.json")}
+    for c in children:
+        assert c.data.metrics["test_accuracy"] == pytest.approx(
+            accuracy[(c.data.tags["metaaug.arm"], int(c.data.tags["metaaug.split"]))], abs=1e-3)
+    # run names and params say which pipeline a run belongs to
+    for name, run in stages.items():
+        assert run.info.run_name.startswith(f"{name} · digits [5,6,7,8,9] 5-shot × 2"), run.info.run_name
+        assert run.data.params["target.classes"] == '["5", "6", "7", "8", "9"]'
+        assert run.data.params["target.shots"] == "5" and run.data.params["target.splits"] == "2"
     evaluate = stages["evaluate"]
     artifacts = {a.path for a in client.list_artifacts(evaluate.info.run_id, "report")}
-    assert {"report/report.md", "report/samples.png", "report/policy.png"} <= artifacts
+    assert {"report/report.md", "report/samples.png", "report/policy.png", "report/evaluation.json"} <= artifacts
     train_id = stages["train"].info.run_id
     note = evaluate.data.tags["mlflow.note.content"]
-    assert f"runs/{train_id})" in note
-    selected = client.search_runs([evaluate.info.experiment_id], f"tags.`metaaug.train_run` = '{train_id}'")
+    assert note.startswith("**Verdict:") and f"runs/{train_id})" in note and "metaaug-splits" in note
+    selected = client.search_runs([c.info.experiment_id for c in children[:1]],
+                                  f"tags.`metaaug.train_run` = '{train_id}'")
     assert len(selected) == len(children) == 3 * 2
+    # metatrain: the chosen policy as final metrics, the rungs' best candidates under names that say so
+    metatrain = stages["metatrain"].data
+    policy = read_json(pipeline["policy"] / "policy.json")["policy"]
+    for op, weight in zip(policy["ops"], policy["weights"]):
+        assert metatrain.metrics[f"policy.weights.{op}"] == pytest.approx(weight)
+    assert metatrain.metrics["policy.layers"] == policy["layers"]
+    assert "rung_best.score" in metatrain.metrics and "best_score" not in metatrain.metrics
+    assert metatrain.tags["metaaug.policy"] in ("trivialaugment point", "none point", "handcrafted point",
+                                                "randaugment point", "searched")
 
 
 def test_bad_policy_leaves_the_previous_report_intact(pipeline, tmp_path):
@@ -83,4 +106,4 @@ def test_bad_policy_leaves_the_previous_report_intact(pipeline, tmp_path):
         evaluate.run(pipeline["params"], pipeline["prepared"], pipeline["downstream"], tmp_path / "metrics.json",
                        tmp_path / "plots", policy, reports)
     assert {p.name: p.read_bytes() for p in reports.iterdir()} == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db", "policy", "reports"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy", "reports"]  # stopped before any run opened

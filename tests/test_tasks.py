@@ -47,6 +47,21 @@ def test_other_target_source(tmp_path):
     assert p.target_images.shape[1:] == (12, 12, 3) and p.meta_images.shape[1:] == (8, 8, 1)
 
 
+def test_default_target_is_the_last_half_of_any_class_names(tmp_path):
+    """Named classes (not digits): without tasks.target_classes the target is the last half in natural order."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in ("emu", "cat", "fox", "dog", "ant", "bee"):
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 256, (8, 8), np.uint8)).save(tmp_path / "imgs" / name / f"{i}.png")
+    p = run_prepare(tmp_path, **{"data.source": f"imagefolder:{tmp_path / 'imgs'}", "tasks.shots": 2,
+                                 "tasks.splits": 1})
+    assert p.manifest["target"]["classes"] == ["dog", "emu", "fox"]
+    assert p.manifest["meta"]["classes"] == ["ant", "bee", "cat"]
+
+
 @pytest.mark.parametrize("overrides, fragment", [
     ({"tasks.target_classes": ["5", "x"]}, "tasks.target_classes names 'x'"),
     ({"tasks.target_classes": ["5"]}, "expected at least 2"),

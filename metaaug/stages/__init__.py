@@ -25,6 +25,14 @@ AUGMENTED = typer.Option(Path("data/augmented"), help="Output of the augment sta
 DOWNSTREAM = typer.Option(Path("models/downstream"), help="Output of the train stage.")
 
 
+def pipeline_facts(manifest: dict) -> dict:
+    """What tells one pipeline from another, from prepare's manifest: target data and classes, shots, splits."""
+    target = manifest["target"]
+    return {"target.source": target["source"], "target.classes": list(target["classes"]),
+            "target.shots": target["shots"], "target.splits": len(manifest["splits"]),
+            "meta.source": manifest["meta"]["source"]}
+
+
 def one_line_errors(fn):
     """Turn MetaaugError into `error: <message>` on stderr and exit code 2."""
 

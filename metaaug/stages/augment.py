@@ -16,7 +16,7 @@ from metaaug.io import atomic_dir, write_json
 from metaaug.policies import load_policy, sample_apply
 from metaaug.preview import preview_grid
 from metaaug.progress import progress
-from metaaug.stages import AUGMENTED, PARAMS, POLICY, PREPARED
+from metaaug.stages import AUGMENTED, PARAMS, POLICY, PREPARED, pipeline_facts
 from metaaug.tasks import load_prepared
 from metaaug.training import pick_device, to_tensor
 
@@ -31,6 +31,7 @@ def run(params: Params, prepared_dir: Path, policy_dir: Path, out: Path) -> None
     upstream = {"prepare": prepared_dir, "metatrain": policy_dir}
     logged = {"augment": params.augment.model_dump(), "seed": params.seed, "train.device": params.train.device}
     with tracking.stage_run("augment", logged, params.tracking.experiment, upstream, output=out):
+        tracking.name_run("augment", pipeline_facts(prepared.manifest))
         x = to_tensor(np.asarray(prepared.target_images)[pool]).to(device)
         gen = torch.Generator(device=device).manual_seed(params.seed)
         start = time.perf_counter()

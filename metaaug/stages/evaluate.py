@@ -17,9 +17,10 @@ from metaaug.config import Params, load_params
 from metaaug.io import atomic_dir, read_json, write_json
 from metaaug.models import build_model
 from metaaug.plots import write_dvc_plots
-from metaaug.report import write_report
-from metaaug.stages import DOWNSTREAM, PARAMS, POLICY, PREPARED
-from metaaug.stats import compare
+from metaaug.policies import read_policy
+from metaaug.report import verdict, write_report
+from metaaug.stages import DOWNSTREAM, PARAMS, POLICY, PREPARED, pipeline_facts
+from metaaug.stats import compare, headline
 from metaaug.tasks import Prepared, load_prepared
 from metaaug.training import predict, to_tensor
 
@@ -47,29 +48,36 @@ def run(params: Params, prepared_dir: Path, downstream_dir: Path, metrics_path: 
     results = read_json(downstream_dir / "results.json")
     arms = list(results["arms"])
     upstream = {"prepare": prepared_dir, "train": downstream_dir}
-    search = None
+    search, baseline = None, None
     if policy_dir is not None and (policy_dir / "search.json").exists():
         upstream["metatrain"] = policy_dir
         search = read_json(policy_dir / "search.json")
+        baseline = read_policy(policy_dir / "policy.json")[1].get("baseline_point")
     with tracking.stage_run("evaluate", {"evaluate.arms": arms}, params.tracking.experiment, upstream) as run_:
+        tracking.name_run("evaluate", pipeline_facts(prepared.manifest))
         accuracy, confusion = test_accuracies(prepared, downstream_dir, arms)
         metrics = compare(accuracy)
+        summary = verdict(metrics, baseline, search)
         if reports_dir is not None:  # first: it reads the policy, so bad input stops before any output is replaced
             with atomic_dir(reports_dir) as tmp:
-                write_report(tmp, metrics, accuracy, results, confusion, prepared, policy_dir, search)
+                write_report(tmp, metrics, summary, accuracy, results, confusion, prepared, policy_dir, baseline,
+                             search)
         with atomic_dir(plots_dir) as tmp:
             write_dvc_plots(tmp, accuracy, results, confusion, prepared.manifest["target"]["classes"])
-        write_json(metrics_path, metrics)
+        write_json(metrics_path, headline(metrics))
         tracking.log_metrics(metrics)
         tracking.log_artifacts(metrics_path)
         tracking.log_artifacts(plots_dir, "plots")
         if reports_dir is not None:
             tracking.log_artifacts(reports_dir, "report")
-        tracking.describe_evaluate_run(run_)
+        tracking.log_split_accuracies(run_.data.tags.get("upstream.train", "unknown"),
+                                      {(arm, i): 100 * a for arm, accs in accuracy.items() for i, a in enumerate(accs)})
+        tracking.describe_evaluate_run(run_, summary)
         for arm, s in metrics["arms"].items():
             print(f"evaluate: {arm:15s} {s['mean']:.2f} ± {s['std']:.2f} (n={s['n']})")
         for pair, d in metrics["paired"].items():
             print(f"evaluate: {pair:28s} {d['mean']:+.2f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]")
+        print(f"evaluate: {summary}")
         print(f"evaluate: mlflow run {run_.info.run_id}")
     return metrics
 

@@ -19,10 +19,10 @@ import typer
 from metaaug import tracking
 from metaaug.config import Params, load_params
 from metaaug.io import atomic_dir, write_json
-from metaaug.metalearn import SearchSpace, policy_summary, sample_tasks, search, tasks_needed
+from metaaug.metalearn import SearchSpace, baseline_point, sample_tasks, search, tasks_needed
 from metaaug.ops import OP_NAMES
-from metaaug.policies import export_albumentations, save_policy
-from metaaug.stages import PARAMS, POLICY, PREPARED
+from metaaug.policies import Policy, describe, export_albumentations, save_policy
+from metaaug.stages import PARAMS, POLICY, PREPARED, pipeline_facts
 from metaaug.tasks import load_prepared
 from metaaug.timing import write_timing
 from metaaug.training import RECIPE, set_threads
@@ -45,18 +45,20 @@ def run(params: Params, prepared_dir: Path, out: Path, timing: Path | None = Non
     logged = {"metatrain": cfg.model_dump(), "seed": params.seed, "tasks.shots": params.tasks.shots}
     with tracking.stage_run("metatrain", logged, params.tracking.experiment, {"prepare": prepared_dir},
                             output=out):
+        tracking.name_run("metatrain", pipeline_facts(prepared.manifest))
         start = time.perf_counter()
         tasks = sample_tasks(np.asarray(prepared.meta_images)[train_idx], np.asarray(prepared.meta_labels)[train_idx],
                              params.tasks.shots, cfg.ways, cfg.query_per_class, tasks_needed(cfg), params.seed)
         ckpt = checkpoint_path(out, params, prepared_dir)
         state = search(space, tasks, cfg, params.train, params.seed, ckpt,
-                       log=lambda entry: tracking.log_metrics({k: v for k, v in entry.items() if k != "rung"},
-                                                              step=entry["rung"]))
+                       log=lambda entry: tracking.log_metrics(rung_metrics(entry), step=entry["rung"]))
         seconds = time.perf_counter() - start
         policy = space.policy(np.array(state.best))
+        baseline = baseline_point(space, state.best, cfg.anchors)
         with atomic_dir(out) as tmp:
             provenance = {"method": cfg.method, "meta_source": prepared.manifest["meta"]["source"],
-                          "meta_classes": prepared.manifest["meta"]["classes"], "trainings": state.trainings}
+                          "meta_classes": prepared.manifest["meta"]["classes"], "trainings": state.trainings,
+                          "baseline_point": baseline}
             save_policy(policy, tmp / "policy.json", provenance)
             export_albumentations(policy, tmp / "policy_albumentations.json")
             write_json(tmp / "checkpoint.json", {k: v for k, v in state.__dict__.items() if k != "seconds"})
@@ -69,12 +71,30 @@ def run(params: Params, prepared_dir: Path, out: Path, timing: Path | None = Non
         tracking.log_metrics({"search.seconds": seconds, "search.proxy_seconds": state.seconds,
                               "search.workers": workers, "search.trainings": state.trainings})
         write_timing(timing, search_seconds=seconds, proxy_seconds=state.seconds, workers=workers)
+        log_chosen_policy(policy, baseline)
         tracking.log_artifacts(out, "policy")
-        print(f"metatrain: {cfg.method}, {state.trainings} proxy trainings in {seconds:.1f} s; policy: "
-              f"{policy_summary(policy)}")
+        print(f"metatrain: {cfg.method}, {state.trainings} proxy trainings in {seconds:.1f} s")
         for f in state.finalists:
             print(f"metatrain: final rung, {f['tasks']} tasks: {100 * f['score']:.2f} % "
                   f"{'reference' if f['reference'] else 'explorer '} {f['policy']}, {f['layers']} layer(s)")
+        print("metatrain: chosen policy -> " + str(out / "policy.json"))
+        for line in describe(policy, baseline):
+            print(f"metatrain:   {line}")
+
+
+def rung_metrics(entry: dict) -> dict:
+    """A rung's record for MLflow, under names that say it is the rung's best candidate, not the answer."""
+    return {"rung_best": {("score" if k == "best_score" else k): v for k, v in entry.items()
+                          if k not in ("rung", "trainings")},
+            "trainings": entry["trainings"]}
+
+
+def log_chosen_policy(policy: Policy, baseline: str | None) -> None:
+    """The answer as the run's final metrics: every op's weight and magnitude range, the depth, and the
+    baseline it is the point of (tag `metaaug.policy`)."""
+    tracking.log_metrics({"policy": {"layers": policy.layers, **{
+        field: dict(zip(policy.ops, getattr(policy, field))) for field in ("weights", "mag_low", "mag_high")}}})
+    tracking.set_tags({"metaaug.policy": f"{baseline} point" if baseline else "searched"})
 
 
 def command(params: Path = PARAMS, prepared: Path = PREPARED, out: Path = POLICY,

@@ -10,7 +10,7 @@ from metaaug import tracking
 from metaaug.config import Params, load_params
 from metaaug.io import atomic_dir
 from metaaug.plots import class_grid
-from metaaug.stages import PARAMS
+from metaaug.stages import PARAMS, pipeline_facts
 from metaaug.tasks import load_prepared, prepare
 
 
@@ -19,6 +19,7 @@ def run(params: Params, out: Path) -> None:
     with tracking.stage_run("prepare", logged, params.tracking.experiment, output=out) as run_:
         with atomic_dir(out) as tmp:
             manifest = prepare(params.data, params.tasks, params.seed, tmp)
+        tracking.name_run("prepare", pipeline_facts(manifest))
         prepared = load_prepared(out)
         for part in ("meta", "target"):
             tracking.log_metrics({part: {"count": dict(zip(manifest[part]["classes"], manifest[part]["counts"]))}})

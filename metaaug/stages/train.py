@@ -20,7 +20,7 @@ from metaaug.arms import arm_augmenter
 from metaaug.config import Params, load_params
 from metaaug.io import atomic_dir, write_json
 from metaaug.progress import progress
-from metaaug.stages import AUGMENTED, DOWNSTREAM, PARAMS, POLICY, PREPARED
+from metaaug.stages import AUGMENTED, DOWNSTREAM, PARAMS, POLICY, PREPARED, pipeline_facts
 from metaaug.tasks import load_prepared
 from metaaug.timing import write_timing
 from metaaug.training import pick_device, set_threads, to_device, to_tensor, train_learner
@@ -58,6 +58,8 @@ def run(params: Params, prepared_dir: Path, out: Path, policy_dir: Path | None =
         stage = (tracking.stage_run("train", logged, params.tracking.experiment, upstream, output=out)
                  if world.is_main else contextlib.nullcontext())
         with stage as run_:
+            if world.is_main:
+                tracking.name_run("train", pipeline_facts(prepared.manifest))
             mine = world.share(jobs)
             done = world.collect([train_one(job) for job in progress(mine, desc="train", total=len(mine))], len(jobs))
             if world.is_main:
@@ -68,19 +70,20 @@ def run(params: Params, prepared_dir: Path, out: Path, policy_dir: Path | None =
 
 def write_downstream(out: Path, run_id: str, model: dict, jobs: list[tuple[str, int]], done: list[dict],
                      splits: list[dict]) -> None:
-    """models/downstream/ (one state-dict list per arm, results.json) and one child MLflow run per job."""
+    """models/downstream/ (one state-dict list per arm, results.json) and one MLflow run per job (arm x split)."""
     results = {"model": model, "arms": {}}
     with atomic_dir(out) as tmp:
         for arm in dict.fromkeys(arm for arm, _ in jobs):
             runs = [(i, r) for (a, i), r in zip(jobs, done) if a == arm]
             torch.save([r["state"] for _, r in runs], tmp / f"{arm}.pt")
             results["arms"][arm] = [{"split": i, "curves": r["curves"]} for i, r in runs]
-            for i, r in runs:
-                tracking.log_child_run(run_id, f"{arm}/split{i}", {"arm": arm, "split": i, "seed": splits[i]["seed"]},
-                                       {"metaaug.arm": arm, "metaaug.split": str(i), "metaaug.train_run": run_id},
-                                       r["curves"], {"seconds": r["seconds"], "final_loss": r["curves"]["loss"][-1]})
             print(f"train: {arm}: {len(runs)} splits, {np.median([r['seconds'] for _, r in runs]):.2f} s a run")
         write_json(tmp / "results.json", results)
+    tracking.log_split_runs(run_id, [
+        {"name": f"{arm}/split{i}", "params": {"arm": arm, "split": i, "seed": splits[i]["seed"]},
+         "tags": {"metaaug.arm": arm, "metaaug.split": str(i)}, "curves": r["curves"],
+         "final": {"seconds": r["seconds"], "final_loss": r["curves"]["loss"][-1]}}
+        for (arm, i), r in zip(jobs, done)])
     tracking.log_metrics({"train.run_seconds": float(np.median([r["seconds"] for r in done]))})
     tracking.log_artifacts(out, "downstream")
 
