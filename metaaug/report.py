@@ -219,8 +219,12 @@ def verdict(metrics: dict, baseline: str | None, search: dict | None) -> str:
         use = f"use {best}: it beats {learned} by {-d['mean']:.2f} points [{-d['ci_high']:.2f}, {-d['ci_low']:.2f}]"
     elif baseline == best:
         use = f"use {best}, which is what metatrain learned: {learned}"
-    else:
+    elif d["ci_low"] > 0:
         use = f"use {learned}: " + _compared(d, "it", f"the best fixed arm, {best},")
+    else:  # tied: say so, and which one the pipeline's own evidence points to
+        use = (f"no clear winner: {learned} and the best fixed arm, {best}, cannot be told apart on these splits "
+               f"({_ci(d)}, a 95 % CI that includes 0); either is a sound choice, and the learned one is what the "
+               "search chose on the meta-train tasks")
     lines = [f"**Verdict: {use}.** Test accuracy over {n} splits: learned {arms['learned']['mean']:.2f} %, "
              f"{best} {arms[best]['mean']:.2f} %."]
     if "trivialaugment" in arms and best != "trivialaugment":

@@ -107,3 +107,27 @@ def test_bad_policy_leaves_the_previous_report_intact(pipeline, tmp_path):
                        tmp_path / "plots", policy, reports)
     assert {p.name: p.read_bytes() for p in reports.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["policy", "reports"]  # stopped before any run opened
+
+
+def verdict_for(learned_minus_best: tuple[float, float, float], n: int = 20, baseline=None) -> str:
+    from metaaug.report import verdict
+
+    mean, low, high = learned_minus_best
+    arms = {"none": {"mean": 89.0, "n": n}, "randaugment": {"mean": 92.0, "n": n},
+            "trivialaugment": {"mean": 91.0, "n": n}, "learned": {"mean": 92.0 + mean, "n": n}}
+    paired = {"learned-randaugment": {"mean": mean, "ci_low": low, "ci_high": high},
+              "learned-trivialaugment": {"mean": mean + 1, "ci_low": low + 1, "ci_high": high + 1},
+              "learned-none": {"mean": 3.0, "ci_low": 2.0, "ci_high": 4.0}}
+    return verdict({"arms": arms, "paired": paired}, baseline, None)
+
+
+def test_verdict_says_what_to_use_and_how_sure():
+    assert verdict_for((1.0, 0.4, 1.6)).startswith("**Verdict: use the learned policy: it is better than the best "
+                                                   "fixed arm, randaugment,")
+    assert verdict_for((-1.0, -1.6, -0.4)).startswith("**Verdict: use randaugment: it beats the learned policy by 1.00")
+    tied = verdict_for((0.1, -0.5, 0.7))
+    assert tied.startswith("**Verdict: no clear winner") and "a 95 % CI that includes 0" in tied
+    assert "Learned is better than TrivialAugment-Wide: +1.10 points [+0.50, +1.70]" in tied
+    assert "Only 3 splits" in verdict_for((0.1, -0.5, 0.7), n=3) and "Only" not in tied
+    same = verdict_for((0.0, -0.3, 0.3), baseline="randaugment")
+    assert same.startswith("**Verdict: use randaugment, which is what metatrain learned")
