@@ -124,6 +124,12 @@ SCHEMA: dict[str, Any] = {
         "population": Param(9, int, low=1, high=4096),  # proxy learners trained at once as one grouped network
         # a challenger replaces the incumbent policy only if better by this many standard errors (paired)
         "accept_z": Param(1.0, float, low=0.0, high=10.0),
+        # the references (TA-Wide and the anchors) are raced: scored on reference_step more tasks per rung, up to
+        # reference_tasks, a reference dropped once clearly worse than the best one (one-sided paired t-bound at
+        # race_confidence); references still not separated at reference_tasks go to the tie rule (the gentlest)
+        "reference_tasks": Param(16, int, low=1, high=10000),
+        "reference_step": Param(4, int, low=1, high=10000),
+        "race_confidence": Param(0.9, float, low=0.5, high=0.9999),
         "ways": Param(5, int, low=2, high=1000),
         "query_per_class": Param(100, int, low=1, high=100000),
     },

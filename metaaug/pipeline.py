@@ -329,9 +329,23 @@ def metatrain_stage(params: dict, prepared_dir: Path, out: Path) -> None:
         mlflow.log_artifacts(str(out), "policy")
         print(f"metatrain: {cfg.method}, {state.trainings} proxy trainings in {seconds:.1f} s; policy: "
               f"{policy_summary(policy)}")
-        for f in state.finalists:
-            print(f"metatrain: final rung, {f['tasks']} tasks: {100 * f['score']:.2f} % "
-                  f"{'reference' if f['reference'] else 'explorer '} {f['policy']}, {f['layers']} layer(s)")
+        mlflow.log_dict({"finalists": state.finalists}, "search_finalists.json")
+        for k, f in enumerate(state.finalists):
+            name = f"{f['baseline']}'s point" if f["baseline"] else ("reference" if f["reference"] else "explorer")
+            ci = f"[{f['ci_low']:+.2f}, {f['ci_high']:+.2f}]" if f["ci_low"] is not None else "[n/a]"
+            if f["status"] == "chosen":
+                print(f"metatrain: chosen: {name}, {100 * f['score']:.2f} % on {f['tasks']} tasks; {f['decision']}")
+            else:
+                print(f"metatrain:   {name}: {f['diff_to_chosen']:+.2f} points vs chosen, 95 % CI {ci}, "
+                      f"{f['paired_tasks']} paired tasks; {f['status']}; {f['policy']}, {f['layers']} layer(s)")
+            key = f"finalist.{f['baseline'] or f'candidate{k}'}"
+            if f["status"] != "chosen" and f["ci_low"] is not None:
+                mlflow.log_metrics({f"{key}.diff_to_chosen_points": f["diff_to_chosen"],
+                                    f"{key}.ci95_low_points": f["ci_low"], f"{key}.ci95_high_points": f["ci_high"],
+                                    f"{key}.paired_tasks": f["paired_tasks"]})
+        if state.finalists:
+            mlflow.set_tags({"search.decision": state.finalists[0]["decision"][:5000],
+                             "search.chosen": state.finalists[0]["baseline"] or "explorer"})
 
 
 def augment_stage(params: dict, prepared_dir: Path, policy_dir: Path, out: Path) -> None:
