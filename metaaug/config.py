@@ -112,7 +112,7 @@ SCHEMA: dict[str, Any] = {
         "ops": Param(None, list, nullable=True),
         # fixed baselines whose points in the space the first bracket scores beside TA-Wide ([] for none)
         "anchors": Param(list(ANCHORS), list, item_choices=ANCHORS),
-        "candidates": Param(12, int, low=2, high=4096),  # policies per generation / halving bracket
+        "candidates": Param(10, int, low=2, high=4096),  # policies per generation / halving bracket
         "rungs": Param(3, int, low=1, high=12),  # successive-halving rungs (tasks double each rung)
         "tasks_first_rung": Param(2, int, low=1, high=1000),
         "generations": Param(2, int, low=1, high=1000),  # cem only

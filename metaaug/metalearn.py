@@ -319,7 +319,7 @@ class SearchState:
 @dataclass(frozen=True)
 class SearchConfig:
     method: str = "sh_random"
-    candidates: int = 12
+    candidates: int = 10
     rungs: int = 3
     tasks_first_rung: int = 2
     generations: int = 2
