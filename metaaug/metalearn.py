@@ -19,13 +19,32 @@ worse than no augmentation), so the policy is scored by real trainings:
   paired differences, not by split luck.
 * **Methods** — `sh_random`: the initialisation, the fixed baselines' points in the
   space (`anchors`) and explorers around the initialisation, each moving along one
-  direction (see `explore`), scored by successive halving (explorers train on few
-  tasks, the better half on more). `cem`: the cross-entropy method, each generation
-  scored the same way, its mean moved to the elites. References (the initialisation and
-  the anchors) and explorers are halved as separate pools; the best reference is the
-  answer unless an explorer beats it by more than `accept_z` paired standard errors —
-  without that guard the search drifts to whatever got lucky on a few tasks (the
-  winner's curse).
+  direction (see `explore`). `cem`: the cross-entropy method, each generation
+  scored the same way, its mean moved to the elites.
+* **Decision rule** (`successive_halving`) — the *references* (the initialisation and
+  the anchors) are **raced**: every surviving reference is scored on the same tasks,
+  `reference_step` more per rung up to `reference_tasks`, and after each rung a
+  reference is dropped only when it is *clearly worse* than the best one: the
+  one-sided `race_confidence` upper t-bound of its paired difference is below 0. The
+  race ends when one reference is left (the answer is *separated*) or at
+  `reference_tasks`. **Tie rule**: references still not separated then are decided
+  by gentleness — the one whose policy changes the meta-train support images least
+  (mean absolute pixel change, fixed seed; none < handcrafted < RandAugment <
+  TA-Wide on the digits), never by whichever mean came out higher. Reason: when the
+  meta-train tasks cannot tell the candidates apart, they give no reason to
+  transform images more, and a transformation can rewrite a label cue that the
+  target relies on and the meta-train classes do not show (the intensity and
+  position tasks of bench/adaptivity.py), while the gentler choice is a deterministic
+  function of the candidates, so reseeding does not flip it. *Explorers* are halved
+  by mean on `tasks_first_rung`, ×2 per rung, for `rungs` rungs; the best one replaces
+  the chosen reference only if it beats it by more than `accept_z` paired standard
+  errors on the explorer's tasks — without that guard the search drifts to whatever
+  got lucky on a few tasks (the winner's curse). Before the race the references
+  were halved by their mean on 2 then 4 tasks, and a 1.3-point gap (per-task spread
+  2.1) flipped one seed in five (issue 18). `SearchState.finalists` carries the
+  evidence: every reference and the last explorers, each with its paired
+  difference to the chosen policy (95 % t-interval, points), its tasks, the fixed
+  baseline whose point it is, and its status; the chosen one carries the decision.
 * **Populations** — the proxy learners of a rung are trained `population` at a time as
   one grouped network (metaaug.population), in `workers` forked processes.
 
