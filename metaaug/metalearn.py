@@ -383,7 +383,7 @@ def successive_halving(space: SearchSpace, thetas: list[np.ndarray], task_ids: l
     dropped: dict[int, int] = {}  # reference -> tasks it had when it was dropped
     rung = 0
     while True:
-        racing = len(refs) > 1 and (rung == 0 or cfg.reference_step * rung < ref_cap)
+        racing = rung == 0 or (len(refs) > 1 and cfg.reference_step * rung < ref_cap)  # rung 0 scores even a lone one
         exploring = bool(explorers) and rung < cfg.rungs
         if not racing and not exploring:
             break
@@ -416,6 +416,8 @@ def successive_halving(space: SearchSpace, thetas: list[np.ndarray], task_ids: l
             checkpoint()
         rung += 1
     chosen, rule = choose_reference(space, refs, state, scorer, task_ids, names)
+    if references == 1:
+        rule = "the only reference (nothing to race)"
     ranked_explorers = sorted(explorers, key=lambda i: -np.mean(state.scores[i]) if state.scores[i] else np.inf)
     if ranked_explorers and state.scores[ranked_explorers[0]]:
         best = ranked_explorers[0]

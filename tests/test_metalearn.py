@@ -366,3 +366,9 @@ def test_race_with_anchors_and_explorers_stays_within_its_training_budget():
     assert {f["baseline"] for f in state.finalists if f["reference"]} == {"trivialaugment", "none", "handcrafted",
                                                                           "randaugment"}
     assert state.trainings <= 16 + 32 + 16  # four references on 4, the survivors to at most 16; explorers 2/4/8
+
+
+def test_a_lone_reference_without_explorers_is_still_scored():
+    chosen, state, _ = race([lambda t: 0.9], n_refs=1, names=["trivialaugment"])
+    assert chosen == 0 and len(state.finalists) == 1 and state.finalists[0]["tasks"] == 4
+    assert state.finalists[0]["decision"].startswith("the only reference")
