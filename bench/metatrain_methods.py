@@ -19,7 +19,7 @@ With `--seeds N` each method runs under search seeds 0..N-1 (the meta-train task
 the explorers vary), and the table gives, per method, how often its modal choice
 came out, its mean meta-val regret against the best fixed arm on the same
 meta-val tasks, and its mean cost — the stability of a decision rule, measured
-without the target. `--old-metalearn FILE` adds the method `old` run by another
+without the target. `--old-metalearn FILE` adds the method `old` (12 candidates, its default) run by another
 metalearn.py (e.g. `git show 30ed33f:metaaug/metalearn.py > old.py`: the rule
 before the reference race), imported beside this package.
 """
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -109,6 +110,7 @@ def load_old(path: Path):
 
     spec = importlib.util.spec_from_file_location("old_metalearn", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -138,16 +140,19 @@ def stability(args) -> None:
                               for n in ("handcrafted", "randaugment", "trivialaugment")}}
     val = {n: np.array([score(p, t, settings) for t in val_tasks]) for n, p in fixed.items()}
     best_fixed = max(val, key=lambda n: val[n].mean())
-    methods = args.methods.split(",") + (["old"] if args.old_metalearn else [])
+    print("meta-val accuracy of the fixed arms: " + ", ".join(f"{n} {100 * val[n].mean():.2f}" for n in fixed),
+          flush=True)
+    # the old rule with its own default bracket (12 candidates: 8 explorers)
+    methods = args.methods.split(",") + (["old+candidates=12"] if args.old_metalearn else [])
     rows = []
     for method in methods:
-        module = load_old(args.old_metalearn) if method == "old" else metalearn
         name, _, rest = method.partition("+")
         name, _, variant = name.partition(":")
+        module = load_old(args.old_metalearn) if name == "old" else metalearn
         overrides = dict(kv.split("=") for kv in rest.split("+") if kv)
         chosen, costs = [], []
         for seed in range(args.seeds):
-            mt = {**mp, "method": "sh_random" if method == "old" else name,
+            mt = {**mp, "method": "sh_random" if name == "old" else name,
                   **({"anchors": []} if variant == "no-anchors" else {})}
             for key, value in overrides.items():
                 mt[key] = type(mp[key])(value)
