@@ -13,11 +13,22 @@ method and settings are chosen.
 
 `METHOD:no-anchors` runs METHOD with `metatrain.anchors: []`: its first bracket is
 TrivialAugment-Wide and explorers around it only, without the baselines' points.
+`METHOD+key=value+...` overrides metatrain params (e.g. `sh_random+race_confidence=0.95`).
+
+With `--seeds N` each method runs under search seeds 0..N-1 (the meta-train tasks and
+the explorers vary), and the table gives, per method, how often its modal choice
+came out, its mean meta-val regret against the best fixed arm on the same
+meta-val tasks, and its mean cost — the stability of a decision rule, measured
+without the target. `--old-metalearn FILE` adds the method `old` (12 candidates, its default) run by another
+metalearn.py (e.g. `git show 30ed33f:metaaug/metalearn.py > old.py`: the rule
+before the reference race), imported beside this package.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -47,7 +58,11 @@ def main() -> None:
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--val-tasks", type=int, default=24)
     ap.add_argument("--methods", default="sh_random,sh_random:no-anchors,cem")
+    ap.add_argument("--seeds", type=int, default=0, help="run each method under seeds 0..N-1 (stability table)")
+    ap.add_argument("--old-metalearn", type=Path, help="also run `old`: the search of this metalearn.py")
     args = ap.parse_args()
+    if args.seeds:
+        return stability(args)
     params = load_params(args.params)
     prepared = load_prepared(args.prepared)
     set_threads(prepared.meta_images.shape[1])
@@ -85,6 +100,89 @@ def main() -> None:
         seconds, trainings = cost.get(name.partition(":")[2], (0.0, 0))
         extra = f"{seconds / one_run:6.1f}x ({trainings} tr.)" if name.startswith("learned") else ""
         print(f"{name:28s} {100 * a.mean():12.2f} {d['mean']:+8.2f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}] {extra:>18s}")
+
+
+def load_old(path: Path):
+    """Another metalearn.py as a module (it imports this package's other modules)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("old_metalearn", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def stability(args) -> None:
+    """Each method under seeds 0..N-1: modal choice share, meta-val regret vs the best fixed arm, cost."""
+    import collections
+    import json
+
+    from metaaug import metalearn
+
+    params = load_params(args.params)
+    prepared = load_prepared(args.prepared)
+    set_threads(prepared.meta_images.shape[1])
+    images, labels = np.asarray(prepared.meta_images), np.asarray(prepared.meta_labels)
+    is_val = np.asarray(prepared.meta_is_val)
+    settings = TrainSettings.from_params(params["train"])
+    shots, mp = params["tasks"]["shots"], params["metatrain"]
+    val_tasks = sample_tasks(images[is_val], labels[is_val], shots, mp["ways"], mp["query_per_class"],
+                             args.val_tasks, seed=10_000 + params["seed"])
+    one_run = float(np.median([timed(lambda: score(None, t, settings)) for t in val_tasks[:4]][1:]))
+    channels = images.shape[-1]
+    space = SearchSpace(tuple(mp["ops"]) if mp["ops"] else OP_NAMES, channels=channels)
+    names = {json.dumps(space.policy(p).__dict__, sort_keys=True, default=str): name
+             for name, p in [("trivialaugment", space.initial()), *metalearn.anchor_points(space)]}
+    fixed = {"none": None, **{n: fixed_policy(n, image_channels=channels)
+                              for n in ("handcrafted", "randaugment", "trivialaugment")}}
+    val = {n: np.array([score(p, t, settings) for t in val_tasks]) for n, p in fixed.items()}
+    best_fixed = max(val, key=lambda n: val[n].mean())
+    print("meta-val accuracy of the fixed arms: " + ", ".join(f"{n} {100 * val[n].mean():.2f}" for n in fixed),
+          flush=True)
+    # the old rule with its own default bracket (12 candidates: 8 explorers)
+    methods = args.methods.split(",") + (["old+candidates=12"] if args.old_metalearn else [])
+    rows = []
+    for method in methods:
+        name, _, rest = method.partition("+")
+        name, _, variant = name.partition(":")
+        module = load_old(args.old_metalearn) if name == "old" else metalearn
+        overrides = dict(kv.split("=") for kv in rest.split("+") if kv)
+        chosen, costs = [], []
+        for seed in range(args.seeds):
+            mt = {**mp, "method": "sh_random" if name == "old" else name,
+                  **({"anchors": []} if variant == "no-anchors" else {})}
+            for key, value in overrides.items():
+                mt[key] = type(mp[key])(value)
+            fields = module.SearchConfig.__dataclass_fields__
+            cfg = module.SearchConfig(**{k: tuple(v) if k == "anchors" else v for k, v in mt.items() if k in fields}
+                                      | {"workers": mt.get("workers") or os.cpu_count() or 1, "seed": seed})
+            tasks = sample_tasks(images[~is_val], labels[~is_val], shots, mp["ways"], mp["query_per_class"],
+                                 module.tasks_needed(cfg), seed)
+            with tempfile.TemporaryDirectory() as d:
+                start = time.perf_counter()
+                state = module.search(space, tasks, cfg, settings, Path(d) / "ckpt.json")
+                costs.append((time.perf_counter() - start, state.trainings))
+            policy = space.policy(np.array(state.best))
+            key = json.dumps(policy.__dict__, sort_keys=True, default=str)
+            chosen.append(key)
+            if key not in val:
+                val[key] = np.array([score(policy, t, settings) for t in val_tasks])
+            print(f"{method} seed {seed}: {names.get(key, 'explorer: ' + policy_summary(policy))}, "
+                  f"meta-val {100 * val[key].mean():.2f}, {state.trainings} trainings", flush=True)
+        counts = collections.Counter(chosen)
+        modal, n_modal = counts.most_common(1)[0]
+        regret = np.mean([100 * (val[k].mean() - val[best_fixed].mean()) for k in chosen])
+        rows.append((method, names.get(modal, "explorer"), f"{n_modal}/{len(chosen)}", len(counts), regret,
+                     np.mean([s for s, _ in costs]) / one_run, np.mean([t for _, t in costs])))
+    print(f"machine: {machine_description()}; one full training {one_run:.2f} s on 1 thread; meta-val tasks: "
+          f"{len(val_tasks)}; best fixed arm on meta-val: {best_fixed} ("
+          + ", ".join(f"{n} {100 * val[n].mean():.2f}" for n in fixed) + ")")
+    print("| method | modal choice | seeds | distinct | mean meta-val regret vs best fixed (points) | search × one "
+          "training | proxy trainings |")
+    print("|---|---|---|---|---|---|---|")
+    for method, modal, share, distinct, regret, cost, trainings in rows:
+        print(f"| {method} | {modal} | {share} | {distinct} | {regret:+.2f} | {cost:.1f}× | {trainings:.0f} |")
 
 
 if __name__ == "__main__":

@@ -99,7 +99,7 @@ class MetatrainConfig(Section):
     ops: Annotated[list[Name], Field(min_length=1), AfterValidator(_distinct)] | None = None
     # fixed baselines whose points in the space the first bracket scores beside TA-Wide ([] for none)
     anchors: Annotated[list[Literal[ANCHORS]], AfterValidator(_distinct)] = list(ANCHORS)
-    candidates: Annotated[int, Ge(2), Le(4096)] = 12  # policies per generation / halving bracket
+    candidates: Annotated[int, Ge(2), Le(4096)] = 10  # policies per generation / halving bracket
     rungs: Annotated[int, Ge(1), Le(12)] = 3  # successive-halving rungs (tasks double each rung)
     tasks_first_rung: Annotated[int, Ge(1), Le(1000)] = 2
     generations: Annotated[int, Ge(1), Le(1000)] = 2  # cem only
@@ -111,6 +111,12 @@ class MetatrainConfig(Section):
     population: Annotated[int, Ge(1), Le(4096)] = 9  # proxy learners trained at once as one grouped network
     # a challenger replaces the incumbent policy only if better by this many standard errors (paired)
     accept_z: Annotated[float, Ge(0.0), Le(10.0)] = 1.0
+    # the references (TA-Wide and the anchors) are raced: scored on reference_step more tasks per rung, up to
+    # reference_tasks, a reference dropped once clearly worse than the best one (one-sided paired t-bound at
+    # race_confidence); references still not separated at reference_tasks go to the tie rule (the gentlest)
+    reference_tasks: Annotated[int, Ge(1), Le(10000)] = 16
+    reference_step: Annotated[int, Ge(1), Le(10000)] = 4
+    race_confidence: Annotated[float, Ge(0.5), Le(0.9999)] = 0.9
     ways: Annotated[int, Ge(2), Le(1000)] = 5
     query_per_class: Annotated[int, Ge(1), Le(100000)] = 100
 

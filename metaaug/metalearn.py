@@ -19,13 +19,32 @@ worse than no augmentation), so the policy is scored by real trainings:
   paired differences, not by split luck.
 * **Methods** — `sh_random`: the initialisation, the fixed baselines' points in the
   space (`anchors`) and explorers around the initialisation, each moving along one
-  direction (see `explore`), scored by successive halving (explorers train on few
-  tasks, the better half on more). `cem`: the cross-entropy method, each generation
-  scored the same way, its mean moved to the elites. References (the initialisation and
-  the anchors) and explorers are halved as separate pools; the best reference is the
-  answer unless an explorer beats it by more than `accept_z` paired standard errors —
-  without that guard the search drifts to whatever got lucky on a few tasks (the
-  winner's curse).
+  direction (see `explore`). `cem`: the cross-entropy method, each generation
+  scored the same way, its mean moved to the elites.
+* **Decision rule** (`successive_halving`) — the *references* (the initialisation and
+  the anchors) are **raced**: every surviving reference is scored on the same tasks,
+  `reference_step` more per rung up to `reference_tasks`, and after each rung a
+  reference is dropped only when it is *clearly worse* than the best one: the
+  one-sided `race_confidence` upper t-bound of its paired difference is below 0. The
+  race ends when one reference is left (the answer is *separated*) or at
+  `reference_tasks`. **Tie rule**: references still not separated then are decided
+  by gentleness — the one whose policy changes the meta-train support images least
+  (mean absolute pixel change, fixed seed; none < handcrafted < RandAugment <
+  TA-Wide on the digits), never by whichever mean came out higher. Reason: when the
+  meta-train tasks cannot tell the candidates apart, they give no reason to
+  transform images more, and a transformation can rewrite a label cue that the
+  target relies on and the meta-train classes do not show (the intensity and
+  position tasks of bench/adaptivity.py), while the gentler choice is a deterministic
+  function of the candidates, so reseeding does not flip it. *Explorers* are halved
+  by mean on `tasks_first_rung`, ×2 per rung, for `rungs` rungs; the best one replaces
+  the chosen reference only if it beats it by more than `accept_z` paired standard
+  errors on the explorer's tasks — without that guard the search drifts to whatever
+  got lucky on a few tasks (the winner's curse). Before the race the references
+  were halved by their mean on 2 then 4 tasks, and a 1.3-point gap (per-task spread
+  2.1) flipped one seed in five (issue 18). `SearchState.finalists` carries the
+  evidence: every reference and the last explorers, each with its paired
+  difference to the chosen policy (95 % t-interval, points), its tasks, the fixed
+  baseline whose point it is, and its status; the chosen one carries the decision.
 * **Populations** — the proxy learners of a rung are trained `population` at a time as
   one grouped network (metaaug.population), in `workers` forked processes.
 
@@ -292,7 +311,9 @@ class SearchState:
     scores: list[list[float]] = field(default_factory=list)  # per candidate, per task scored so far
     history: list[dict] = field(default_factory=list)  # one entry per rung: the curve MLflow shows
     best: list[float] | None = None
-    finalists: list[dict] = field(default_factory=list)  # the last bracket's final rung, best first
+    # the evidence behind the answer: the chosen policy first, then every reference and the last explorers,
+    # each with its paired difference to the chosen one (95 % t-interval), tasks, baseline name and status
+    finalists: list[dict] = field(default_factory=list)
     trainings: int = 0
     seconds: float = 0.0
 
@@ -306,50 +327,155 @@ class SearchState:
 
 def successive_halving(space: SearchSpace, thetas: list[np.ndarray], task_ids: list[int], cfg: MetatrainConfig,
                        scorer: Scorer, state: SearchState, checkpoint: Callable[[], None],
-                       log: Callable[[dict], None], references: int = 1) -> tuple[list[np.ndarray], list[float]]:
-    """Score candidates on the same tasks, keep the better half, double the tasks; returns survivors ranked.
+                       log: Callable[[dict], None], references: int = 1,
+                       names: list[str | None] | None = None) -> tuple[list[np.ndarray], list[float]]:
+    """Race the references, halve the explorers; returns the candidates, the chosen one first.
 
-    The first `references` candidates (the incumbent and the fixed baselines' points) and the
-    explorers are halved as separate pools, so the final rung holds the best reference and the
-    best explorers. The best reference is the answer unless an explorer is clearly better
-    (`clearly_better`) on the final rung's tasks: leaving a fixed baseline that does well on
-    these tasks takes evidence, not the luck of a few tasks.
+    The first `references` candidates (the incumbent and the fixed baselines' points, named by
+    `names`) are *raced*: at rung r every surviving reference is scored on the first
+    `reference_step * (r + 1)` tasks (at most `reference_tasks`), and a reference is dropped
+    when it is clearly worse than the best one — the one-sided `race_confidence` paired
+    t-bound of its difference lies below 0 (`clearly_worse`). The race ends when one reference
+    is left or at `reference_tasks`; references that still cannot be separated then are
+    decided by the tie rule (`gentlest`). The explorers are halved by mean on
+    `tasks_first_rung * 2**r` tasks for `rungs` rungs. The best explorer replaces the chosen
+    reference only if it is clearly better (`clearly_better`, `accept_z`) on the explorer's tasks.
     """
     if not state.candidates:
         state.candidates = [list(map(float, t)) for t in thetas]
         state.scores = [[] for _ in thetas]
-    alive = list(range(len(state.candidates)))
-    n_tasks = cfg.tasks_first_rung
-    for rung in range(cfg.rungs):
-        used = min(n_tasks, len(task_ids))
-        jobs = [(i, t) for i in alive for t in range(len(state.scores[i]), used)]
+    names = list(names or []) + [None] * (len(state.candidates) - len(names or []))
+    refs = list(range(min(references, len(state.candidates))))
+    explorers = list(range(len(refs), len(state.candidates)))
+    n_max = len(task_ids)
+    ref_cap = min(cfg.reference_tasks, n_max)
+    dropped: dict[int, int] = {}  # reference -> tasks it had when it was dropped
+    rung = 0
+    while True:
+        racing = rung == 0 or (len(refs) > 1 and cfg.reference_step * rung < ref_cap)  # rung 0 scores even a lone one
+        exploring = bool(explorers) and rung < cfg.rungs
+        if not racing and not exploring:
+            break
+        n_explore = min(n_max, cfg.tasks_first_rung * 2 ** rung) if exploring else 0
+        n_ref = max(min(ref_cap, cfg.reference_step * (rung + 1)) if racing else 0, n_explore)
+        want = {i: n_ref for i in refs} | {i: n_explore for i in explorers if exploring}
+        jobs = [(i, t) for i, n in want.items() for t in range(len(state.scores[i]), n)]
         results = scorer.map([(space.policy(np.array(state.candidates[i])), task_ids[t]) for i, t in jobs])
         for (i, _), (value, seconds) in zip(jobs, results):
             state.scores[i].append(value)
             state.seconds += seconds
             state.trainings += 1
-        ranked = sorted(alive, key=lambda i: -np.mean(state.scores[i][:used]))
+        leader = max(refs, key=lambda i: (np.mean(state.scores[i][:n_ref]), -i))
+        if racing:
+            for i in list(refs):
+                if i != leader and clearly_worse(state.scores[i][:n_ref], state.scores[leader][:n_ref],
+                                                 cfg.race_confidence):
+                    refs.remove(i)
+                    dropped[i] = n_ref
+        if exploring and rung < cfg.rungs - 1:
+            explorers = sorted(explorers, key=lambda i: -np.mean(state.scores[i][:n_explore]))
+            explorers = explorers[:math.ceil(len(explorers) / 2)]
         if rung >= state.rung:
-            best = ranked[0]
-            entry = {"rung": len(state.history), "best_score": float(np.mean(state.scores[best][:used])),
-                     "trainings": state.trainings, **space.describe(np.array(state.candidates[best]))}
+            entry = {"rung": len(state.history), "best_score": float(np.mean(state.scores[leader][:n_ref])),
+                     "reference_tasks": n_ref, "explorer_tasks": n_explore, "references_left": len(refs),
+                     "trainings": state.trainings, **space.describe(np.array(state.candidates[leader]))}
             state.history.append(entry)
             state.rung = rung + 1
             log(entry)
             checkpoint()
-        if rung < cfg.rungs - 1:
-            pools = [i for i in ranked if i < references], [i for i in ranked if i >= references]
-            alive = [i for pool in pools for i in pool[:math.ceil(len(pool) / 2)]]
-            n_tasks *= 2
-    reference = next(i for i in ranked if i < references)
-    if ranked[0] >= references and not clearly_better(state.scores[ranked[0]][:used],
-                                                      state.scores[reference][:used], cfg.accept_z):
-        ranked.remove(reference)
-        ranked.insert(0, reference)
-    state.finalists = [{"policy": policy_summary(space.policy(np.array(state.candidates[i]))),
-                        "layers": space.layers(np.array(state.candidates[i])), "reference": i < references,
-                        "score": float(np.mean(state.scores[i][:used])), "tasks": used} for i in ranked]
-    return [np.array(state.candidates[i]) for i in ranked], [float(np.mean(state.scores[i][:used])) for i in ranked]
+        rung += 1
+    chosen, rule = choose_reference(space, refs, state, scorer, task_ids, names)
+    if references == 1:
+        rule = "the only reference (nothing to race)"
+    ranked_explorers = sorted(explorers, key=lambda i: -np.mean(state.scores[i]) if state.scores[i] else np.inf)
+    if ranked_explorers and state.scores[ranked_explorers[0]]:
+        best = ranked_explorers[0]
+        n = len(state.scores[best])
+        if clearly_better(state.scores[best][:n], state.scores[chosen][:n], cfg.accept_z):
+            rule = (f"explorer accepted: beats the chosen reference by more than accept_z = {cfg.accept_z:g} "
+                    f"paired standard errors on {n} tasks")
+            chosen = best
+    state.finalists = finalist_entries(space, state, chosen, rule, list(range(references)), explorers, dropped,
+                                       names, cfg)
+    order = [chosen] + sorted((i for i in range(len(state.candidates)) if i != chosen and state.scores[i]),
+                              key=lambda i: -np.mean(state.scores[i]))
+    return [np.array(state.candidates[i]) for i in order], [float(np.mean(state.scores[i])) for i in order]
+
+
+def choose_reference(space: SearchSpace, refs: list[int], state: SearchState, scorer: Scorer,
+                     task_ids: list[int], names: list[str | None]) -> tuple[int, str]:
+    """The race's answer: the one reference left, or, when several could not be separated, the
+    gentlest of them (TIE RULE: the policy that changes the meta-train support images least)."""
+    if len(refs) == 1:
+        return refs[0], "separated: every other reference was clearly worse (paired race)"
+    n = min(len(state.scores[i]) for i in refs)
+    images = torch.cat([scorer.tasks[task_ids[t]].support_x for t in range(min(n, 4))])
+    change = {i: image_change(space.policy(np.array(state.candidates[i])), images) for i in refs}
+    chosen = min(refs, key=lambda i: (round(change[i], 6), i))
+    tied = ", ".join(f"{names[i] or f'candidate {i}'} {change[i]:.3f}" for i in refs)
+    return chosen, (f"tie rule: {len(refs)} references not separated on {n} tasks; the gentlest kept "
+                    f"(mean absolute pixel change on meta-train support images: {tied})")
+
+
+def image_change(policy: Policy, images: torch.Tensor, copies: int = 8, seed: int = 0) -> float:
+    """Mean absolute pixel change the policy makes to these images (clamped to [0, 1]; a fixed seed,
+    so a pure function of the policy and the images)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = images.repeat(copies, *([1] * (images.dim() - 1)))
+    return float((sample_apply(policy, x, gen).clamp(0, 1) - x).abs().mean())
+
+
+def paired_interval(a: list[float], b: list[float], confidence: float = 0.95) -> tuple[float, float | None, float | None]:
+    """Mean of a - b in points with its two-sided t-interval (a[i], b[i] on the same task)."""
+    from scipy import stats
+
+    d = 100.0 * (np.asarray(a, float) - np.asarray(b, float))
+    if len(d) < 2:
+        return (float(d.mean()) if len(d) else 0.0), None, None
+    half = stats.t.ppf(0.5 + confidence / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
+
+
+def clearly_worse(challenger: list[float], leader: list[float], confidence: float) -> bool:
+    """Is the challenger worse than the leader on the same tasks with one-sided `confidence`
+    (its paired t upper bound below 0)? Never on a single task (no spread to judge by)."""
+    from scipy import stats
+
+    d = np.asarray(challenger, float) - np.asarray(leader, float)
+    if len(d) < 2:
+        return False
+    se = d.std(ddof=1) / math.sqrt(len(d))
+    return bool(d.mean() + stats.t.ppf(confidence, len(d) - 1) * se < 0)
+
+
+def finalist_entries(space: SearchSpace, state: SearchState, chosen: int, rule: str, refs: list[int],
+                     explorers: list[int], dropped: dict[int, int], names: list[str | None],
+                     cfg: MetatrainConfig) -> list[dict]:
+    """The evidence behind the answer: every reference and the last explorers, each with its paired
+    difference to the chosen policy (95 % t-interval, points) on the tasks both were scored on."""
+    out = []
+    others = sorted((i for i in refs + explorers if i != chosen),
+                    key=lambda i: (i not in refs, -np.mean(state.scores[i][:len(state.scores[chosen])])))
+    for i in [chosen] + others:
+        n = min(len(state.scores[i]), len(state.scores[chosen]))
+        diff, low, high = paired_interval(state.scores[i][:n], state.scores[chosen][:n])
+        theta = np.array(state.candidates[i])
+        if i == chosen:
+            status = "chosen"
+        elif i in dropped:
+            status = f"dropped after {dropped[i]} tasks: clearly worse than the best reference " \
+                     f"(one-sided {cfg.race_confidence:g} paired t-bound below 0)"
+        elif i < len(refs):
+            status = "not separated from the chosen reference (tie rule)" if "tie rule" in rule else \
+                "reference, beaten by the accepted explorer"
+        else:
+            status = f"explorer, not clearly better (accept_z = {cfg.accept_z:g})"
+        out.append({"policy": policy_summary(space.policy(theta)), "layers": space.layers(theta),
+                    "reference": i < len(refs), "baseline": names[i], "score": float(np.mean(state.scores[i])),
+                    "tasks": len(state.scores[i]), "paired_tasks": n, "diff_to_chosen": diff,
+                    "ci_low": low, "ci_high": high, "status": status,
+                    **({"decision": rule} if i == chosen else {})})
+    return out
 
 
 def clearly_better(challenger: list[float], incumbent: list[float], z: float) -> bool:
@@ -387,12 +513,16 @@ def search(space: SearchSpace, tasks: list[Task], cfg: MetatrainConfig, settings
             mean, std = np.array(state.mean), np.array(state.std)
             offset = int(rng.integers(len(space.groups) + 2))
             # generation 0 starts at the initialisation; later ones keep it in the race
-            fixed = (anchors(space, cfg.anchors) if state.generation == 0 else [init])[:cfg.candidates - 1]
+            named = (anchor_points(space, cfg.anchors) if state.generation == 0 else
+                     [("trivialaugment", init)])[:cfg.candidates - 1]
+            fixed = [point for _, point in named]
             thetas = [mean, *fixed] + [explore(mean, std, c + offset, space, rng)  # mean first: the incumbent
                                        for c in range(cfg.candidates - 1 - len(fixed))]
             ranked, _ = successive_halving(space, thetas, task_ids_for_generation(len(tasks), state.generation, cfg),
                                            cfg, scorer, state, lambda: state.save(checkpoint_path), log,
-                                           references=1 + len(fixed))
+                                           references=1 + len(fixed),
+                                           names=[("trivialaugment" if state.generation == 0 else None),
+                                                  *(name for name, _ in named)])
             state.best = list(map(float, ranked[0]))
             if cfg.method == "cem":
                 n_elite = max(2, int(round(cfg.elite_fraction * cfg.candidates)))
@@ -406,20 +536,10 @@ def search(space: SearchSpace, tasks: list[Task], cfg: MetatrainConfig, settings
     return state
 
 
-def anchors(space: SearchSpace, names: list[str]) -> list[np.ndarray]:
-    """The named fixed baselines (config.ANCHORS) projected into the space (those with an op in it)."""
-    points = [space.project(fixed_policy(name, image_channels=space.channels)) for name in names]
-    return [p for p in points if p is not None]
-
-
-def baseline_point(space: SearchSpace, theta: np.ndarray, names: list[str]) -> str | None:
-    """The fixed baseline whose point in the space `theta` is (TrivialAugment-Wide, the initialisation,
-    or one of the anchors `names`), None for any other point: the policy a user can name and look up."""
-    chosen = space.policy(np.asarray(theta))
-    candidates = {"trivialaugment": space.initial(), **dict(zip(names, (space.project(
-        fixed_policy(name, image_channels=space.channels)) for name in names)))}
-    return next((name for name, point in candidates.items()
-                 if point is not None and space.policy(point) == chosen), None)
+def anchor_points(space: SearchSpace, names: list[str]) -> list[tuple[str, np.ndarray]]:
+    """(name, point) of the named fixed baselines (config.ANCHORS) that have an op in the space."""
+    points = [(name, space.project(fixed_policy(name, image_channels=space.channels))) for name in names]
+    return [(name, p) for name, p in points if p is not None]
 
 
 def explore(mean: np.ndarray, std: np.ndarray, c: int, space: SearchSpace, rng: np.random.Generator) -> np.ndarray:
@@ -446,13 +566,18 @@ def explore(mean: np.ndarray, std: np.ndarray, c: int, space: SearchSpace, rng: 
 
 def task_ids_for_generation(n_tasks: int, generation: int, cfg: MetatrainConfig) -> list[int]:
     """Fresh tasks for each CEM generation (so elites are not fitted to one task sample)."""
-    per_generation = cfg.tasks_first_rung * 2 ** (cfg.rungs - 1)
+    per_generation = tasks_per_generation(cfg)
     start = (generation * per_generation) % max(1, n_tasks - per_generation + 1)
     return list(range(start, min(n_tasks, start + per_generation)))
 
 
+def tasks_per_generation(cfg: MetatrainConfig) -> int:
+    """The explorers' last rung or the references' race, whichever needs more tasks."""
+    return max(cfg.tasks_first_rung * 2 ** (cfg.rungs - 1), cfg.reference_tasks)
+
+
 def tasks_needed(cfg: MetatrainConfig) -> int:
-    per_generation = cfg.tasks_first_rung * 2 ** (cfg.rungs - 1)
+    per_generation = tasks_per_generation(cfg)
     return per_generation * (cfg.generations if cfg.method == "cem" else 1)
 
 

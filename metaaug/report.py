@@ -233,12 +233,22 @@ def verdict(metrics: dict, baseline: str | None, search: dict | None) -> str:
         lines.append(f"Only {n} splits: the intervals are t-intervals and wide; raise `tasks.splits` "
                      f"(≥ {BOOTSTRAP_FROM}) before relying on them.")
     if search and search.get("finalists"):
-        finalists = search["finalists"]
-        runner = finalists[1] if len(finalists) > 1 else None
-        lines.append(f"The search ({search['trainings']} proxy trainings on meta-train tasks) chose its answer "
-                     + (f"over the runner-up by {100 * (finalists[0]['score'] - runner['score']):+.2f} points "
-                        f"on {runner['tasks']} task(s)." if runner else "with no other finalist."))
+        lines.append(search_confidence(search))
     return " ".join(lines)
+
+
+def search_confidence(search: dict) -> str:
+    """The search's own evidence, in a sentence: how it decided, and its closest competitor's paired
+    difference to the chosen policy on the meta-train tasks (proxy learners)."""
+    chosen, *others = search["finalists"]
+    text = f"On its meta-train tasks ({search['trainings']} proxy trainings) the search decided: {chosen['decision']}"
+    rivals = [f for f in others if f.get("ci_low") is not None]
+    if rivals:
+        f = max(rivals, key=lambda f: f["diff_to_chosen"])
+        name = f"{f['baseline']}'s point" if f["baseline"] else ("a reference" if f["reference"] else "an explorer")
+        text += (f"; the closest other finalist, {name}, scored {f['diff_to_chosen']:+.2f} points "
+                 f"[{f['ci_low']:+.2f}, {f['ci_high']:+.2f}] against it on {f['paired_tasks']} tasks")
+    return text + "."
 
 
 def write_report(out: Path, metrics: dict, summary: str, accuracy: dict[str, np.ndarray], results: dict,

@@ -68,7 +68,7 @@ def test_parallel_scoring_gives_the_same_search_as_one_process(digits, tmp_path)
     one = search(SearchSpace(OP_NAMES), tasks, cfg, TrainConfig(epochs=2), 0, tmp_path / "one.json")
     two = search(SearchSpace(OP_NAMES), tasks, cfg.model_copy(update={"workers": 2}), TrainConfig(epochs=2), 0, tmp_path / "two.json")
     assert one.history == two.history and one.best == two.best and one.trainings == two.trainings
-    assert one.trainings == 3 + 2  # three references (TA-Wide, 2 anchors): the better 2 go on to the second task
+    assert one.trainings == 3 * 2  # three references (TA-Wide, 2 anchors), raced on both tasks there are
 
 
 def test_user_op_space_is_respected():
@@ -117,7 +117,10 @@ def test_search_learns_geometry_when_queries_are_rotated_and_shifted(digits, tmp
     geometric = np.mean([weight[op] for op in ("Rotate", "TranslateX", "TranslateY")])
     colour = np.mean([weight[op] for op in ("Brightness", "Contrast", "Sharpness")])
     assert geometric > 3 * colour, (geometric, colour)
-    assert state.trainings == 8 * 4 + (2 + 2) * 4  # rung 2: the better halves of the 4 references and 4 explorers
+    # rung 1: the 4 references raced on 4 tasks, the 4 explorers on 4; rung 2: the references not clearly worse
+    # on 4 more tasks (the race ends at the 8 tasks there are), the better 2 explorers on 4 more
+    refs_left = (state.trainings - 8 * 4 - 2 * 4) // 4
+    assert 1 <= refs_left <= 4 and state.trainings == 8 * 4 + 2 * 4 + refs_left * 4
     assert len(state.history) == 2
 
 
@@ -133,7 +136,7 @@ def test_incumbent_is_kept_unless_clearly_beaten():
 def test_cem_runs_generations_and_keeps_initialisation_in_the_race(digits, tmp_path):
     tasks = sample_tasks(*digits, shots=3, ways=3, query_per_class=5, n_tasks=4, seed=0)
     cfg = MetatrainConfig(method="cem", candidates=4, rungs=1, tasks_first_rung=2, generations=2, proxy_epochs=2,
-                          workers=1)
+                          reference_tasks=2, reference_step=2, workers=1)
     state = search(SearchSpace(OP_NAMES), tasks, cfg, TrainConfig(epochs=2), 0, tmp_path / "ckpt.json")
     assert state.generation == 2 and state.trainings == 2 * 4 * 2
     assert len(state.best) == SearchSpace(OP_NAMES).dim
@@ -176,7 +179,7 @@ def test_metatrain_resumes_after_being_killed(tmp_path):
         time.sleep(0.1)
     assert not session_members(proc.pid), "the scoring workers outlived the killed metatrain"
     partial = yaml.safe_load(checkpoints[0].read_text())
-    assert 0 < partial["rung"] < 3
+    assert 0 < partial["rung"]
     resumed = subprocess.run([*cmd, "metatrain"], cwd=tmp_path, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     search_log = yaml.safe_load((tmp_path / "models/policy/search.json").read_text())
@@ -186,12 +189,14 @@ def test_metatrain_resumes_after_being_killed(tmp_path):
     assert search_log["trainings"] == uninterrupted["trainings"]  # no scored training lost or repeated
     assert search_log["theta"] == uninterrupted["theta"]
     assert (tmp_path / "models/policy/policy.json").read_bytes() != b""
-    assert [h["rung"] for h in search_log["history"]] == [0, 1, 2]
+    assert partial["rung"] < len(search_log["history"])
+    assert [h["rung"] for h in search_log["history"]] == list(range(len(uninterrupted["history"])))
+    assert search_log["finalists"] == uninterrupted["finalists"]
     assert not list((tmp_path / "models").glob(".policy.checkpoint-*.json"))
 
 
 def test_baselines_project_to_their_points_in_the_space():
-    from metaaug.metalearn import anchors
+    from metaaug.metalearn import anchor_points
     from metaaug.policies import fixed_policy
 
     space = SearchSpace(OP_NAMES, channels=1)
@@ -205,9 +210,9 @@ def test_baselines_project_to_their_points_in_the_space():
         sized = [m for op, m in zip(ra_policy.ops, ra_policy.mag_high) if op in members and op != "Identity"]
         if sized and group != "histogram":  # AutoContrast/Equalize: magnitude-free, counted at 0 by RandAugment
             assert abs(space.caps(space.project(ra_policy))[list(space.groups).index(group)] / 2 - np.mean(sized)) < 1e-6
-    assert len(anchors(space, ANCHORS)) == 3
+    assert [name for name, _ in anchor_points(space, ANCHORS)] == list(ANCHORS)
     no_identity = SearchSpace(("Rotate", "Brightness"), channels=1)
-    assert no_identity.project(fixed_policy("none")) is None and len(anchors(no_identity, ANCHORS)) == 2
+    assert no_identity.project(fixed_policy("none")) is None and len(anchor_points(no_identity, ANCHORS)) == 2
 
 
 def test_search_drops_the_ops_that_rewrite_the_label_cue(tmp_path):
@@ -232,3 +237,138 @@ def test_search_drops_the_ops_that_rewrite_the_label_cue(tmp_path):
     assert state.finalists[0]["score"] == max(f["score"] for f in state.finalists)
     assert sum(w for op, w in weight.items() if OPS[op].group in ("colour", "histogram")) < 0.1, \
         policy_summary(policy)
+
+
+# --- the decision rule, with a fake scorer (no training) -----------------------------------------------------
+
+class FakeScorer:
+    """Scores (policy, task) from a table: candidate k's score on task t is `table[k](t)`."""
+
+    def __init__(self, space: SearchSpace, thetas: list[np.ndarray], table: list, n_tasks: int = 32):
+        self.key = {self.policy_key(space.policy(np.array(t))): k for k, t in enumerate(thetas)}
+        self.table, self.calls = table, []
+        self.tasks = [Task(torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(t)), torch.zeros(6),
+                           torch.zeros(1, 1, 8, 8), np.zeros(1), 2, t) for t in range(n_tasks)]
+
+    @staticmethod
+    def policy_key(p: Policy) -> tuple:
+        return p.ops, tuple(np.round(p.weights, 9)), tuple(np.round(p.mag_high, 9)), p.layers
+
+    def map(self, jobs):
+        out = []
+        for policy, t in jobs:
+            k = self.key[self.policy_key(policy)]
+            self.calls.append((k, t))
+            out.append((float(self.table[k](t)), 0.0))
+        return out
+
+
+def race(table, n_refs: int, names=None, **cfg_kwargs):
+    """Run successive_halving on candidates 0..len(table)-1 (the first n_refs references) with fake scores."""
+    from metaaug.metalearn import SearchState, anchor_points, successive_halving
+
+    space = SearchSpace(OP_NAMES, channels=1)
+    init = space.initial()
+    refs = [init, *(point for _, point in anchor_points(space, ANCHORS))][:n_refs]
+    rng = np.random.default_rng(0)
+    explorers = [init + 0.3 * rng.standard_normal(space.dim) for _ in range(len(table) - n_refs)]
+    thetas = refs + explorers
+    scorer = FakeScorer(space, thetas, table)
+    cfg = MetatrainConfig(**{"rungs": 3, "tasks_first_rung": 2, "reference_tasks": 16, "reference_step": 4,
+                          "race_confidence": 0.9, "accept_z": 1.0, **cfg_kwargs})
+    state = SearchState("sh_random")
+    ranked, _ = successive_halving(space, thetas, list(range(32)), cfg, scorer, state, lambda: None,
+                                   lambda e: None, references=n_refs,
+                                   names=names or ["trivialaugment", "none", "handcrafted", "randaugment"][:n_refs])
+    chosen = next(k for k, t in enumerate(thetas) if np.array_equal(t, ranked[0]))
+    return chosen, state, scorer
+
+
+def noise(seed: int, sd: float):
+    rng = np.random.default_rng(seed)
+    values = rng.normal(0, sd, 64)
+    return lambda t: values[t]
+
+
+def test_references_separated_by_a_clear_paired_margin():
+    """Two references 1.3 points apart with a per-task spread of 2.1 and a shared task effect: the race
+    keeps the better one, drops the other with its tasks recorded, and stops scoring it."""
+    task = noise(1, 0.05)
+    a, b = noise(2, 0.015), noise(3, 0.015)
+    table = [lambda t: 0.90 + task(t) + a(t), lambda t: 0.913 + task(t) + b(t)]
+    chosen, state, scorer = race(table, n_refs=2, names=["trivialaugment", "randaugment"])
+    assert chosen == 1
+    final = state.finalists
+    assert final[0]["baseline"] == "randaugment" and final[0]["status"] == "chosen"
+    assert final[0]["decision"].startswith("separated")
+    loser = final[1]
+    assert loser["baseline"] == "trivialaugment" and loser["status"].startswith("dropped after")
+    assert loser["diff_to_chosen"] < 0 and loser["ci_high"] is not None and loser["ci_low"] < loser["diff_to_chosen"]
+    assert loser["paired_tasks"] == loser["tasks"] <= 16
+    assert len(state.scores[0]) == loser["tasks"]  # no task scored after the drop
+
+
+def test_references_that_cannot_be_separated_go_to_the_stated_tie_rule():
+    """Identical expected scores: no reference is dropped on 16 tasks, and the gentlest is kept (`none`:
+    it changes no pixel), whatever the means say."""
+    task = noise(1, 0.05)
+    table = [lambda t: 0.90 + task(t) + noise(2, 0.02)(t), lambda t: 0.899 + task(t) + noise(3, 0.02)(t)]
+    chosen, state, _ = race(table, n_refs=2, names=["trivialaugment", "none"])
+    assert state.finalists[0]["baseline"] == "none" and chosen == 1
+    assert state.finalists[0]["decision"].startswith("tie rule")
+    other = state.finalists[1]
+    assert other["tasks"] == 16 and other["status"].startswith("not separated")
+    assert other["ci_low"] < 0 < other["ci_high"]
+
+
+def test_tie_rule_does_not_depend_on_which_mean_came_out_higher():
+    task = noise(1, 0.05)
+    for seed in range(4):
+        table = [lambda t, s=seed: 0.90 + task(t) + noise(10 + s, 0.02)(t),
+                 lambda t, s=seed: 0.90 + task(t) + noise(20 + s, 0.02)(t)]
+        chosen, state, _ = race(table, n_refs=2, names=["trivialaugment", "none"])
+        if state.finalists[0]["decision"].startswith("tie rule"):
+            assert chosen == 1
+
+
+def test_explorer_with_a_lucky_small_margin_is_not_accepted():
+    """An explorer 0.3 points above the references on average with a spread of 3 points: not clearly better."""
+    task = noise(1, 0.05)
+    table = [lambda t: 0.90 + task(t)] + [lambda t, k=k: 0.85 + task(t) + noise(k, 0.01)(t) for k in range(7)] \
+        + [lambda t: 0.903 + task(t) + noise(99, 0.03)(t)]
+    chosen, state, _ = race(table, n_refs=1, names=["trivialaugment"])
+    assert chosen == 0
+    explorers = [f for f in state.finalists if not f["reference"]]
+    assert explorers and all(f["status"].startswith("explorer, not clearly better") for f in explorers)
+    assert all(f["baseline"] is None for f in explorers)
+
+
+def test_explorer_with_clear_evidence_replaces_the_reference():
+    task = noise(1, 0.05)
+    table = [lambda t: 0.90 + task(t)] + [lambda t, k=k: 0.85 + task(t) + noise(k, 0.01)(t) for k in range(7)] \
+        + [lambda t: 0.95 + task(t) + noise(99, 0.005)(t)]
+    chosen, state, _ = race(table, n_refs=1, names=["trivialaugment"])
+    assert chosen == 8 and state.finalists[0]["decision"].startswith("explorer accepted")
+    ref = next(f for f in state.finalists if f["reference"])
+    assert ref["baseline"] == "trivialaugment" and ref["ci_high"] < 0 and ref["paired_tasks"] == 8
+
+
+def test_race_with_anchors_and_explorers_stays_within_its_training_budget():
+    """Default shape (4 references, 8 explorers): a clearly worse `none` is dropped early; the count of
+    trainings is what the README's cost figures assume."""
+    task = noise(1, 0.05)
+    table = [lambda t: 0.90 + task(t) + noise(2, 0.01)(t), lambda t: 0.80 + task(t) + noise(3, 0.01)(t),
+             lambda t: 0.88 + task(t) + noise(4, 0.01)(t), lambda t: 0.913 + task(t) + noise(5, 0.01)(t)] \
+        + [lambda t, k=k: 0.85 + task(t) + noise(10 + k, 0.02)(t) for k in range(8)]
+    chosen, state, scorer = race(table, n_refs=4)
+    assert chosen == 3 and len(state.scores[1]) == 4  # none: dropped on the first look
+    assert state.trainings == len(scorer.calls) == len(set(scorer.calls))  # nothing scored twice
+    assert {f["baseline"] for f in state.finalists if f["reference"]} == {"trivialaugment", "none", "handcrafted",
+                                                                          "randaugment"}
+    assert state.trainings <= 16 + 32 + 16  # four references on 4, the survivors to at most 16; explorers 2/4/8
+
+
+def test_a_lone_reference_without_explorers_is_still_scored():
+    chosen, state, _ = race([lambda t: 0.9], n_refs=1, names=["trivialaugment"])
+    assert chosen == 0 and len(state.finalists) == 1 and state.finalists[0]["tasks"] == 4
+    assert state.finalists[0]["decision"].startswith("the only reference")

@@ -19,7 +19,7 @@ import typer
 from metaaug import tracking
 from metaaug.config import Params, load_params
 from metaaug.io import atomic_dir, write_json
-from metaaug.metalearn import SearchSpace, baseline_point, sample_tasks, search, tasks_needed
+from metaaug.metalearn import SearchSpace, sample_tasks, search, tasks_needed
 from metaaug.ops import OP_NAMES
 from metaaug.policies import Policy, describe, export_albumentations, save_policy
 from metaaug.stages import PARAMS, POLICY, PREPARED, pipeline_facts
@@ -54,7 +54,7 @@ def run(params: Params, prepared_dir: Path, out: Path, timing: Path | None = Non
                        log=lambda entry: tracking.log_metrics(rung_metrics(entry), step=entry["rung"]))
         seconds = time.perf_counter() - start
         policy = space.policy(np.array(state.best))
-        baseline = baseline_point(space, state.best, cfg.anchors)
+        baseline = state.finalists[0]["baseline"] if state.finalists else None  # a fixed baseline's point?
         with atomic_dir(out) as tmp:
             provenance = {"method": cfg.method, "meta_source": prepared.manifest["meta"]["source"],
                           "meta_classes": prepared.manifest["meta"]["classes"], "trainings": state.trainings,
@@ -72,11 +72,11 @@ def run(params: Params, prepared_dir: Path, out: Path, timing: Path | None = Non
                               "search.workers": workers, "search.trainings": state.trainings})
         write_timing(timing, search_seconds=seconds, proxy_seconds=state.seconds, workers=workers)
         log_chosen_policy(policy, baseline)
+        log_evidence(state.finalists)
         tracking.log_artifacts(out, "policy")
         print(f"metatrain: {cfg.method}, {state.trainings} proxy trainings in {seconds:.1f} s")
-        for f in state.finalists:
-            print(f"metatrain: final rung, {f['tasks']} tasks: {100 * f['score']:.2f} % "
-                  f"{'reference' if f['reference'] else 'explorer '} {f['policy']}, {f['layers']} layer(s)")
+        for line in evidence_lines(state.finalists):
+            print(f"metatrain: {line}")
         print("metatrain: chosen policy -> " + str(out / "policy.json"))
         for line in describe(policy, baseline):
             print(f"metatrain:   {line}")
@@ -87,6 +87,34 @@ def rung_metrics(entry: dict) -> dict:
     return {"rung_best": {("score" if k == "best_score" else k): v for k, v in entry.items()
                           if k not in ("rung", "trainings")},
             "trainings": entry["trainings"]}
+
+
+def evidence_lines(finalists: list[dict]) -> list[str]:
+    """How sure the search is: the chosen policy and how it was decided, then every other finalist's
+    paired difference to it (95 % t-interval, points, on the tasks both were scored on) and its status."""
+    lines = []
+    for f in finalists:
+        name = f"{f['baseline']}'s point" if f["baseline"] else ("reference" if f["reference"] else "explorer")
+        if f["status"] == "chosen":
+            lines.append(f"chosen: {name}, {100 * f['score']:.2f} % on {f['tasks']} tasks; {f['decision']}")
+        else:
+            ci = f"[{f['ci_low']:+.2f}, {f['ci_high']:+.2f}]" if f["ci_low"] is not None else "[n/a]"
+            lines.append(f"  {name}: {f['diff_to_chosen']:+.2f} points vs chosen, 95 % CI {ci}, "
+                         f"{f['paired_tasks']} paired tasks; {f['status']}; {f['policy']}, {f['layers']} layer(s)")
+    return lines
+
+
+def log_evidence(finalists: list[dict]) -> None:
+    """The finalists' paired differences to the chosen policy as metrics, the decision as tags."""
+    tracking.log_dict({"finalists": finalists}, "search_finalists.json")
+    for k, f in enumerate(finalists):
+        if f["status"] != "chosen" and f["ci_low"] is not None:
+            tracking.log_metrics({"finalist": {f["baseline"] or f"candidate{k}": {
+                "diff_to_chosen_points": f["diff_to_chosen"], "ci95_low_points": f["ci_low"],
+                "ci95_high_points": f["ci_high"], "paired_tasks": f["paired_tasks"]}}})
+    if finalists:
+        tracking.set_tags({"search.decision": finalists[0]["decision"][:5000],
+                           "search.chosen": finalists[0]["baseline"] or "explorer"})
 
 
 def log_chosen_policy(policy: Policy, baseline: str | None) -> None:
