@@ -346,7 +346,7 @@ class SearchConfig:
     init_std: float = 0.6
     proxy_epochs: int = 100
     proxy_width: int = 16
-    accept_z: float = 1.0
+    accept_z: float = 2.0
     reference_tasks: int = 16
     reference_step: int = 4
     race_confidence: float = 0.9
