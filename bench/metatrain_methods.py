@@ -143,7 +143,7 @@ def stability(args) -> None:
     print("meta-val accuracy of the fixed arms: " + ", ".join(f"{n} {100 * val[n].mean():.2f}" for n in fixed),
           flush=True)
     # the old rule with its own default bracket (12 candidates: 8 explorers)
-    methods = args.methods.split(",") + (["old+candidates=12"] if args.old_metalearn else [])
+    methods = [m for m in args.methods.split(",") if m] + (["old+candidates=12"] if args.old_metalearn else [])
     rows = []
     for method in methods:
         name, _, rest = method.partition("+")
