@@ -19,16 +19,14 @@ With `--seeds N` each method runs under search seeds 0..N-1 (the meta-train task
 the explorers vary), and the table gives, per method, how often its modal choice
 came out, its mean meta-val regret against the best fixed arm on the same
 meta-val tasks, and its mean cost — the stability of a decision rule, measured
-without the target. `--old-metalearn FILE` adds the method `old` (12 candidates, its default) run by another
-metalearn.py (e.g. `git show 30ed33f:metaaug/metalearn.py > old.py`: the rule
-before the reference race), imported beside this package.
+without the target. (The rule before the reference race was measured the same way at
+commit 28a0aa9, whose `--old-metalearn` loaded 30ed33f's metalearn.py; that file no longer
+imports against the typed config.)
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -59,7 +57,6 @@ def main() -> None:
     ap.add_argument("--val-tasks", type=int, default=24)
     ap.add_argument("--methods", default="sh_random,sh_random:no-anchors,cem")
     ap.add_argument("--seeds", type=int, default=0, help="run each method under seeds 0..N-1 (stability table)")
-    ap.add_argument("--old-metalearn", type=Path, help="also run `old`: the search of this metalearn.py")
     args = ap.parse_args()
     if args.seeds:
         return stability(args)
@@ -102,17 +99,6 @@ def main() -> None:
         print(f"{name:28s} {100 * a.mean():12.2f} {d['mean']:+8.2f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}] {extra:>18s}")
 
 
-def load_old(path: Path):
-    """Another metalearn.py as a module (it imports this package's other modules)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("old_metalearn", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def stability(args) -> None:
     """Each method under seeds 0..N-1: modal choice share, meta-val regret vs the best fixed arm, cost."""
     import collections
@@ -125,43 +111,35 @@ def stability(args) -> None:
     set_threads(prepared.meta_images.shape[1])
     images, labels = np.asarray(prepared.meta_images), np.asarray(prepared.meta_labels)
     is_val = np.asarray(prepared.meta_is_val)
-    settings = TrainSettings.from_params(params["train"])
-    shots, mp = params["tasks"]["shots"], params["metatrain"]
-    val_tasks = sample_tasks(images[is_val], labels[is_val], shots, mp["ways"], mp["query_per_class"],
-                             args.val_tasks, seed=10_000 + params["seed"])
+    settings, shots, mp = params.train, params.tasks.shots, params.metatrain
+    val_tasks = sample_tasks(images[is_val], labels[is_val], shots, mp.ways, mp.query_per_class,
+                             args.val_tasks, seed=10_000 + params.seed)
     one_run = float(np.median([timed(lambda: score(None, t, settings)) for t in val_tasks[:4]][1:]))
     channels = images.shape[-1]
-    space = SearchSpace(tuple(mp["ops"]) if mp["ops"] else OP_NAMES, channels=channels)
+    space = SearchSpace(tuple(mp.ops or OP_NAMES), channels=channels)
     names = {json.dumps(space.policy(p).__dict__, sort_keys=True, default=str): name
-             for name, p in [("trivialaugment", space.initial()), *metalearn.anchor_points(space)]}
+             for name, p in [("trivialaugment", space.initial()), *metalearn.anchor_points(space, mp.anchors)]}
     fixed = {"none": None, **{n: fixed_policy(n, image_channels=channels)
                               for n in ("handcrafted", "randaugment", "trivialaugment")}}
     val = {n: np.array([score(p, t, settings) for t in val_tasks]) for n, p in fixed.items()}
     best_fixed = max(val, key=lambda n: val[n].mean())
     print("meta-val accuracy of the fixed arms: " + ", ".join(f"{n} {100 * val[n].mean():.2f}" for n in fixed),
           flush=True)
-    # the old rule with its own default bracket (12 candidates: 8 explorers)
-    methods = args.methods.split(",") + (["old+candidates=12"] if args.old_metalearn else [])
+    methods = [m for m in args.methods.split(",") if m]
     rows = []
     for method in methods:
         name, _, rest = method.partition("+")
         name, _, variant = name.partition(":")
-        module = load_old(args.old_metalearn) if name == "old" else metalearn
         overrides = dict(kv.split("=") for kv in rest.split("+") if kv)
         chosen, costs = [], []
         for seed in range(args.seeds):
-            mt = {**mp, "method": "sh_random" if name == "old" else name,
-                  **({"anchors": []} if variant == "no-anchors" else {})}
-            for key, value in overrides.items():
-                mt[key] = type(mp[key])(value)
-            fields = module.SearchConfig.__dataclass_fields__
-            cfg = module.SearchConfig(**{k: tuple(v) if k == "anchors" else v for k, v in mt.items() if k in fields}
-                                      | {"workers": mt.get("workers") or os.cpu_count() or 1, "seed": seed})
-            tasks = sample_tasks(images[~is_val], labels[~is_val], shots, mp["ways"], mp["query_per_class"],
-                                 module.tasks_needed(cfg), seed)
+            cfg = mp.model_copy(update={"method": name, **({"anchors": []} if variant == "no-anchors" else {}),
+                                        **{k: type(getattr(mp, k))(v) for k, v in overrides.items()}})
+            tasks = sample_tasks(images[~is_val], labels[~is_val], shots, mp.ways, mp.query_per_class,
+                                 metalearn.tasks_needed(cfg), seed)
             with tempfile.TemporaryDirectory() as d:
                 start = time.perf_counter()
-                state = module.search(space, tasks, cfg, settings, Path(d) / "ckpt.json")
+                state = metalearn.search(space, tasks, cfg, settings, seed, Path(d) / "ckpt.json")
                 costs.append((time.perf_counter() - start, state.trainings))
             policy = space.policy(np.array(state.best))
             key = json.dumps(policy.__dict__, sort_keys=True, default=str)

@@ -39,8 +39,9 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adaptivity import task_params  # noqa: E402  the task builders of the adaptivity benchmark
 
-from metaaug.config import load_params  # noqa: E402
-from metaaug.pipeline import machine_description, test_accuracies  # noqa: E402
+from metaaug.config import TrainConfig, load_params  # noqa: E402
+from metaaug.stages.evaluate import test_accuracies  # noqa: E402
+from metaaug.timing import machine_description  # noqa: E402
 from metaaug.policies import FIXED_POLICIES  # noqa: E402
 from metaaug.stats import paired_difference  # noqa: E402
 from metaaug.tasks import load_prepared  # noqa: E402
@@ -79,9 +80,8 @@ def one_training(prepared: Path, params: dict, repeats: int = 3) -> float:
     `repeats` after a warm-up), in this process on the threads the train stage uses."""
     import torch
 
-    from metaaug.pipeline import set_threads
     from metaaug.policies import fixed_policy, sample_apply
-    from metaaug.training import TrainSettings, to_tensor, train_learner
+    from metaaug.training import set_threads, to_tensor, train_learner
 
     prep = load_prepared(prepared)
     set_threads(prep.target_images.shape[1])
@@ -90,7 +90,7 @@ def one_training(prepared: Path, params: dict, repeats: int = 3) -> float:
     x = to_tensor(np.asarray(prep.target_images)[support])
     y = torch.tensor(np.asarray(prep.target_labels)[support])
     policy = fixed_policy("trivialaugment", image_channels=x.shape[1])
-    settings = TrainSettings.from_params(params["train"])
+    settings = TrainConfig(**params["train"])
     seconds = []
     for _ in range(repeats + 1):
         start = time.perf_counter()
@@ -106,7 +106,7 @@ def decision_kind(decision: str) -> str:
 
 def run_task(name: str, base: dict, seeds: list[int], splits: int, work: Path) -> dict:
     work.mkdir(parents=True, exist_ok=True)
-    params = task_params(base, name, work, splits)
+    params = task_params(base, name, work, splits).model_dump()
     params["tracking"]["experiment"] = "metaaug-search-stability"
     prepared = work / "prepared"
     cli("prepare", "--out", str(prepared), params=write_params(params, work / "params.yaml"))

@@ -110,7 +110,7 @@ class MetatrainConfig(Section):
     workers: Annotated[int, Ge(0), Le(1024)] = 0  # scoring processes, one thread each; 0 = one per CPU core
     population: Annotated[int, Ge(1), Le(4096)] = 9  # proxy learners trained at once as one grouped network
     # a challenger replaces the incumbent policy only if better by this many standard errors (paired)
-    accept_z: Annotated[float, Ge(0.0), Le(10.0)] = 1.0
+    accept_z: Annotated[float, Ge(0.0), Le(10.0)] = 2.0
     # the references (TA-Wide and the anchors) are raced: scored on reference_step more tasks per rung, up to
     # reference_tasks, a reference dropped once clearly worse than the best one (one-sided paired t-bound at
     # race_confidence); references still not separated at reference_tasks go to the tie rule (the gentlest)

@@ -372,3 +372,18 @@ def test_a_lone_reference_without_explorers_is_still_scored():
     chosen, state, _ = race([lambda t: 0.9], n_refs=1, names=["trivialaugment"])
     assert chosen == 0 and len(state.finalists) == 1 and state.finalists[0]["tasks"] == 4
     assert state.finalists[0]["decision"].startswith("the only reference")
+
+
+def test_explorers_no_better_than_the_references_are_rarely_accepted_at_the_default_accept_z():
+    """Null searches (every candidate the same in expectation, a shared task effect, a per-task spread of the
+    paired difference of ~2 points): the best explorer is tested on the tasks it was selected on, so
+    accept_z = 1 lets about one in four through; the default keeps it near 5 %."""
+    default_z = MetatrainConfig().accept_z
+    accepted = {1.0: 0, default_z: 0}
+    for rep in range(60):
+        rng = np.random.default_rng(rep)
+        task, own = rng.normal(0, 0.05, 64), rng.normal(0, 0.015, (10, 64))
+        table = [lambda t, k=k: 0.9 + task[t] + own[k, t] for k in range(10)]
+        for z in accepted:
+            accepted[z] += race(table, n_refs=4, accept_z=z)[0] >= 4
+    assert accepted[default_z] <= 6 < accepted[1.0], accepted

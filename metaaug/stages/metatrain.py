@@ -126,6 +126,6 @@ def log_chosen_policy(policy: Policy, baseline: str | None) -> None:
 
 
 def command(params: Path = PARAMS, prepared: Path = PREPARED, out: Path = POLICY,
-            timing: Path = typer.Option(Path("timings/metatrain.json"), help="Where the wall times go.")):
+            timing: Path = typer.Option(None, help="Where the wall times go (dvc.yaml: timings/metatrain.json).")):
     """Meta-learn the augmentation policy on tasks from the meta-train classes (resumes from its checkpoint)."""
     run(load_params(params), prepared, out, timing)

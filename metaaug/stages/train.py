@@ -90,6 +90,6 @@ def write_downstream(out: Path, run_id: str, model: dict, jobs: list[tuple[str, 
 
 def command(params: Path = PARAMS, prepared: Path = PREPARED, policy: Path = POLICY, augmented: Path = AUGMENTED,
             out: Path = DOWNSTREAM,
-            timing: Path = typer.Option(Path("timings/train.json"), help="Where the wall times go.")):
+            timing: Path = typer.Option(None, help="Where the wall times go (dvc.yaml: timings/train.json).")):
     """Train the downstream learner for every arm on every target split."""
     run(load_params(params), prepared, out, policy, augmented, timing)
