@@ -582,8 +582,8 @@ def tasks_needed(cfg: MetatrainConfig) -> int:
 
 
 def policy_summary(policy: Policy) -> str:
-    """One line: the heaviest ops with their weight and magnitude cap."""
-    order = np.argsort(policy.weights)[::-1]
+    """One line: the heaviest ops (of those ever drawn) with their weight and magnitude cap."""
+    order = [i for i in np.argsort(policy.weights)[::-1] if policy.weights[i] > 0]
     return ", ".join(f"{policy.ops[i]} {100 * policy.weights[i]:.0f}% ≤{policy.mag_high[i]:.2f}" for i in order[:6])
 
 

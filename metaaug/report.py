@@ -170,7 +170,7 @@ def accuracy_tables(metrics: dict) -> str:
     """Markdown: accuracy per arm, then the paired differences with their bootstrap CIs."""
     lines = ["| arm | test accuracy (mean ± std over splits) |", "|---|---|"]
     lines += [f"| {arm} | {s['mean']:.2f} ± {s['std']:.2f} (n={s['n']}) |" for arm, s in metrics["arms"].items()]
-    lines += ["", "| paired difference | mean (points) | bootstrap 95 % CI | wins/losses |", "|---|---|---|---|"]
+    lines += ["", "| paired difference | mean (points) | 95 % CI | wins/losses |", "|---|---|---|---|"]
     lines += [f"| {pair} | {d['mean']:+.2f} | [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}] | {d['wins']}/{d['losses']} |"
               for pair, d in metrics["paired"].items()]
     return "\n".join(lines)
@@ -218,7 +218,8 @@ def verdict(metrics: dict, baseline: str | None, search: dict | None) -> str:
     if d["ci_high"] < 0:
         use = f"use {best}: it beats {learned} by {-d['mean']:.2f} points [{-d['ci_high']:.2f}, {-d['ci_low']:.2f}]"
     elif baseline == best:
-        use = f"use {best}, which is what metatrain learned: {learned}"
+        use = (f"use {BASELINE_TITLES[best]}: it is what metatrain learned (the learned policy is its point in the "
+               "search space)")
     elif d["ci_low"] > 0:
         use = f"use {learned}: " + _compared(d, "it", f"the best fixed arm, {best},")
     else:  # tied: say so, and which one the pipeline's own evidence points to
