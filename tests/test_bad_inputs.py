@@ -608,11 +608,12 @@ def test_http_service_that_is_not_mlflow(project, capsys, monkeypatch, not_mlflo
 
 
 def test_class_names_mlflow_rejects_as_metric_keys_are_logged(tmp_path, capsys):
-    """Not an error: class names become metric keys MLflow accepts (before, prepare failed after publishing)."""
+    """Not an error: class names become metric keys MLflow accepts (before, prepare failed after publishing),
+    and a `$` in one is drawn as it is in the sample grids (matplotlib's math parser would crash on it)."""
     import mlflow
 
     rng = np.random.default_rng(2)
-    names = ["a,b", "c+d", "e(f)", "g?h", "ü/..", "x" * 250]
+    names = ["a,b", "c+d", "e(f)", "g?h", "ü/..", "a$^$b", "x" * 250]
     root = folder(tmp_path / "imgs", {n.replace("/", "|"): {f"{i}.png": png(rng.integers(0, 256, (6, 6), np.uint8))
                                                                for i in range(6)} for n in names})
     params = {"data.source": f"imagefolder:{root}", "tasks.target_classes": ["a,b", "c+d"], "tasks.shots": 2}
