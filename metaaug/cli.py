@@ -1,8 +1,8 @@
 """The `metaaug` command line (Typer): one command per pipeline stage, plus `results`.
 
 Each stage's command lives in its module (metaaug/stages/<stage>.py); this app only
-gathers them. Bad input never shows a traceback: a MetaaugError becomes one line on
-stderr and exit code 2.
+gathers them. Bad input never shows a traceback: a MetaaugError or a file-system error
+(OSError) becomes one line on stderr and exit code 2 (metaaug.stages.one_line_errors).
 """
 
 from __future__ import annotations

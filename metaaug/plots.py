@@ -8,6 +8,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+# Class names and file names go into titles and labels as they are: a `$` in one must not start the math
+# parser (an unbalanced one crashes it). report.py and preview.py import this module, so it holds for them too.
+matplotlib.rcParams["text.parse_math"] = False
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 

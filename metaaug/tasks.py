@@ -14,6 +14,7 @@ byte-identical across runs.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +23,11 @@ import numpy as np
 
 from metaaug.config import DataConfig, TasksConfig
 from metaaug.data import Dataset, load_source
+from metaaug.data.sources import same_source
 from metaaug.errors import MetaaugError
-from metaaug.io import load_array, read_json, save_arrays, write_json
+from metaaug.io import MARKER, load_array, read_json, read_marker, save_arrays, write_json
+
+ARRAYS = ("meta_images", "meta_labels", "meta_is_val", "target_images", "target_labels")
 
 
 @dataclass(frozen=True)
@@ -108,10 +112,36 @@ def few_shot_splits(labels: np.ndarray, pool: np.ndarray, shots: int, n_splits: 
     return splits
 
 
+def check_disjoint(meta_x: np.ndarray, target_x: np.ndarray, target_y: np.ndarray, target_names: list[str],
+                   meta_source: str, target_source: str) -> None:
+    """No target image, test images included, is also a meta-train image (byte for byte, as prepared).
+
+    The rule behind choosing meta-train classes: whatever the sources are called (a copy of a folder, a
+    folder and its `.npz` export), meta-training never sees the target task's images.
+    """
+    if meta_x.shape[1:] != target_x.shape[1:] or not len(meta_x) or not len(target_x):
+        return
+
+    def digests(x: np.ndarray):
+        return (hashlib.blake2b(np.ascontiguousarray(row).data, digest_size=16).digest() for row in x)
+
+    seen = set(digests(meta_x))
+    leaked = [i for i, d in enumerate(digests(target_x)) if d in seen]
+    if leaked:
+        first = target_names[int(target_y[leaked[0]])]
+        where = f"data.source={meta_source}" + ("" if target_source == meta_source else
+                                                 f" and tasks.target_source={target_source}")
+        raise MetaaugError(
+            f"{where}: {len(leaked)} of {len(target_x)} "
+            f"target images (test images included; first in class {first!r}) are also meta-train images; expected "
+            "the target task disjoint from meta-training (leave tasks.target_source unset to hold "
+            "tasks.target_classes out of data.source, or point it at other images)")
+
+
 def prepare(data: DataConfig, tasks: TasksConfig, seed: int, out: Path) -> dict:
     """Load the sources, build meta-train and target tasks, write them into directory `out`."""
     meta_ds = load_source(data.source, data.image_size)
-    same = tasks.target_source in (None, data.source)
+    same = tasks.target_source is None or same_source(tasks.target_source, data.source)
     # A separate target folder is decoded only for the target classes (fewer than 2: choose_classes says so).
     wanted = tasks.target_classes
     only = wanted if wanted is not None and len(wanted) >= 2 else None
@@ -123,6 +153,7 @@ def prepare(data: DataConfig, tasks: TasksConfig, seed: int, out: Path) -> dict:
     meta_is_val = split_per_class(meta_y, tasks.meta_val_fraction, rng)
     is_test = split_per_class(target_y, tasks.test_fraction, rng)
     splits = few_shot_splits(target_y, np.flatnonzero(~is_test), tasks.shots, tasks.splits, seed, target_names)
+    check_disjoint(meta_x, target_x, target_y, target_names, meta_ds.source, target_ds.source)
     manifest = {
         "meta": {"source": meta_ds.source, "classes": meta_names, "shape": list(meta_x.shape[1:]),
                  "counts": np.bincount(meta_y, minlength=len(meta_names)).tolist(),
@@ -141,9 +172,13 @@ def prepare(data: DataConfig, tasks: TasksConfig, seed: int, out: Path) -> dict:
 def load_prepared(path: str | Path) -> Prepared:
     """Read `data/prepared/` back; a missing directory says which stage to run."""
     path = Path(path)
-    if not (path / "manifest.json").exists():
-        raise MetaaugError(f"{path}: no prepared data (manifest.json missing); expected the output of "
-                           "`metaaug prepare` (or `dvc repro prepare`)")
-    arrays = {name: load_array(path, name, mmap=True) for name in
-              ("meta_images", "meta_labels", "meta_is_val", "target_images", "target_labels")}
+    expected = "expected the output of `metaaug prepare` (or `dvc repro prepare`)"
+    marker = read_marker(path)
+    if marker is not None and marker.get("kind") not in (None, "prepare"):
+        raise MetaaugError(f"{path}: holds the output of `metaaug {marker['kind']}` (see its {MARKER}); {expected}")
+    missing = [f"{name}.npy" for name in ARRAYS if not (path / f"{name}.npy").is_file()]
+    if not (path / "manifest.json").is_file() or missing:
+        first = "manifest.json" if not (path / "manifest.json").is_file() else missing[0]
+        raise MetaaugError(f"{path}: no prepared data ({first} missing); {expected}")
+    arrays = {name: load_array(path, name, mmap=True) for name in ARRAYS}
     return Prepared(**arrays, manifest=read_json(path / "manifest.json"))

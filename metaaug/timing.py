@@ -31,10 +31,11 @@ def machine_description() -> str:
     return f"{cpu}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
 
 
-def write_timing(path: Path | None, **figures: float) -> None:
-    """One stage's wall times (seconds) with the machine; nothing when no path is given."""
+def write_timing(path: Path | None, kind: str, **figures: float) -> None:
+    """One stage's wall times (seconds) with the machine; nothing when no path is given. `kind` (e.g.
+    "metatrain.timing"): the file is replaced only where metaaug wrote it (see io.check_output)."""
     if path is not None:
-        write_json(path, {**figures, "machine": machine_description()})
+        write_json(path, {**figures, "machine": machine_description()}, kind=kind)
 
 
 def search_cost(timings: Path) -> dict | None:

@@ -13,6 +13,9 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import socket
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -21,12 +24,17 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
+from metaaug import io
 from metaaug.errors import MetaaugError
+from metaaug.io import dir_digest  # noqa: F401  (callers and tests use tracking.dir_digest)
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 STAGE_TAG = "metaaug.stage"
 DIGEST_TAG = "metaaug.output_digest"
 PIPELINE_TAG = "metaaug.pipeline"  # one pipeline execution: see pipeline_id
+PROCESS_TAG = "metaaug.process"  # host:pid:start time of the process running the stage (see fail_stale_runs)
+MAX_KEY = 250  # MLflow's limit on a metric, param or tag key
+LOCK_WAIT_S = 15  # how long a locked SQLite store is waited for
 
 
 def tracking_uri() -> str:
@@ -47,14 +55,118 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """For an HTTP tracking server, one quick request, so a wrong address fails in seconds, not minutes."""
     if not uri.startswith(("http://", "https://")):
         return
+    probe = uri.rstrip("/") + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"
+    expected = "a running `mlflow server` or MLFLOW_TRACKING_URI unset for the local sqlite:///mlflow.db"
     try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).read()
+        with urllib.request.urlopen(probe, timeout=timeout) as response:
+            body = response.read(1 << 16)
+    except urllib.error.HTTPError as exc:  # MLflow answers a missing experiment with 404 and a JSON error
+        if exc.code in (401, 403):  # a server behind authentication: MLflow sends the credentials
+            return
+        body = exc.read(1 << 16)
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise MetaaugError(
-            f"MLflow tracking server {uri} is unreachable ({reason}); expected a running `mlflow server` "
-            "or MLFLOW_TRACKING_URI unset for the local sqlite:///mlflow.db"
-        ) from None
+        raise MetaaugError(f"MLflow tracking server {uri} is unreachable ({reason}); expected {expected}") from None
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict) or not {"experiment", "error_code"} & set(doc):
+        raise MetaaugError(f"MLFLOW_TRACKING_URI={uri} answers, but not as an MLflow tracking server (its REST API "
+                           f"is missing); expected {expected}")
+
+
+def metric_key(name: str) -> str:
+    """`name` as a key MLflow accepts whatever class names went into it: each character other than a letter,
+    digit, `_`, `-`, `.` or space becomes `_`; over MLflow's length limit, the end is a hash of the whole."""
+    key = re.sub(r"[^\w.\- ]", "_", name)
+    if len(key) > MAX_KEY:
+        key = key[:MAX_KEY - 13] + "-" + hashlib.sha256(name.encode()).hexdigest()[:12]
+    return key
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI (None for other schemes and in-memory stores)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///").split("?")[0]
+    return Path(path).resolve() if path and path != ":memory:" else None
+
+
+def check_store(uri: str) -> None:
+    """For a SQLite store, open it the way MLflow will, in seconds: a folder, a file that is no database, a
+    corrupt, read-only or locked database, or a path that cannot be created each stop with one line
+    (MLflow itself retries for minutes, or fails after outputs were written)."""
+    db = _sqlite_path(uri)
+    if db is None:
+        return
+    expected = "a writable SQLite file (or a new path in a writable folder)"
+    where = f"MLFLOW_TRACKING_URI={uri}"
+    if not db.parent.is_dir():
+        raise MetaaugError(f"{where}: folder {db.parent} does not exist; expected an existing folder for the "
+                           "SQLite file")
+    if db.is_dir():
+        raise MetaaugError(f"{where}: {db} is a folder; expected {expected}")
+    if db.exists() and not db.is_file():
+        raise MetaaugError(f"{where}: {db} is not a regular file; expected {expected}")
+    if not db.exists():
+        try:  # a real file, not os.access: root passes access() where the file system still refuses (/proc)
+            with tempfile.TemporaryFile(dir=db.parent):
+                pass
+        except OSError as exc:
+            raise MetaaugError(f"{where}: cannot create a file in {db.parent} ({exc.strerror or exc}); "
+                               f"expected {expected}") from None
+        return
+    try:
+        connection = sqlite3.connect(f"file:{db}?mode=rw", uri=True, timeout=LOCK_WAIT_S)
+        try:
+            connection.execute("PRAGMA schema_version").fetchone()  # reads the header: 'not a database'
+            connection.execute("BEGIN IMMEDIATE")  # takes the write lock: 'locked', 'readonly'
+            connection.execute("ROLLBACK")
+            if connection.execute("PRAGMA quick_check(1)").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("database disk image is malformed")
+        finally:
+            connection.close()
+    except sqlite3.Error as exc:
+        reason = str(exc)
+        if "locked" in reason:
+            reason += f" for {LOCK_WAIT_S} s by another process"
+        raise MetaaugError(f"{where}: cannot use {db} ({reason}); expected {expected}") from None
+
+
+def _process_start(pid: int) -> str:
+    """The start time of process `pid` (clock ticks since boot), which tells a reused pid apart; '' if unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def process_tag() -> str:
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_process_start(pid)}"
+
+
+def _process_gone(tag: str) -> bool:
+    """Whether the process a PROCESS_TAG names has ended (on this host; another host's is never judged)."""
+    try:
+        host, pid, start = tag.rsplit(":", 2)
+        pid = int(pid)
+    except ValueError:
+        return False
+    if host != socket.gethostname():
+        return False
+    return not io._alive(pid) or (start != "" and _process_start(pid) not in ("", start))
+
+
+def fail_stale_runs(client, experiment_id: str, stage: str) -> list[str]:
+    """Mark FAILED the RUNNING runs of `stage` whose process is gone (killed, e.g. SIGKILL or power loss)."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{STAGE_TAG}` = '{stage}' and "
+                                                             "attributes.status = 'RUNNING'", max_results=1000)
+    stale = [r.info.run_id for r in runs if _process_gone(r.data.tags.get(PROCESS_TAG, ""))]
+    for run_id in stale:
+        client.set_terminated(run_id, "FAILED")
+    return stale
 
 
 @contextlib.contextmanager
@@ -78,19 +190,6 @@ def store_lock(uri: str) -> Iterator[None]:
     with open(Path(tempfile.gettempdir()) / f"metaaug-mlflow-{key}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
         yield
-
-
-def dir_digest(path: str | Path) -> str:
-    """SHA-256 over the relative names and bytes of every file under `path` (or of one file)."""
-    path = Path(path)
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    h = hashlib.sha256()
-    for f in files:
-        h.update(str(f.relative_to(path) if f != path else f.name).encode() + b"\0")
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def git(*args: str) -> str:
@@ -157,32 +256,73 @@ def find_run_by_digest(client, experiment_id: str, stage: str, digest: str) -> s
 
 @contextlib.contextmanager
 def stage_run(stage: str, params: dict, experiment: str, upstream: dict[str, Path] | None = None,
-              output: Path | None = None) -> Iterator:
+              output: Path | None = None, files: dict[Path, str] | None = None) -> Iterator:
     """An MLflow run for one stage execution.
 
     `upstream` maps an upstream stage name to the output it read; its run id is
     recorded as tag `upstream.<stage>`. `output` is this stage's output
-    directory; its digest is tagged when the stage succeeds.
+    directory; its digest is tagged when the stage succeeds. `files` (path -> kind) are the
+    stage's output files. Before anything else, every output is checked to be one metaaug may
+    write (see io.check_outputs), apart from the inputs; then the store is probed, and the
+    RUNNING runs of this stage whose process is gone are marked FAILED.
     """
     if not experiment.strip():  # MLflow would stop with a traceback
         raise MetaaugError("params.yaml: tracking.experiment is empty; expected an MLflow experiment name")
+    if output is not None or files:  # before anything is computed: the outputs may be written there
+        io.check_outputs([(output, stage)], (upstream or {}).values(), files=(files or {}).items())
     uri = tracking_uri()
     check_reachable(uri)  # before importing mlflow, which takes seconds
-    mlflow = _import_mlflow()
-    mlflow.set_tracking_uri(uri)
-    with store_lock(uri):
-        exp = mlflow.set_experiment(experiment)
-    client = mlflow.MlflowClient()
-    tags = {STAGE_TAG: stage, **git_info()}
-    tags[PIPELINE_TAG] = pipeline_id(tags["git.commit"])
-    for name, path in (upstream or {}).items():
-        run_id = find_run_by_digest(client, exp.experiment_id, name, dir_digest(path))
-        tags[f"upstream.{name}"] = run_id or "unknown"
-    with mlflow.start_run(run_name=stage, tags=tags) as run:
-        mlflow.log_params(as_params(params))
+    check_store(uri)
+    with mlflow_errors(uri, experiment, setup=True):
+        mlflow = _import_mlflow()
+        mlflow.set_tracking_uri(uri)
+        with store_lock(uri):
+            exp = mlflow.set_experiment(experiment)
+        client = mlflow.MlflowClient()
+        fail_stale_runs(client, exp.experiment_id, stage)
+        tags = {STAGE_TAG: stage, PROCESS_TAG: process_tag(), **git_info()}
+        tags[PIPELINE_TAG] = pipeline_id(tags["git.commit"])
+        for name, path in (upstream or {}).items():
+            run_id = find_run_by_digest(client, exp.experiment_id, name, dir_digest(path))
+            tags[f"upstream.{name}"] = run_id or "unknown"
+        run = mlflow.start_run(run_name=stage, tags=tags)
+        try:
+            mlflow.log_params(as_params(params))
+        except BaseException:
+            mlflow.end_run("FAILED")
+            raise
+    with mlflow_errors(uri, experiment), run:
         yield run
         if output is not None:
             mlflow.set_tag(DIGEST_TAG, dir_digest(output))
+
+
+MLFLOW_MODULES = ("mlflow", "sqlalchemy", "requests", "urllib3", "alembic", "sqlite3")
+
+
+@contextlib.contextmanager
+def mlflow_errors(uri: str, experiment: str, setup: bool = False) -> Iterator[None]:
+    """Any failure raised by MLflow or the libraries under it becomes one line naming the store and experiment
+    (an unknown URI scheme, a deleted experiment, a rejected name, a store that went away; in `setup`, also a
+    missing database driver); the stage's own errors pass through."""
+    try:
+        yield
+    except Exception as exc:
+        module = type(exc).__module__.split(".")[0]
+        ours = module in MLFLOW_MODULES or setup and isinstance(exc, ImportError)
+        if isinstance(exc, MetaaugError) or not ours:
+            raise
+        raise MetaaugError(f"MLflow store {uri}, experiment {experiment[:80]!r}: {_first_line(exc)}; expected "
+                           "a working MLflow tracking store (check MLFLOW_TRACKING_URI and tracking.experiment)"
+                           ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    """The gist of an exception: its type and first non-empty message line, shortened."""
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    message = getattr(exc, "message", None) if not text else None
+    text = (text or str(message or "")).replace("; expected", ", expected")
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
 
 def splits_experiment(experiment: str) -> str:
@@ -296,8 +436,9 @@ def describe_evaluate_run(run, verdict: str) -> None:
 # The active stage run's logging: the stages call these, never mlflow itself.
 
 def log_metrics(metrics: dict, step: int | None = None) -> None:
-    """The numeric leaves of a (nested) dict as metrics of the active run."""
-    _import_mlflow().log_metrics(as_metrics(metrics), step=step)
+    """The numeric leaves of a (nested) dict as metrics of the active run, each key made one MLflow accepts
+    (class names go into keys: see metric_key)."""
+    _import_mlflow().log_metrics({metric_key(k): v for k, v in as_metrics(metrics).items()}, step=step)
 
 
 def set_tags(tags: dict[str, str]) -> None:

@@ -8,6 +8,7 @@ file checks the contract a user meets, one parametrised case per row of README's
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -212,7 +213,8 @@ def test_bad_data_stops_prepare_in_one_line(row, tmp_path, capsys):
 def test_mixed_channel_counts_are_promoted_to_rgb(tmp_path, capsys):
     """Not an error: one colour image in a gray folder turns the whole set RGB (gray replicated)."""
     rgb = png(np.full((6, 6, 3), 90, np.uint8))
-    images = {cls: {f"{i}.png": GRAY for i in range(3)} for cls in "abcd"}
+    images = {cls: {f"{i}.png": png(np.full((6, 6), 10 * i + 40 * c, np.uint8)) for i in range(3)}
+              for c, cls in enumerate("abcd")}  # distinct images: one image under two classes would be a leak
     images["d"]["colour.png"] = rgb
     params = {**folder_source(tmp_path / "imgs", images), "tasks.target_classes": ["c", "d"], "tasks.shots": 1,
               "tasks.splits": 1}
@@ -313,3 +315,382 @@ def test_silent_tracking_server_times_out_in_seconds(tmp_path, capsys, monkeypat
     assert_one_line_error(code, err, uri, "timed out")
     assert seconds < 10, seconds
     assert_nothing_written(tmp_path / "out")
+
+
+# --- outputs: only ever replaced where metaaug wrote them --------------------------------------------------------
+#
+# Every row: exit 2, one `error:` line, and the whole project tree (user files, inputs, previous outputs, hidden
+# entries) byte for byte as it was, with no temp left. The project is a real tiny pipeline run through the CLI.
+
+
+def tree(root) -> dict:
+    """Every entry under `root` (hidden ones too) -> its bytes, '<dir>', or '-> target' for a link; the MLflow
+    store is left out (a refused stage may still have recorded a failed run)."""
+    found = {}
+    for here, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(here, name)
+            rel = os.path.relpath(path, root)
+            if rel.split(os.sep)[0] in ("mlflow.db", "mlruns"):
+                continue
+            if os.path.islink(path):
+                found[rel] = "-> " + os.readlink(path)
+            elif os.path.isdir(path):
+                found[rel] = "<dir>"
+            else:
+                with open(path, "rb") as fh:
+                    found[rel] = fh.read()
+    return found
+
+
+def run_pipeline(project, params: dict, **outs) -> None:
+    """prepare -> evaluate through the CLI in `project` (default output paths unless given in `outs`)."""
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(project)
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+        for stage in ("prepare", "metatrain", "augment", "train", "evaluate"):
+            args = [f"--{k}={v}" for k, v in outs.get(stage, {}).items()]
+            with pytest.raises(SystemExit) as exit:
+                main([stage, *args])
+            assert exit.value.code == 0, stage
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A tiny project after a whole pipeline, plus `other/`: a prepared set of another shape (16x16 digits)
+    and `same_shape/`: one of the same shape from another seed."""
+    root = tmp_path_factory.mktemp("built")
+    run_pipeline(root, tiny_params())
+    other = tiny_params(**{"data.image_size": 16})
+    (root / "other.yaml").write_text(yaml.safe_dump(other))
+    (root / "same.yaml").write_text(yaml.safe_dump({**tiny_params(), "seed": 7}))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        for params, out in (("other.yaml", "other"), ("same.yaml", "same_shape")):
+            with pytest.raises(SystemExit) as exit:
+                main(["prepare", "--params", params, "--out", out])
+            assert exit.value.code == 0
+    return root
+
+
+@pytest.fixture
+def project(built, tmp_path, monkeypatch):
+    """A private copy of the built project, as the working directory, with a user's own folder and file."""
+    root = tmp_path / "project"
+    shutil.copytree(built, root, symlinks=True)
+    (root / "mydata").mkdir()
+    (root / "mydata" / "keep.txt").write_text("the user's own file\n")
+    (root / "notes.txt").write_text("a user's file\n")
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    return root
+
+
+def refused(capsys, root, *args, names=()) -> str:
+    """Run the CLI; assert exit 2, one line naming `names`, and the project tree unchanged; return the line."""
+    before = tree(root)
+    code, err = cli(capsys, *args)
+    assert_one_line_error(code, err, *names)
+    assert tree(root) == before
+    return err.splitlines()[-1]
+
+
+OUTPUT_ROWS = {  # (stage and args, the names the line must hold): anything at an output path metaaug did not write
+    "non_metaaug_folder": (["prepare", "--out", "mydata"], ["mydata"]),
+    "file_where_folder_expected": (["prepare", "--out", "notes.txt"], ["notes.txt", "is a file"]),
+    "working_directory": (["prepare", "--out", "."], ["working directory"]),
+    "parent_of_working_directory": (["prepare", "--out", ".."], ["working directory"]),
+    "absolute_working_directory": (["metatrain", "--out", "{root}"], ["working directory"]),
+    "parent_of_inputs": (["metatrain", "--out", "data"], ["data"]),
+    "input_itself": (["metatrain", "--out", "data/prepared"], ["data/prepared", "output of `metaaug prepare`"]),
+    "inside_an_input": (["augment", "--out", "data/prepared/augmented"], ["lies inside"]),
+    "another_stage_output": (["augment", "--out", "models/policy"], ["models/policy"]),
+    "foreign_file_in_own_output": (["prepare"], ["data/prepared", "user.txt"]),
+    "parent_is_a_file": (["prepare", "--out", "notes.txt/prepared"], ["notes.txt", "is a file"]),
+    "symlink_to_folder": (["prepare", "--out", "link"], ["link", "symbolic link"]),
+    "plots_at_reports": (["evaluate", "--plots", "reports"], ["reports"]),
+    "plots_and_reports_one_path": (["evaluate", "--plots", "new", "--reports", "new"], ["new"]),
+    "metrics_at_params_file": (["evaluate", "--metrics", "params.yaml"], ["params.yaml"]),
+    "metrics_at_a_folder": (["evaluate", "--metrics", "mydata"], ["mydata", "is a folder"]),
+    "metrics_inside_an_output": (["evaluate", "--metrics", "models/policy/search.json"], ["lies inside"]),
+    "train_at_augmented": (["train", "--out", "data/augmented"], ["data/augmented"]),
+    "timing_at_a_user_file": (["metatrain", "--timing", "notes.txt"], ["notes.txt", "timing output"]),
+    "timing_inside_an_output": (["train", "--timing", "models/policy/train.json"], ["lies inside"]),
+}
+
+
+@pytest.mark.parametrize("row", OUTPUT_ROWS, ids=str)
+def test_output_path_metaaug_did_not_write_is_left_untouched(row, project, capsys):
+    args, names = OUTPUT_ROWS[row]
+    (project / "data" / "prepared" / "user.txt").write_text("mine\n") if row == "foreign_file_in_own_output" else None
+    (project / "link").symlink_to(project / "mydata") if row == "symlink_to_folder" else None
+    refused(capsys, project, *[a.format(root=project) for a in args], names=names)
+
+
+def test_own_outputs_are_replaced_legacy_and_empty_ones_too(project, capsys):
+    """The other side of the rule: metaaug's own output (with its marker), an output from before markers
+    (recognised by its layout), and an empty folder are written; the user's files beside them are not touched."""
+    from metaaug.io import MARKER
+
+    legacy = project / "legacy"
+    shutil.copytree(project / "data" / "prepared", legacy)
+    (legacy / MARKER).unlink()
+    (project / "empty").mkdir()
+    for out in ("data/prepared", "legacy", "empty"):
+        code, err = cli(capsys, "prepare", "--out", out)
+        assert code == 0, err
+        assert (project / out / MARKER).is_file()
+    assert (project / "mydata" / "keep.txt").read_text() == "the user's own file\n"
+    assert not [p for p in project.rglob(".*.tmp-*")]
+
+
+# --- sources compared by what they are -------------------------------------------------------------------
+
+
+def two_folders(root):
+    """Image folder with 6 classes of distinct random images."""
+    rng = np.random.default_rng(1)
+    return folder(root, {c: {f"{i}.png": png(rng.integers(0, 256, (6, 6), np.uint8)) for i in range(6)}
+                         for c in "abcdef"})
+
+
+@pytest.mark.parametrize("spelling", ["trailing_slash", "dot_slash", "symlink", "relative", "double_slash"])
+def test_same_source_spelled_differently_never_leaks_the_target(spelling, tmp_path, capsys, monkeypatch):
+    """A target named by another spelling of data.source is the same source: its classes are held out."""
+    monkeypatch.chdir(tmp_path)
+    root = two_folders(tmp_path / "imgs")
+    (tmp_path / "link").symlink_to(root)
+    target = {"trailing_slash": f"{root}/", "dot_slash": "./imgs", "symlink": str(tmp_path / "link"),
+              "relative": "imgs", "double_slash": str(root).replace("/imgs", "//imgs")}[spelling]
+    params = {"data.source": f"imagefolder:{root}", "tasks.target_source": f"imagefolder:{target}",
+              "tasks.target_classes": ["e", "f"], "tasks.shots": 2}
+    code, err = cli(capsys, "prepare", "--params", params_file(tmp_path, **params), "--out", tmp_path / "prepared")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "prepared" / "manifest.json").read_text())
+    assert manifest["meta"]["classes"] == ["a", "b", "c", "d"] and manifest["target"]["classes"] == ["e", "f"]
+
+
+def test_target_images_inside_meta_training_stop_prepare(tmp_path, capsys):
+    """The rule behind it: a copy of the source as the target (another path, same images) stops, by content."""
+    root = two_folders(tmp_path / "imgs")
+    shutil.copytree(root, tmp_path / "copy")
+    params = {"data.source": f"imagefolder:{root}", "tasks.target_source": f"imagefolder:{tmp_path / 'copy'}",
+              "tasks.target_classes": ["e", "f"], "tasks.shots": 2}
+    before = tree(tmp_path)
+    code, err = cli(capsys, "prepare", "--params", params_file(tmp_path, **params), "--out", tmp_path / "out")
+    assert_one_line_error(code, err, "12 of 12 target images", "disjoint")
+    assert {k: v for k, v in tree(tmp_path).items() if k != "params.yaml"} == \
+        {k: v for k, v in before.items() if k != "params.yaml"}
+
+
+# --- stage inputs checked against each other ----------------------------------------------------------------
+
+
+MISMATCH_ROWS = {  # a CLI stage given inputs that do not belong together: (args, names)
+    "evaluate_prepared_of_other_shape": (["evaluate", "--prepared", "other"],
+                                         ["models/downstream", "another prepare output than other"]),
+    "evaluate_prepared_of_same_shape": (["evaluate", "--prepared", "same_shape"],
+                                        ["models/downstream", "another prepare output than same_shape"]),
+    "train_augmented_of_other_prepared": (["train", "--prepared", "same_shape", "--out", "models/new"],
+                                          ["data/augmented", "another prepare output"]),
+    "evaluate_downstream_is_prepared": (["evaluate", "--downstream", "data/prepared"],
+                                        ["data/prepared", "output of `metaaug prepare`"]),
+    "train_prepared_is_policy": (["train", "--prepared", "models/policy", "--out", "models/new"],
+                                 ["models/policy", "output of `metaaug metatrain`"]),
+    "augment_prepared_is_augmented": (["augment", "--prepared", "data/augmented", "--out", "data/new"],
+                                      ["data/augmented", "output of `metaaug augment`"]),
+    "metatrain_prepared_missing": (["metatrain", "--prepared", "nowhere", "--out", "models/new"],
+                                   ["nowhere", "manifest.json missing"]),
+}
+
+
+@pytest.mark.parametrize("row", MISMATCH_ROWS, ids=str)
+def test_mismatched_stage_inputs_stop_in_one_line(row, project, capsys):
+    args, names = MISMATCH_ROWS[row]
+    refused(capsys, project, *args, names=names)
+
+
+@pytest.mark.parametrize("args, names", [
+    (["evaluate", "--prepared", "other"], ["models/downstream", "does not fit other"]),
+    (["train", "--prepared", "other", "--out", "models/new"], ["data/augmented", "does not fit other"]),
+], ids=["evaluate_legacy_downstream", "train_legacy_augmented"])
+def test_outputs_from_before_markers_are_checked_by_shape(args, names, project, capsys):
+    """Outputs written before markers recorded no input digests: their shapes are checked against the prepared set."""
+    from metaaug.io import MARKER
+
+    for out in ("models/downstream", "data/augmented"):
+        (project / out / MARKER).unlink()
+    refused(capsys, project, *args, names=names)
+
+
+# --- MLflow and its store ---------------------------------------------------------------------------------------
+
+
+class NotMlflow(__import__("http.server").server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"<html>hello</html>")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def not_mlflow():
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotMlflow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def deleted_experiment(root):
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    client.delete_experiment(client.create_experiment("gone"))
+    return None, {"tracking.experiment": "gone"}, ["gone", "deleted"]
+
+
+STORE_ROWS = {  # root -> (MLFLOW_TRACKING_URI or None for the project's store, param overrides, names)
+    "corrupt_sqlite": lambda r: ((r / "bad.db").write_bytes(b"not a database" * 99) and f"sqlite:///{r}/bad.db",
+                                 {}, ["bad.db", "not a database"]),
+    "sqlite_path_is_folder": lambda r: (f"sqlite:///{r}/mydata", {}, ["mydata", "is a folder"]),
+    "sqlite_unopenable_path": lambda r: ("sqlite:////proc/metaaug.db", {}, ["/proc"]),
+    "sqlite_not_a_file": lambda r: ("sqlite:////dev/null", {}, ["/dev/null"]),
+    "sqlite_folder_missing": lambda r: (f"sqlite:///{r}/nowhere/x.db", {}, ["nowhere"]),
+    "unsupported_scheme": lambda r: ("foo://bar", {}, ["foo://bar"]),
+    "missing_db_driver": lambda r: ("postgresql://user@localhost/db", {}, ["postgresql://", "psycopg"]),
+    "deleted_experiment": deleted_experiment,
+    "experiment_name_too_long": lambda r: (None, {"tracking.experiment": "x" * 600}, ["maximum length"]),
+}
+
+
+@pytest.mark.parametrize("row", STORE_ROWS, ids=str)
+def test_store_failures_stop_in_seconds_before_any_output(row, project, capsys, monkeypatch):
+    uri, overrides, names = STORE_ROWS[row](project)
+    if uri is not None:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    params = project / "p.yaml"
+    params.write_text(yaml.safe_dump(tiny_params(**overrides)))
+    start = time.monotonic()
+    refused(capsys, project, "prepare", "--params", params, names=names)
+    assert time.monotonic() - start < 20
+
+
+def test_locked_store_stops_in_seconds(project, capsys, monkeypatch):
+    import sqlite3
+
+    from metaaug import tracking
+
+    monkeypatch.setattr(tracking, "LOCK_WAIT_S", 1)
+    db = project / "locked.db"
+    holder = sqlite3.connect(db)
+    holder.execute("create table t(x)")
+    holder.commit()
+    holder.execute("BEGIN EXCLUSIVE")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    try:
+        line = refused(capsys, project, "prepare", names=["locked.db", "locked"])
+    finally:
+        holder.close()
+    assert "locked" in line
+
+
+def test_http_service_that_is_not_mlflow(project, capsys, monkeypatch, not_mlflow):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", not_mlflow)
+    refused(capsys, project, "prepare", names=[not_mlflow, "not as an MLflow tracking server"])
+
+
+def test_class_names_mlflow_rejects_as_metric_keys_are_logged(tmp_path, capsys):
+    """Not an error: class names become metric keys MLflow accepts (before, prepare failed after publishing),
+    and a `$` in one is drawn as it is in the sample grids (matplotlib's math parser would crash on it)."""
+    import mlflow
+
+    rng = np.random.default_rng(2)
+    names = ["a,b", "c+d", "e(f)", "g?h", "ü/..", "a$^$b", "x" * 250]
+    root = folder(tmp_path / "imgs", {n.replace("/", "|"): {f"{i}.png": png(rng.integers(0, 256, (6, 6), np.uint8))
+                                                               for i in range(6)} for n in names})
+    params = {"data.source": f"imagefolder:{root}", "tasks.target_classes": ["a,b", "c+d"], "tasks.shots": 2}
+    code, err = cli(capsys, "prepare", "--params", params_file(tmp_path, **params), "--out", tmp_path / "prepared")
+    assert code == 0, err
+    client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    run = client.search_runs([client.get_experiment_by_name("metaaug").experiment_id],
+                                            order_by=["attributes.start_time DESC"], max_results=1)[0]
+    assert run.info.status == "FINISHED"
+    assert len([k for k in run.data.metrics if ".count." in k]) == len(names)
+
+
+def test_killed_stage_run_is_marked_failed_by_the_next_run(project):
+    """A SIGKILLed stage cannot end its MLflow run; the next run of that stage marks it FAILED (its process,
+    recorded in tag metaaug.process, is gone)."""
+    import mlflow
+
+    from metaaug.io import KILL_ENV
+
+    env = {**os.environ, KILL_ENV: "again"}
+    killed = subprocess.run([sys.executable, "-m", "metaaug", "prepare", "--out", "again"], cwd=project, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr
+    done = subprocess.run([sys.executable, "-m", "metaaug", "prepare", "--out", "again"], cwd=project,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("metaaug").experiment_id],
+                              "tags.`metaaug.stage` = 'prepare'", order_by=["attributes.start_time DESC"])
+    assert [r.info.status for r in runs[:2]] == ["FINISHED", "FAILED"]
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+
+
+# --- the file system ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mount a small tmpfs (needs root, e.g. in a container); yields (path, remount(options))."""
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    remount = lambda options: subprocess.run(["mount", "-o", f"remount,{options}", str(mount)], check=True)  # noqa
+    yield mount, remount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_disk_leaves_previous_output_and_no_temp(project, tmpfs, capsys):
+    mount, _ = tmpfs
+    shutil.copytree(project / "data" / "prepared", mount / "prepared")
+    filler = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT)  # fill the disk, then free 32 KiB: less
+    try:                                                            # than prepare writes
+        while os.write(filler, b"\0" * 4096):
+            pass
+    except OSError:
+        pass
+    os.close(filler)
+    os.truncate(mount / "filler", (mount / "filler").stat().st_size - 32 * 1024)
+    before = tree(mount)
+    code, err = cli(capsys, "prepare", "--out", mount / "prepared")
+    assert_one_line_error(code, err, str(mount / "prepared"), "free space")
+    assert tree(mount) == before
+
+
+def test_read_only_file_system_leaves_previous_output(project, tmpfs, capsys):
+    mount, remount = tmpfs
+    shutil.copytree(project / "data" / "prepared", mount / "prepared")
+    remount("ro")
+    before = tree(mount)
+    code, err = cli(capsys, "prepare", "--out", mount / "prepared")
+    assert_one_line_error(code, err, str(mount), "read-only file system")
+    assert tree(mount) == before
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into any folder")
+def test_unwritable_folder(project, capsys):
+    (project / "locked").mkdir(mode=0o555)
+    refused(capsys, project, "prepare", "--out", "locked/prepared", names=["locked", "not writable"])

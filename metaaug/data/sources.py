@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import io
 import math
+import os
 import pickle
 import re
 import struct
@@ -416,6 +417,26 @@ LOADERS: dict[str, Callable[[str, int | None], Loaded]] = {
     "cifar": _load_cifar,
     "npz": _load_npz,
 }
+
+
+def source_identity(spec: str) -> tuple:
+    """What a spec names, so that two spellings of one source compare equal: its kind and the file or folder
+    itself (device and inode, so `x`, `./x`, `x/`, `~/x`, an absolute path, a symbolic link, a hard link or a
+    bind mount of it are one source); the fully resolved path where it does not exist."""
+    kind, _, arg = str(spec).strip().partition(":")
+    if not arg:
+        return (kind, "")
+    path = Path(arg.strip()).expanduser()
+    try:
+        stat = path.stat()
+        return (kind, (stat.st_dev, stat.st_ino))
+    except OSError:
+        return (kind, os.path.realpath(path))
+
+
+def same_source(a: str | None, b: str | None) -> bool:
+    """Whether two specs name the same data (see source_identity)."""
+    return a is not None and b is not None and source_identity(a) == source_identity(b)
 
 
 def load_source(spec: str, image_size: int | None = None, folder_classes: Sequence[str] | None = None) -> Dataset:

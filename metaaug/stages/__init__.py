@@ -8,6 +8,7 @@ input is one `error:` line and exit code 2, never a traceback.
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from pathlib import Path
@@ -33,16 +34,35 @@ def pipeline_facts(manifest: dict) -> dict:
             "meta.source": manifest["meta"]["source"]}
 
 
+EXPECTED = {errno.ENOSPC: "free space on that disk", errno.EDQUOT: "free space in this user's disk quota",
+            errno.EROFS: "a writable file system", errno.EACCES: "a path this user may read and write",
+            errno.EPERM: "a path this user may read and write", errno.ENOTDIR: "a folder at every level of that path",
+            errno.ENOENT: "an existing path", errno.EISDIR: "a file there, not a folder",
+            errno.EEXIST: "no other file at that path", errno.ENAMETOOLONG: "a shorter path"}
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for a file-system failure: the path (both, for a rename), the system's reason, what is expected."""
+    where = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    expected = EXPECTED.get(exc.errno, "a path this user can read and write, on a disk with free space")
+    return f"{where}: {reason}; expected {expected}" if where is not None else f"{reason}; expected {expected}"
+
+
 def one_line_errors(fn):
-    """Turn MetaaugError into `error: <message>` on stderr and exit code 2."""
+    """Turn MetaaugError and file-system errors (OSError) into `error: <message>` on stderr and exit code 2
+    (both for `metaaug <stage>` and for `python stages/<stage>.py`)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except MetaaugError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
+            message = str(exc)
+        except OSError as exc:
+            message = os_error_line(exc)
+        typer.echo("error: " + message.replace("\r", " ").replace("\n", " "), err=True)
+        raise typer.Exit(2) from None
 
     return wrapper
 

@@ -39,7 +39,7 @@ def run(params: Params, prepared_dir: Path, policy_dir: Path, out: Path) -> None
                             for _ in progress(range(copies), desc="augment copies")])
         seconds = time.perf_counter() - start
         images = (bank * 255).round_().to(torch.uint8).permute(0, 1, 3, 4, 2).cpu().numpy()
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out, "augment", upstream) as tmp:
             np.save(tmp / "images.npy", images, allow_pickle=False)
             np.save(tmp / "index.npy", pool, allow_pickle=False)
             digest = tracking.dir_digest(tmp / "images.npy")

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import typer
 
-from metaaug import tracking
+from metaaug import io, tracking
 from metaaug.config import Params, load_params
 from metaaug.io import atomic_dir, read_json, write_json
 from metaaug.models import build_model
@@ -44,6 +44,7 @@ def test_accuracies(prepared: Prepared, downstream_dir: Path, arms: list[str]) -
 
 def run(params: Params, prepared_dir: Path, downstream_dir: Path, metrics_path: Path, plots_dir: Path,
         policy_dir: Path | None = None, reports_dir: Path | None = None) -> dict:
+    io.verify_input(downstream_dir, "train", {"prepare": prepared_dir})
     prepared = load_prepared(prepared_dir)
     results = read_json(downstream_dir / "results.json")
     arms = list(results["arms"])
@@ -53,18 +54,20 @@ def run(params: Params, prepared_dir: Path, downstream_dir: Path, metrics_path: 
         upstream["metatrain"] = policy_dir
         search = read_json(policy_dir / "search.json")
         baseline = read_policy(policy_dir / "policy.json")[1].get("baseline_point")
+    io.check_outputs([(reports_dir, "evaluate.reports"), (plots_dir, "evaluate.plots")],
+                     [*upstream.values(), policy_dir], files=[(metrics_path, "evaluate.metrics")])
     with tracking.stage_run("evaluate", {"evaluate.arms": arms}, params.tracking.experiment, upstream) as run_:
         tracking.name_run("evaluate", pipeline_facts(prepared.manifest))
         accuracy, confusion = test_accuracies(prepared, downstream_dir, arms)
         metrics = compare(accuracy)
         summary = verdict(metrics, baseline, search)
         if reports_dir is not None:  # first: it reads the policy, so bad input stops before any output is replaced
-            with atomic_dir(reports_dir) as tmp:
+            with atomic_dir(reports_dir, "evaluate.reports", upstream) as tmp:
                 write_report(tmp, metrics, summary, accuracy, results, confusion, prepared, policy_dir, baseline,
                              search)
-        with atomic_dir(plots_dir) as tmp:
+        with atomic_dir(plots_dir, "evaluate.plots", upstream) as tmp:
             write_dvc_plots(tmp, accuracy, results, confusion, prepared.manifest["target"]["classes"])
-        write_json(metrics_path, headline(metrics))
+        write_json(metrics_path, headline(metrics), kind="evaluate.metrics")
         tracking.log_metrics(metrics)
         tracking.log_artifacts(metrics_path)
         tracking.log_artifacts(plots_dir, "plots")

@@ -27,6 +27,8 @@ from metaaug.tasks import load_prepared
 from metaaug.timing import write_timing
 from metaaug.training import RECIPE, set_threads
 
+TIMING_KIND = "metatrain.timing"
+
 
 def checkpoint_path(out: Path, params: Params, prepared_dir: Path) -> Path:
     """Beside the output (which is replaced atomically), keyed by everything that determines the search."""
@@ -44,7 +46,7 @@ def run(params: Params, prepared_dir: Path, out: Path, timing: Path | None = Non
     train_idx = np.flatnonzero(~np.asarray(prepared.meta_is_val))
     logged = {"metatrain": cfg.model_dump(), "seed": params.seed, "tasks.shots": params.tasks.shots}
     with tracking.stage_run("metatrain", logged, params.tracking.experiment, {"prepare": prepared_dir},
-                            output=out):
+                            output=out, files={timing: TIMING_KIND}):
         tracking.name_run("metatrain", pipeline_facts(prepared.manifest))
         start = time.perf_counter()
         tasks = sample_tasks(np.asarray(prepared.meta_images)[train_idx], np.asarray(prepared.meta_labels)[train_idx],
@@ -55,7 +57,7 @@ def run(params: Params, prepared_dir: Path, out: Path, timing: Path | None = Non
         seconds = time.perf_counter() - start
         policy = space.policy(np.array(state.best))
         baseline = state.finalists[0]["baseline"] if state.finalists else None  # a fixed baseline's point?
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out, "metatrain", {"prepare": prepared_dir}) as tmp:
             provenance = {"method": cfg.method, "meta_source": prepared.manifest["meta"]["source"],
                           "meta_classes": prepared.manifest["meta"]["classes"], "trainings": state.trainings,
                           "baseline_point": baseline}
@@ -70,7 +72,7 @@ def run(params: Params, prepared_dir: Path, out: Path, timing: Path | None = Non
         workers = cfg.workers or os.cpu_count() or 1
         tracking.log_metrics({"search.seconds": seconds, "search.proxy_seconds": state.seconds,
                               "search.workers": workers, "search.trainings": state.trainings})
-        write_timing(timing, search_seconds=seconds, proxy_seconds=state.seconds, workers=workers)
+        write_timing(timing, TIMING_KIND, search_seconds=seconds, proxy_seconds=state.seconds, workers=workers)
         log_chosen_policy(policy, baseline)
         log_evidence(state.finalists)
         tracking.log_artifacts(out, "policy")

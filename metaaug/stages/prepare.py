@@ -17,7 +17,7 @@ from metaaug.tasks import load_prepared, prepare
 def run(params: Params, out: Path) -> None:
     logged = {"seed": params.seed, "data": params.data.model_dump(), "tasks": params.tasks.model_dump()}
     with tracking.stage_run("prepare", logged, params.tracking.experiment, output=out) as run_:
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out, "prepare") as tmp:
             manifest = prepare(params.data, params.tasks, params.seed, tmp)
         tracking.name_run("prepare", pipeline_facts(manifest))
         prepared = load_prepared(out)

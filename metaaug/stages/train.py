@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import typer
 
-from metaaug import distributed, tracking
+from metaaug import distributed, io, tracking
 from metaaug.arms import arm_augmenter
 from metaaug.config import Params, load_params
 from metaaug.io import atomic_dir, write_json
@@ -24,6 +24,8 @@ from metaaug.stages import AUGMENTED, DOWNSTREAM, PARAMS, POLICY, PREPARED, pipe
 from metaaug.tasks import load_prepared
 from metaaug.timing import write_timing
 from metaaug.training import pick_device, set_threads, to_device, to_tensor, train_learner
+
+TIMING_KIND = "train.timing"
 
 
 def run(params: Params, prepared_dir: Path, out: Path, policy_dir: Path | None = None,
@@ -39,6 +41,7 @@ def run(params: Params, prepared_dir: Path, out: Path, policy_dir: Path | None =
         upstream["metatrain"] = policy_dir
         if cfg.learned_source == "augmented":
             upstream["augment"] = augmented_dir
+            io.verify_input(augmented_dir, "augment", {"prepare": prepared_dir})
     with distributed.world(cfg.distributed, pick_device(cfg.device)) as world:
         x_all, y_all = to_device(x_all, world.device), to_device(y_all, world.device)
         augmenters = {arm: arm_augmenter(arm, channels, cfg.learned_source, policy_dir, augmented_dir)
@@ -55,7 +58,8 @@ def run(params: Params, prepared_dir: Path, out: Path, policy_dir: Path | None =
 
         jobs = [(arm, i) for arm in cfg.arms for i in range(len(splits))]
         logged = {"train": cfg.model_dump(), "train.ranks": world.size, "tasks.shots": params.tasks.shots}
-        stage = (tracking.stage_run("train", logged, params.tracking.experiment, upstream, output=out)
+        stage = (tracking.stage_run("train", logged, params.tracking.experiment, upstream, output=out,
+                                    files={timing: TIMING_KIND})
                  if world.is_main else contextlib.nullcontext())
         with stage as run_:
             if world.is_main:
@@ -64,15 +68,16 @@ def run(params: Params, prepared_dir: Path, out: Path, policy_dir: Path | None =
             done = world.collect([train_one(job) for job in progress(mine, desc="train", total=len(mine))], len(jobs))
             if world.is_main:
                 model = {"in_channels": channels, "image_size": size, "n_classes": n_classes, "width": cfg.width}
-                write_downstream(out, run_.info.run_id, model, jobs, done, splits)
-                write_timing(timing, run_seconds=float(np.median([r["seconds"] for r in done])))
+                write_downstream(out, run_.info.run_id, model, jobs, done, splits, upstream)
+                write_timing(timing, TIMING_KIND, run_seconds=float(np.median([r["seconds"] for r in done])))
 
 
 def write_downstream(out: Path, run_id: str, model: dict, jobs: list[tuple[str, int]], done: list[dict],
-                     splits: list[dict]) -> None:
-    """models/downstream/ (one state-dict list per arm, results.json) and one MLflow run per job (arm x split)."""
+                     splits: list[dict], inputs: dict[str, Path] | None = None) -> None:
+    """models/downstream/ (one state-dict list per arm, results.json; its marker records the digests of
+    `inputs`) and one MLflow run per job (arm x split)."""
     results = {"model": model, "arms": {}}
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "train", inputs) as tmp:
         for arm in dict.fromkeys(arm for arm, _ in jobs):
             runs = [(i, r) for (a, i), r in zip(jobs, done) if a == arm]
             torch.save([r["state"] for _, r in runs], tmp / f"{arm}.pt")
