@@ -3,7 +3,7 @@
 `none` trains on the clean images; the fixed baselines and the learned policy
 sample their policy on the fly (metaaug.policies.sample_apply); the learned arm,
 by default, draws instead from the versioned bank the augment stage wrote
-(`data/augmented/`, memory-mapped: metaaug.bank), so that what it trained on is exactly the
+(`data/augmented/`, read row by row: metaaug.bank), so that what it trained on is exactly the
 stored dataset.
 The train stage and the report's sample figure use the same augmenters.
 """
@@ -34,7 +34,7 @@ def arm_augmenter(arm: str, channels: int, learned_source: str, policy_dir: Path
 
 
 def load_bank(augmented_dir: Path) -> tuple[Bank, dict[int, int]]:
-    """data/augmented/ memory-mapped (metaaug.bank.Bank) and target index -> row."""
+    """data/augmented/ (metaaug.bank.Bank: rows read on demand) and target index -> row."""
     bank = Bank(augmented_dir)
     index = {int(j): r for r, j in enumerate(np.load(augmented_dir / "index.npy"))}
     return bank, index

@@ -5,15 +5,14 @@ The augment stage stores K augmented copies of the N target training-pool images
 :func:`metaaug.policies.sample_apply` call per copy, in the same generator order, as the
 all-in-memory path it replaces, so the file is byte-identical) and appends its bytes to the file
 behind an `np.save` header, hashing them as they go: memory holds one copy of the pool, never K.
-:class:`Bank` reads it memory-mapped; only the rows a training draws become float, and the
-pages it read are handed back after each draw, so a training's resident memory does not grow
-with the bank either.
+:class:`Bank` reads back only the rows a training draws (one positioned read each) and makes
+only those float, so a training's resident memory does not grow with the bank either.
 """
 
 from __future__ import annotations
 
 import hashlib
-import mmap
+import os
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -67,31 +66,44 @@ def write_bank(path: Path, policy: Policy, x: torch.Tensor, copies: int, gen: to
 
 
 class Bank:
-    """A written bank, memory-mapped: `rows(k, j)` gathers copy k[i] of pool image j[i] as float (M, C, H, W)."""
+    """A written bank on disk: `rows(k, j)` reads copy k[i] of pool image j[i] as float (M, C, H, W).
+
+    Rows are read with one positioned read each (os.preadv), not through a memory map: a mapped
+    file's pages count as resident memory, and the kernel maps neighbouring pages with every page
+    a row touches, so a random draw of a few thousand rows would map hundreds of MiB.
+    """
 
     def __init__(self, augmented_dir: Path):
-        path = Path(augmented_dir) / IMAGES
+        self.path = path = Path(augmented_dir) / IMAGES
         if not path.exists():
             raise MetaaugError(f"{augmented_dir}: no augmented dataset ({IMAGES} missing); expected the output of "
                                "`metaaug augment`, or train.learned_source: on_the_fly")
         try:
-            self.images = np.load(path, mmap_mode="r", allow_pickle=False)
+            mapped = np.load(path, mmap_mode="r", allow_pickle=False)  # parses the header, checks the size
         except ValueError as err:
             raise MetaaugError(f"{path}: not a readable .npy ({err}); expected the output of `metaaug augment`") \
                 from None
-        if self.images.dtype != np.uint8 or self.images.ndim != 5:
-            raise MetaaugError(f"{path}: a {self.images.dtype} array of shape {self.images.shape}; expected uint8 "
+        if mapped.dtype != np.uint8 or mapped.ndim != 5:
+            raise MetaaugError(f"{path}: a {mapped.dtype} array of shape {mapped.shape}; expected uint8 "
                                "(copies, images, H, W, C), the output of `metaaug augment`")
-        self.copies = self.images.shape[0]
+        self.shape, self.offset = mapped.shape, mapped.offset
+        del mapped
+        self.copies = self.shape[0]
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def __del__(self):
+        if getattr(self, "fd", None) is not None:
+            os.close(self.fd)
+            self.fd = None
 
     def rows(self, k: np.ndarray, j: np.ndarray) -> torch.Tensor:
         """Float (M, C, H, W) in [0, 1] of copies k of pool rows j (the same values a float bank would hold)."""
-        picked = np.asarray(self.images[k, j])  # a copy in memory: only these rows' pages are read
-        self.release()
-        return torch.from_numpy(picked).permute(0, 3, 1, 2).float().div_(255.0)
-
-    def release(self) -> None:
-        """Unmap the pages read so far (they stay in the page cache), so resident memory stays small."""
-        mapped = getattr(self.images, "_mmap", None)
-        if mapped is not None and hasattr(mapped, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-            mapped.madvise(mmap.MADV_DONTNEED)
+        row = int(np.prod(self.shape[2:]))
+        flat = np.asarray(k, dtype=np.int64) * self.shape[1] + np.asarray(j, dtype=np.int64)
+        out = np.empty((len(flat), *self.shape[2:]), dtype=np.uint8)
+        view = memoryview(out.reshape(-1))
+        for i, r in enumerate(flat.tolist()):
+            if os.preadv(self.fd, [view[i * row:(i + 1) * row]], self.offset + r * row) != row:
+                raise MetaaugError(f"{self.path}: ends before row {r}; expected the complete output of "
+                                   "`metaaug augment` (rerun it)")
+        return torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255.0)
