@@ -1,7 +1,7 @@
 """What one downstream training costs per learner (`train.model`) at 8, 28 and 32 px on this machine.
 
 One 150-epoch training (the default recipe: 5 classes x 5 shots = 25 images, batch 25, width 32,
-no augmentation) of each learner at each size, with the thread rule the train stage applies
+no augmentation) of each learner at each size, after an untimed 3-epoch warm-up, with the thread rule the train stage applies
 (training.set_threads: one thread below 32 px, torch's default from 32 px), `--repeats` times;
 the median wall time per run. Images are the digits, resized with cv2 (gray). Also prints which
 learner `auto` picks at each size.
@@ -50,6 +50,7 @@ def main() -> None:
             torch.set_num_threads(default_threads)
             set_threads(size)
             cfg = TrainConfig(model=model)
+            train_learner(x, y, 5, cfg.model_copy(update={"epochs": 3}), seed=0)  # warm-up, untimed
             times = []
             for r in range(args.repeats):
                 start = time.perf_counter()
