@@ -71,7 +71,7 @@ class TasksConfig(Section):
 
     @model_validator(mode="after")
     def _full_protocol(self) -> "TasksConfig":
-        if self.protocol == "full" and self.target_source not in (None,):
+        if self.protocol == "full" and self.target_source is not None:
             raise PydanticCustomError("conflict", f"tasks.target_source = {self.target_source!r}, but tasks.protocol "
                                       "= 'full' meta-trains on the target's own training split; expected null "
                                       "(the target is data.source)")
