@@ -3,7 +3,8 @@
 `none` trains on the clean images; the fixed baselines and the learned policy
 sample their policy on the fly (metaaug.policies.sample_apply); the learned arm,
 by default, draws instead from the versioned bank the augment stage wrote
-(`data/augmented/`), so that what it trained on is exactly the stored dataset.
+(`data/augmented/`, read row by row: metaaug.bank), so that what it trained on is exactly the
+stored dataset.
 The train stage and the report's sample figure use the same augmenters.
 """
 
@@ -15,9 +16,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from metaaug.errors import MetaaugError
+from metaaug.bank import Bank
 from metaaug.policies import fixed_policy, load_policy, sample_apply
-from metaaug.training import Augment, to_tensor
+from metaaug.training import Augment
 
 
 def arm_augmenter(arm: str, channels: int, learned_source: str, policy_dir: Path | None,
@@ -32,28 +33,24 @@ def arm_augmenter(arm: str, channels: int, learned_source: str, policy_dir: Path
     return lambda support: (lambda x, gen: sample_apply(policy, x, gen))
 
 
-def load_bank(augmented_dir: Path) -> tuple[torch.Tensor, dict[int, int]]:
-    """data/augmented/ as a (K, N, C, H, W) float tensor and target index -> row."""
-    if not (augmented_dir / "images.npy").exists():
-        raise MetaaugError(f"{augmented_dir}: no augmented dataset (images.npy missing); expected the output of "
-                           "`metaaug augment`, or train.learned_source: on_the_fly")
-    images = np.load(augmented_dir / "images.npy")
-    k, n = images.shape[:2]
-    bank = to_tensor(images.reshape(k * n, *images.shape[2:]))
+def load_bank(augmented_dir: Path) -> tuple[Bank, dict[int, int]]:
+    """data/augmented/ (metaaug.bank.Bank: rows read on demand) and target index -> row."""
+    bank = Bank(augmented_dir)
     index = {int(j): r for r, j in enumerate(np.load(augmented_dir / "index.npy"))}
-    return bank.reshape(k, n, *bank.shape[1:]), index
+    return bank, index
 
 
-def bank_augment(bank: torch.Tensor, index: dict[int, int], support: np.ndarray) -> Augment:
+def bank_augment(bank: Bank, index: dict[int, int], support: np.ndarray) -> Augment:
     """Each epoch's copy of support image j is one of its K stored augmented copies, drawn at random.
 
     `train_learner` augments `x.repeat(n, ...)`, so batch row r is support image r % len(support).
+    Only the drawn rows are read from disk and converted to float.
     """
-    rows = torch.tensor([index[int(j)] for j in support])
+    rows = np.array([index[int(j)] for j in support], dtype=np.int64)
 
     def draw(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        which = rows.repeat(len(x) // len(rows))
-        k = torch.randint(0, bank.shape[0], (len(x),), generator=gen, device=gen.device).cpu()
-        return bank[k, which].to(x.device)
+        which = np.tile(rows, len(x) // len(rows))
+        k = torch.randint(0, bank.copies, (len(x),), generator=gen, device=gen.device).cpu().numpy()
+        return bank.rows(k, which).to(x.device)
 
     return draw

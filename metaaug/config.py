@@ -16,7 +16,8 @@ from typing import Annotated, Any, Literal, NamedTuple, get_args, get_origin
 
 import yaml
 from annotated_types import Ge, Le
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
+                      field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
 from metaaug.errors import MetaaugError
@@ -54,6 +55,11 @@ class DataConfig(Section):
 
 
 class TasksConfig(Section):
+    # few_shot: the target is held-out classes, trained on `splits` few-shot samples of `shots` images a class.
+    # full: the target is every class of data.source (or target_classes) with all of its labelled training
+    # images; metatrain samples its tasks from that training split alone (never the test split), and the
+    # arms are compared over `splits` (>= 3) paired seeds (metaaug/tasks.py, prepare_full).
+    protocol: Literal["few_shot", "full"] = "few_shot"
     # The target task's source; null means the same source as data.source, with held-out classes.
     target_source: str | None = None
     # Class names held out as the target task. null: the last half of the source's classes in natural
@@ -63,6 +69,17 @@ class TasksConfig(Section):
     splits: Annotated[int, Ge(1), Le(1000)] = 20  # target splits: shot sample + initialisation
     test_fraction: Annotated[float, Ge(0.05), Le(0.95)] = 0.5  # target images held out for testing
     meta_val_fraction: Annotated[float, Ge(0.05), Le(0.95)] = 0.3  # meta-train images kept for meta-validation
+
+    @model_validator(mode="after")
+    def _full_protocol(self) -> "TasksConfig":
+        if self.protocol == "full" and self.target_source is not None:
+            raise PydanticCustomError("conflict", f"tasks.target_source = {self.target_source!r}, but tasks.protocol "
+                                      "= 'full' meta-trains on the target's own training split; expected null "
+                                      "(the target is data.source)")
+        if self.protocol == "full" and self.splits < 3:
+            raise PydanticCustomError("conflict", f"tasks.splits = {self.splits} is too few for tasks.protocol = "
+                                      "'full' (its paired seeds); expected at least 3")
+        return self
 
 
 class TrainConfig(Section):
@@ -75,6 +92,8 @@ class TrainConfig(Section):
     momentum: Annotated[float, Ge(0.0), Le(0.999)] = 0.9
     weight_decay: Annotated[float, Ge(0.0), Le(1.0)] = 5e-4
     width: Annotated[int, Ge(4), Le(1024)] = 32  # channels of the first conv layer
+    # the learner: auto (small_cnn below 32 px, resnet from 32 px), small_cnn or resnet (metaaug/models.py)
+    model: Literal["auto", "small_cnn", "resnet"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # under torchrun: shard the arm x split runs over ranks, or one DDP learner over all ranks (README)
     distributed: Literal["none", "shard", "ddp"] = "none"
@@ -187,6 +206,8 @@ def describe_error(error: dict) -> str:
         return f"{key} = {value!r}; expected a finite number"
     if kind == "duplicate":
         return f"{key} lists an item twice; expected distinct items"
+    if kind == "conflict":  # keys that do not go together: the message names them
+        return error["msg"]
     if kind in ("unknown_item", "unavailable"):
         return f"{key} {error['msg']}" + ("" if "expected" in error["msg"] else f"; expected {expected(field)}")
     if any(isinstance(part, int) for part in error["loc"]):  # an item of a list

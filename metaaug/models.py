@@ -1,8 +1,10 @@
 """Downstream / task-learner networks, sized to the input.
 
-Small images (< 32 px) get a 3-block conv-BatchNorm CNN (DESIGN §5's reference
-learner, ~1 s per 150-epoch run on the digits); 32 px and up get a small
-ResNet, whose residual stages downsample to a few pixels before pooling.
+Two learners: a 3-block conv-BatchNorm CNN (`small_cnn`, DESIGN §5's reference
+learner, ~1 s per 150-epoch run on the digits) and a small ResNet (`resnet`),
+whose residual stages downsample to a few pixels before pooling. `train.model`
+chooses one; `auto` takes the small CNN below 32 px and the ResNet from 32 px
+(bench/model_cost.py measures what each costs).
 """
 
 from __future__ import annotations
@@ -65,7 +67,18 @@ class ResNet(nn.Module):
         return self.head(self.features(x))
 
 
-def build_model(in_channels: int, image_size: int, n_classes: int, width: int = 32) -> nn.Module:
-    """The learner for this input size: SmallCNN below 32 px, ResNet from 32 px."""
-    cls = SmallCNN if image_size < 32 else ResNet
-    return cls(in_channels, image_size, n_classes, width)
+MODELS = {"small_cnn": SmallCNN, "resnet": ResNet}
+
+
+def resolve_model(model: str, image_size: int) -> str:
+    """The learner `model` (train.model) names at this input size: `auto` is small_cnn below 32 px, else resnet."""
+    if model == "auto":
+        return "small_cnn" if image_size < 32 else "resnet"
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; expected auto or one of {list(MODELS)}")
+    return model
+
+
+def build_model(in_channels: int, image_size: int, n_classes: int, width: int = 32, model: str = "auto") -> nn.Module:
+    """The learner `model` (auto: SmallCNN below 32 px, ResNet from 32 px) for this input."""
+    return MODELS[resolve_model(model, image_size)](in_channels, image_size, n_classes, width)

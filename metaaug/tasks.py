@@ -140,6 +140,8 @@ def check_disjoint(meta_x: np.ndarray, target_x: np.ndarray, target_y: np.ndarra
 
 def prepare(data: DataConfig, tasks: TasksConfig, seed: int, out: Path) -> dict:
     """Load the sources, build meta-train and target tasks, write them into directory `out`."""
+    if tasks.protocol == "full":
+        return prepare_full(data, tasks, seed, out)
     meta_ds = load_source(data.source, data.image_size)
     same = tasks.target_source is None or same_source(tasks.target_source, data.source)
     # A separate target folder is decoded only for the target classes (fewer than 2: choose_classes says so).
@@ -165,6 +167,51 @@ def prepare(data: DataConfig, tasks: TasksConfig, seed: int, out: Path) -> dict:
     }
     save_arrays(out, meta_images=meta_x, meta_labels=meta_y, meta_is_val=meta_is_val,
                 target_images=target_x, target_labels=target_y)
+    write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def prepare_full(data: DataConfig, tasks: TasksConfig, seed: int, out: Path) -> dict:
+    """`tasks.protocol: full`: the target is every class of data.source (or tasks.target_classes) with all
+    of its labelled training images, and a held-out test split.
+
+    The meta-train arrays are the target's training split (a per-class meta-validation hold-out inside
+    it) and nothing else: test images never reach metatrain. Each of the `splits` splits trains on
+    the whole training split; split i fixes the learner's initialisation and data order (seed i), so
+    the arms are compared by paired differences over the seeds. Same manifest layout as few-shot.
+    """
+    ds = load_source(data.source, data.image_size)
+    names = list(ds.classes) if tasks.target_classes is None else [str(c) for c in tasks.target_classes]
+    unknown = [c for c in names if c not in ds.classes]
+    if unknown:
+        raise MetaaugError(f"params.yaml: tasks.target_classes names {unknown[0]!r}, which {ds.source} does not "
+                           f"have; expected classes from {list(ds.classes)} (or null: every class)")
+    if len(names) < 2:
+        raise MetaaugError(f"params.yaml: tasks.target_classes has {len(names)} class; expected at least 2")
+    x, y = subset(ds, names)
+    rng = np.random.default_rng(seed)
+    is_test = split_per_class(y, tasks.test_fraction, rng)
+    pool = np.flatnonzero(~is_test)
+    for c, name in enumerate(names):
+        have = int(np.sum(y[pool] == c))
+        if have < tasks.shots + 2:  # metatrain: a task needs shots + a query image; the hold-out needs one
+            raise MetaaugError(f"params.yaml: tasks.shots = {tasks.shots} but class {name!r} has only {have} "
+                               "training images after the test hold-out; expected at least shots + 2")
+    meta_x, meta_y = x[pool], y[pool]
+    meta_is_val = split_per_class(meta_y, tasks.meta_val_fraction, rng)
+    counts = np.bincount(y, minlength=len(names)).tolist()
+    manifest = {
+        "protocol": "full",
+        "meta": {"source": ds.source, "classes": names, "shape": list(meta_x.shape[1:]),
+                 "counts": np.bincount(meta_y, minlength=len(names)).tolist(), "val_count": int(meta_is_val.sum()),
+                 "target_rows": pool.tolist()},  # meta image r is target image target_rows[r]
+        "target": {"source": ds.source, "classes": names, "shape": list(x.shape[1:]), "counts": counts,
+                   "shots": None},
+        "test": np.flatnonzero(is_test).tolist(),
+        "splits": [{"support": pool.tolist(), "seed": i} for i in range(tasks.splits)],
+    }
+    save_arrays(out, meta_images=meta_x, meta_labels=meta_y, meta_is_val=meta_is_val,
+                target_images=x, target_labels=y)
     write_json(out / "manifest.json", manifest)
     return manifest
 

@@ -24,7 +24,7 @@ from metaaug.models import build_model
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 AUGMENT_CHUNK = 4096  # images augmented per batched call
 # The fields of params.train a training reads (the rest say which arms to train, and where)
-RECIPE = {"epochs", "batch_size", "lr", "momentum", "weight_decay", "width"}
+RECIPE = {"epochs", "batch_size", "lr", "momentum", "weight_decay", "width", "model"}
 
 
 def set_threads(image_size: int) -> None:
@@ -95,7 +95,8 @@ def train_population(xs: list[torch.Tensor], ys: list[torch.Tensor], n_classes: 
     members = []
     for seed in seeds:
         torch.manual_seed(seed)
-        members.append(build_model(xs[0].shape[1], xs[0].shape[-1], n_classes, settings.width).to(device))
+        members.append(build_model(xs[0].shape[1], xs[0].shape[-1], n_classes, settings.width,
+                                   settings.model).to(device))
     model = net = (members[0] if size == 1 else population.group(members)).to(memory_format=torch.channels_last)
     if ddp:
         model, net = distributed.data_parallel(model, device)

@@ -1,5 +1,8 @@
 """Stage `augment`: K augmented copies of every target training-pool image, a versioned dataset
-(`data/augmented/`: `images.npy`, `index.npy`, `manifest.json` with SHA-256 digests)."""
+(`data/augmented/`: `images.npy`, `index.npy`, `manifest.json` with SHA-256 digests).
+
+The bank is written one copy at a time straight to disk (metaaug.bank), so memory holds one copy
+of the pool, not all of them."""
 
 from __future__ import annotations
 
@@ -11,9 +14,10 @@ import numpy as np
 import torch
 
 from metaaug import tracking
+from metaaug.bank import write_bank
 from metaaug.config import Params, load_params
 from metaaug.io import atomic_dir, write_json
-from metaaug.policies import load_policy, sample_apply
+from metaaug.policies import load_policy
 from metaaug.preview import preview_grid
 from metaaug.progress import progress
 from metaaug.stages import AUGMENTED, PARAMS, POLICY, PREPARED, pipeline_facts
@@ -34,22 +38,21 @@ def run(params: Params, prepared_dir: Path, policy_dir: Path, out: Path) -> None
         tracking.name_run("augment", pipeline_facts(prepared.manifest))
         x = to_tensor(np.asarray(prepared.target_images)[pool]).to(device)
         gen = torch.Generator(device=device).manual_seed(params.seed)
-        start = time.perf_counter()
-        bank = torch.stack([sample_apply(policy, x, gen).clamp_(0, 1)
-                            for _ in progress(range(copies), desc="augment copies")])
-        seconds = time.perf_counter() - start
-        images = (bank * 255).round_().to(torch.uint8).permute(0, 1, 3, 4, 2).cpu().numpy()
         with atomic_dir(out, "augment", upstream) as tmp:
-            np.save(tmp / "images.npy", images, allow_pickle=False)
+            start = time.perf_counter()
+            # one copy of the pool in memory at a time, appended to the file (metaaug.bank)
+            digest = write_bank(tmp / "images.npy", policy, x, copies, gen,
+                                lambda r: progress(r, desc="augment copies"))
+            seconds = time.perf_counter() - start
             np.save(tmp / "index.npy", pool, allow_pickle=False)
-            digest = tracking.dir_digest(tmp / "images.npy")
-            write_json(tmp / "manifest.json", {"copies": copies, "images": int(images.shape[1]),
-                                               "shape": list(images.shape[2:]), "sha256": digest,
+            write_json(tmp / "manifest.json", {"copies": copies, "images": len(pool),
+                                               "shape": [*x.shape[2:], x.shape[1]], "sha256": digest,
                                                "policy_sha256": tracking.dir_digest(policy_dir / "policy.json")})
+        del x
         with tempfile.TemporaryDirectory() as d:
             preview_grid(np.asarray(prepared.target_images)[pool], policy, Path(d) / "augment_preview.png")
             tracking.log_artifacts(Path(d) / "augment_preview.png")
-        tracking.log_metrics({"augment.images_per_second": images.shape[0] * images.shape[1] / max(seconds, 1e-9)})
+        tracking.log_metrics({"augment.images_per_second": copies * len(pool) / max(seconds, 1e-9)})
         tracking.set_tags({"augment.sha256": digest})
         print(f"augment: {copies} copies of {len(pool)} images -> {out} (sha256 {digest[:12]})")
 

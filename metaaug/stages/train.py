@@ -19,6 +19,7 @@ from metaaug import distributed, io, tracking
 from metaaug.arms import arm_augmenter
 from metaaug.config import Params, load_params
 from metaaug.io import atomic_dir, write_json
+from metaaug.models import resolve_model
 from metaaug.progress import progress
 from metaaug.stages import AUGMENTED, DOWNSTREAM, PARAMS, POLICY, PREPARED, pipeline_facts
 from metaaug.tasks import load_prepared
@@ -67,7 +68,8 @@ def run(params: Params, prepared_dir: Path, out: Path, policy_dir: Path | None =
             mine = world.share(jobs)
             done = world.collect([train_one(job) for job in progress(mine, desc="train", total=len(mine))], len(jobs))
             if world.is_main:
-                model = {"in_channels": channels, "image_size": size, "n_classes": n_classes, "width": cfg.width}
+                model = {"in_channels": channels, "image_size": size, "n_classes": n_classes, "width": cfg.width,
+                         "model": resolve_model(cfg.model, size)}  # evaluate rebuilds this learner
                 write_downstream(out, run_.info.run_id, model, jobs, done, splits, upstream)
                 write_timing(timing, TIMING_KIND, run_seconds=float(np.median([r["seconds"] for r in done])))
 
