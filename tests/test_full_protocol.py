@@ -100,7 +100,7 @@ def test_full_pipeline_compares_the_arms_over_paired_seeds(tmp_path, monkeypatch
         with pytest.raises(SystemExit) as exit:
             main([stage])
         assert exit.value.code == 0, stage
-    metrics = read_json(tmp_path / "metrics.json")
+    metrics = read_json(tmp_path / "reports" / "evaluation.json")  # metrics.json is the compact headline
     assert {a: s["n"] for a, s in metrics["arms"].items()} == {"none": 3, "trivialaugment": 3, "learned": 3}
     assert metrics["paired"] and all(d["n"] == 3 for d in metrics["paired"].values())
     bank = np.load(tmp_path / "data" / "augmented" / "images.npy", mmap_mode="r")
