@@ -60,14 +60,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.seeds:
         return stability(args)
-    params = load_params(args.params)
-    prepared = load_prepared(args.prepared)
-    set_threads(prepared.meta_images.shape[1])
-    images, labels = np.asarray(prepared.meta_images), np.asarray(prepared.meta_labels)
-    is_val = np.asarray(prepared.meta_is_val)
+    params, images, labels, is_val, val_tasks = meta_val(args)
     settings, shots, mp = params.train, params.tasks.shots, params.metatrain
-    val_tasks = sample_tasks(images[is_val], labels[is_val], shots, mp.ways, mp.query_per_class,
-                             args.val_tasks, seed=10_000 + params.seed)
     one_run = float(np.median([timed(lambda: score(None, t, settings)) for t in val_tasks[:4]][1:]))  # after warm-up
 
     channels = images.shape[-1]
@@ -99,6 +93,19 @@ def main() -> None:
         print(f"{name:28s} {100 * a.mean():12.2f} {d['mean']:+8.2f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}] {extra:>18s}")
 
 
+def meta_val(args):
+    """params, the meta-train images, labels and hold-out mask, and the meta-validation tasks."""
+    params = load_params(args.params)
+    prepared = load_prepared(args.prepared)
+    set_threads(prepared.meta_images.shape[1])
+    images, labels = np.asarray(prepared.meta_images), np.asarray(prepared.meta_labels)
+    is_val = np.asarray(prepared.meta_is_val)
+    mp = params.metatrain
+    val_tasks = sample_tasks(images[is_val], labels[is_val], params.tasks.shots, mp.ways, mp.query_per_class,
+                             args.val_tasks, seed=10_000 + params.seed)
+    return params, images, labels, is_val, val_tasks
+
+
 def stability(args) -> None:
     """Each method under seeds 0..N-1: modal choice share, meta-val regret vs the best fixed arm, cost."""
     import collections
@@ -106,14 +113,8 @@ def stability(args) -> None:
 
     from metaaug import metalearn
 
-    params = load_params(args.params)
-    prepared = load_prepared(args.prepared)
-    set_threads(prepared.meta_images.shape[1])
-    images, labels = np.asarray(prepared.meta_images), np.asarray(prepared.meta_labels)
-    is_val = np.asarray(prepared.meta_is_val)
+    params, images, labels, is_val, val_tasks = meta_val(args)
     settings, shots, mp = params.train, params.tasks.shots, params.metatrain
-    val_tasks = sample_tasks(images[is_val], labels[is_val], shots, mp.ways, mp.query_per_class,
-                             args.val_tasks, seed=10_000 + params.seed)
     one_run = float(np.median([timed(lambda: score(None, t, settings)) for t in val_tasks[:4]][1:]))
     channels = images.shape[-1]
     space = SearchSpace(tuple(mp.ops or OP_NAMES), channels=channels)

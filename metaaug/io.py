@@ -184,12 +184,16 @@ def check_outputs(outputs, inputs: Iterable = (), files=()) -> None:
                                                                     "from each other")
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
+def _feed(h, path: Path):
+    """Hash a file's bytes into `h`, a MiB at a time."""
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()
+    return h
+
+
+def sha256_file(path: Path) -> str:
+    return _feed(hashlib.sha256(), path).hexdigest()
 
 
 def dir_digest(path: str | Path) -> str:
@@ -199,9 +203,7 @@ def dir_digest(path: str | Path) -> str:
     h = hashlib.sha256()
     for f in files:
         h.update(str(f.relative_to(path) if f != path else f.name).encode() + b"\0")
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        _feed(h, f)
     return h.hexdigest()
 
 

@@ -217,11 +217,11 @@ def verdict(metrics: dict, baseline: str | None, search: dict | None) -> str:
     d = paired[f"learned-{best}"]
     if d["ci_high"] < 0:
         use = f"use {best}: it beats {learned} by {-d['mean']:.2f} points [{-d['ci_high']:.2f}, {-d['ci_low']:.2f}]"
-    elif baseline == best:
-        use = (f"use {BASELINE_TITLES[best]}: it is what metatrain learned (the learned policy is its point in the "
-               "search space)")
     elif d["ci_low"] > 0:
         use = f"use {learned}: " + _compared(d, "it", f"the best fixed arm, {best},")
+    elif baseline == best:  # the learned policy is this baseline's point: its ops, its mean strength
+        use = (f"use {learned} or {BASELINE_TITLES[best]} itself: they cannot be told apart on these splits "
+               f"({_ci(d)}), as expected of the same ops at the same mean strength")
     else:  # tied: say so, and which one the pipeline's own evidence points to
         use = (f"no clear winner: {learned} and the best fixed arm, {best}, cannot be told apart on these splits "
                f"({_ci(d)}, a 95 % CI that includes 0); either is a sound choice, and the learned one is what the "

@@ -61,6 +61,16 @@ def natural_key(name: str) -> list:
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
 
 
+def check_target_names(names: list[str], source: Dataset, hint: str = "") -> None:
+    """The target classes exist in the source and are at least two."""
+    unknown = [c for c in names if c not in source.classes]
+    if unknown:
+        raise MetaaugError(f"params.yaml: tasks.target_classes names {unknown[0]!r}, which {source.source} does not "
+                           f"have; expected classes from {list(source.classes)}{hint}")
+    if len(names) < 2:
+        raise MetaaugError(f"params.yaml: tasks.target_classes has {len(names)} class; expected at least 2")
+
+
 def choose_classes(meta: Dataset, target: Dataset, target_classes: list[str] | None, same_source: bool):
     """(meta-train class names, target class names), checked. Without target_classes the target is the
     last half of the source's classes in natural order (digits: 5-9) when it shares the meta-train source,
@@ -72,12 +82,7 @@ def choose_classes(meta: Dataset, target: Dataset, target_classes: list[str] | N
         names = ordered[len(ordered) // 2:]
     else:
         names = list(target.classes)
-    unknown = [c for c in names if c not in target.classes]
-    if unknown:
-        raise MetaaugError(f"params.yaml: tasks.target_classes names {unknown[0]!r}, which {target.source} does not "
-                           f"have; expected classes from {list(target.classes)}")
-    if len(names) < 2:
-        raise MetaaugError(f"params.yaml: tasks.target_classes has {len(names)} class; expected at least 2")
+    check_target_names(names, target)
     meta_names = [c for c in meta.classes if not (same_source and c in names)]
     if len(meta_names) < 2:
         raise MetaaugError(f"params.yaml: only {len(meta_names)} class left for meta-training in {meta.source}; "
@@ -182,12 +187,7 @@ def prepare_full(data: DataConfig, tasks: TasksConfig, seed: int, out: Path) -> 
     """
     ds = load_source(data.source, data.image_size)
     names = list(ds.classes) if tasks.target_classes is None else [str(c) for c in tasks.target_classes]
-    unknown = [c for c in names if c not in ds.classes]
-    if unknown:
-        raise MetaaugError(f"params.yaml: tasks.target_classes names {unknown[0]!r}, which {ds.source} does not "
-                           f"have; expected classes from {list(ds.classes)} (or null: every class)")
-    if len(names) < 2:
-        raise MetaaugError(f"params.yaml: tasks.target_classes has {len(names)} class; expected at least 2")
+    check_target_names(names, ds, " (or null: every class)")
     x, y = subset(ds, names)
     rng = np.random.default_rng(seed)
     is_test = split_per_class(y, tasks.test_fraction, rng)

@@ -130,4 +130,5 @@ def test_verdict_says_what_to_use_and_how_sure():
     assert "Learned is better than TrivialAugment-Wide: +1.10 points [+0.50, +1.70]" in tied
     assert "Only 3 splits" in verdict_for((0.1, -0.5, 0.7), n=3) and "Only" not in tied
     same = verdict_for((0.0, -0.3, 0.3), baseline="randaugment")
-    assert same.startswith("**Verdict: use RandAugment: it is what metatrain learned")
+    assert same.startswith("**Verdict: use the learned policy (RandAugment's point in the search space) or "
+                           "RandAugment itself: they cannot be told apart")
