@@ -75,6 +75,7 @@ from metaaug.io import read_json, write_json
 from metaaug.ops import GROUPS, OPS
 from metaaug.policies import Policy, drop_color, fixed_policy, sample_apply
 from metaaug.progress import progress
+from metaaug.stats import t_interval
 from metaaug.training import predict, train_population
 
 SHARE = 0.75  # an explorer that boosts a group gives it this share of the op mass
@@ -425,15 +426,14 @@ def image_change(policy: Policy, images: torch.Tensor, copies: int = 8, seed: in
     return float((sample_apply(policy, x, gen).clamp(0, 1) - x).abs().mean())
 
 
-def paired_interval(a: list[float], b: list[float], confidence: float = 0.95) -> tuple[float, float | None, float | None]:
-    """Mean of a - b in points with its two-sided t-interval (a[i], b[i] on the same task)."""
-    from scipy import stats
-
+def paired_interval(a: list[float], b: list[float]) -> tuple[float, float | None, float | None]:
+    """Mean of a - b in points with its 95 % t-interval (a[i], b[i] on the same task); no interval
+    below two tasks (no spread to judge by)."""
     d = 100.0 * (np.asarray(a, float) - np.asarray(b, float))
     if len(d) < 2:
         return (float(d.mean()) if len(d) else 0.0), None, None
-    half = stats.t.ppf(0.5 + confidence / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
-    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
+    low, high = t_interval(d)
+    return float(d.mean()), low, high
 
 
 def clearly_worse(challenger: list[float], leader: list[float], confidence: float) -> bool:
