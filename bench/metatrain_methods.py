@@ -9,11 +9,11 @@ bootstrap 95 % CI, search wall time and trainings. This is how metatrain's
 method and settings are chosen.
 
     python bench/metatrain_methods.py [--prepared data/prepared] [--val-tasks 24]
-        [--methods sh_random,sh_random:no-anchors,cem]
+        [--methods race,race:no-anchors,cem]
 
 `METHOD:no-anchors` runs METHOD with `metatrain.anchors: []`: its first bracket is
 TrivialAugment-Wide and explorers around it only, without the baselines' points.
-`METHOD+key=value+...` overrides metatrain params (e.g. `sh_random+race_confidence=0.95`).
+`METHOD+key=value+...` overrides metatrain params (e.g. `race+race_confidence=0.95`).
 
 With `--seeds N` each method runs under search seeds 0..N-1 (the meta-train tasks and
 the explorers vary), and the table gives, per method, how often its modal choice
@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--prepared", type=Path, default=Path("data/prepared"))
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--val-tasks", type=int, default=24)
-    ap.add_argument("--methods", default="sh_random,sh_random:no-anchors,cem")
+    ap.add_argument("--methods", default="race,race:no-anchors,cem")
     ap.add_argument("--seeds", type=int, default=0, help="run each method under seeds 0..N-1 (stability table)")
     args = ap.parse_args()
     if args.seeds:

@@ -43,6 +43,7 @@ from metaaug.config import TrainConfig, load_params  # noqa: E402
 from metaaug.stages.evaluate import test_accuracies  # noqa: E402
 from metaaug.timing import machine_description  # noqa: E402
 from metaaug.policies import FIXED_POLICIES  # noqa: E402
+from metaaug.report import closest_rival  # noqa: E402
 from metaaug.stats import paired_difference  # noqa: E402
 from metaaug.tasks import load_prepared  # noqa: E402
 
@@ -61,18 +62,14 @@ def write_params(params: dict, path: Path) -> Path:
     return path
 
 
-def chosen_name(finalist: dict) -> str:
-    return f"{finalist['baseline']}'s point" if finalist["baseline"] else f"explorer ({finalist['policy']})"
-
-
 def margin(finalists: list[dict]) -> str:
-    """The chosen policy minus the runner-up (the best other finalist), points, 95 % t-interval, tasks."""
-    others = [f for f in finalists[1:] if f["ci_low"] is not None]
-    if not others:
+    """The chosen policy minus the runner-up (the closest candidate still in the race at its end), points,
+    95 % t-interval, tasks."""
+    runner = closest_rival(finalists[1:])
+    if runner is None:
         return "no runner-up"
-    runner = max(others, key=lambda f: f["diff_to_chosen"])
     return (f"{-runner['diff_to_chosen']:+.2f} [{-runner['ci_high']:+.2f}, {-runner['ci_low']:+.2f}] over "
-            f"{chosen_name(runner).split(' (')[0]} on {runner['paired_tasks']} tasks")
+            f"{runner['candidate']} on {runner['paired_tasks']} tasks")
 
 
 def one_training(prepared: Path, params: dict, repeats: int = 3) -> float:
@@ -128,10 +125,10 @@ def run_task(name: str, base: dict, seeds: list[int], splits: int, work: Path) -
         policy = json.loads((out / "policy.json").read_text())
         key = json.dumps({k: v for k, v in policy.items() if k not in ("provenance", "name")}, sort_keys=True)
         chosen = log["finalists"][0]
-        runs.append({"seed": seed, "out": out, "key": key, "name": chosen_name(chosen), "search": search_seconds,
+        runs.append({"seed": seed, "out": out, "key": key, "name": chosen["candidate"], "search": search_seconds,
                      "wall": wall, "trainings": log["trainings"],
                      "beside": beside})
-        print(f"| {seed} | {chosen_name(chosen)} | {decision_kind(chosen['decision'])} | {margin(log['finalists'])} "
+        print(f"| {seed} | {chosen['candidate']} | {decision_kind(chosen['decision'])} | {margin(log['finalists'])} "
               f"| {log['trainings']} | {search_seconds:.1f} ({search_seconds / beside:.1f}×) |", flush=True)
 
     # the fixed arms once, then each distinct chosen policy once, on the same target splits

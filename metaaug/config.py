@@ -113,14 +113,12 @@ class TrainConfig(Section):
 
 
 class MetatrainConfig(Section):
-    method: Literal["sh_random", "cem"] = "sh_random"
+    method: Literal["race", "cem"] = "race"
     # The op space the policy learns in (null: every op in the table); e.g. drop Solarize for medical images.
     ops: Annotated[list[Name], Field(min_length=1), AfterValidator(_distinct)] | None = None
     # fixed baselines whose points in the space the first bracket scores beside TA-Wide ([] for none)
     anchors: Annotated[list[Literal[ANCHORS]], AfterValidator(_distinct)] = list(ANCHORS)
-    candidates: Annotated[int, Ge(2), Le(4096)] = 10  # policies per generation / halving bracket
-    rungs: Annotated[int, Ge(1), Le(12)] = 3  # successive-halving rungs (tasks double each rung)
-    tasks_first_rung: Annotated[int, Ge(1), Le(1000)] = 2
+    candidates: Annotated[int, Ge(2), Le(4096)] = 12  # policies raced per generation: TA-Wide, anchors, explorers
     generations: Annotated[int, Ge(1), Le(1000)] = 2  # cem only
     elite_fraction: Annotated[float, Ge(0.01), Le(1.0)] = 0.25  # cem only
     init_std: Annotated[float, Ge(0.0), Le(10.0)] = 0.6
@@ -130,11 +128,11 @@ class MetatrainConfig(Section):
     population: Annotated[int, Ge(1), Le(4096)] = 9  # proxy learners trained at once as one grouped network
     # a challenger replaces the incumbent policy only if better by this many standard errors (paired)
     accept_z: Annotated[float, Ge(0.0), Le(10.0)] = 2.0
-    # the references (TA-Wide and the anchors) are raced: scored on reference_step more tasks per rung, up to
-    # reference_tasks, a reference dropped once clearly worse than the best one (one-sided paired t-bound at
-    # race_confidence); references still not separated at reference_tasks go to the tie rule (the gentlest)
-    reference_tasks: Annotated[int, Ge(1), Le(10000)] = 16
-    reference_step: Annotated[int, Ge(1), Le(10000)] = 4
+    # every candidate is raced: scored on race_step more tasks per rung, up to race_tasks, and dropped once
+    # clearly worse than the best reference (one-sided paired t-bound at race_confidence); candidates still
+    # not separated at the end go to the tie rule (the gentlest)
+    race_tasks: Annotated[int, Ge(1), Le(10000)] = 18
+    race_step: Annotated[int, Ge(1), Le(10000)] = 3
     race_confidence: Annotated[float, Ge(0.5), Le(0.9999)] = 0.9
     ways: Annotated[int, Ge(2), Le(1000)] = 5
     query_per_class: Annotated[int, Ge(1), Le(100000)] = 100

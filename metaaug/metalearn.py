@@ -17,32 +17,35 @@ worse than no augmentation), so the policy is scored by real trainings:
 * **Scoring** — every candidate of a rung is trained on the *same* tasks and
   initialisations (common random numbers), so candidates are compared by
   paired differences, not by split luck.
-* **Methods** — `sh_random`: the initialisation, the fixed baselines' points in the
-  space (`anchors`) and explorers around the initialisation, each moving along one
-  direction (see `explore`). `cem`: the cross-entropy method, each generation
-  scored the same way, its mean moved to the elites.
-* **Decision rule** (`successive_halving`) — the *references* (the initialisation and
-  the anchors) are **raced**: every surviving reference is scored on the same tasks,
-  `reference_step` more per rung up to `reference_tasks`, and after each rung a
-  reference is dropped only when it is *clearly worse* than the best one: the
-  one-sided `race_confidence` upper t-bound of its paired difference is below 0. The
-  race ends when one reference is left (the answer is *separated*) or at
-  `reference_tasks`. **Tie rule**: references still not separated then are decided
-  by gentleness — the one whose policy changes the meta-train support images least
-  (mean absolute pixel change, fixed seed; none < handcrafted < RandAugment <
-  TA-Wide on the digits), never by whichever mean came out higher. Reason: when the
-  meta-train tasks cannot tell the candidates apart, they give no reason to
-  transform images more, and a transformation can rewrite a label cue that the
-  target relies on and the meta-train classes do not show (the intensity and
-  position tasks of bench/adaptivity.py), while the gentler choice is a deterministic
-  function of the candidates, so reseeding does not flip it. *Explorers* are halved
-  by mean on `tasks_first_rung`, ×2 per rung, for `rungs` rungs; the best one replaces
-  the chosen reference only if it beats it by more than `accept_z` paired standard
-  errors on the explorer's tasks — without that guard the search drifts to whatever
-  got lucky on a few tasks (the winner's curse). Before the race the references
-  were halved by their mean on 2 then 4 tasks, and a 1.3-point gap (per-task spread
-  2.1) flipped one seed in five (issue 18). `SearchState.finalists` carries the
-  evidence: every reference and the last explorers, each with its paired
+* **Methods** — `race`: the initialisation, the fixed baselines' points in the
+  space (`anchors`) and explorers around the initialisation: first the pure moves,
+  one per direction (see `explore`), the same for every seed, then (when `candidates`
+  asks for more) moves plus a random step. `cem`: the cross-entropy method, each
+  generation raced the same way, its mean moved to the elites.
+* **Decision rule** (`race_candidates`, `decide`) — every candidate is **raced** on the
+  same tasks, `race_step` more per rung up to `race_tasks`. After each rung a candidate
+  is dropped when it is *clearly worse* than the best *reference* (the initialisation
+  and the anchors): the one-sided `race_confidence` upper t-bound of its paired
+  difference is below 0. The race ends at `race_tasks`, when one candidate is left, or
+  when one reference is left and it leads every explorer. The chosen reference is the
+  one left, or, among references not separated, the gentlest. **Tie rule**: among
+  candidates the evidence cannot separate, the one whose policy changes the meta-train
+  support images least (mean absolute pixel change, fixed seed; none < handcrafted <
+  RandAugment < TA-Wide on the digits), never whichever mean came out higher. Reason:
+  when the meta-train tasks cannot tell the candidates apart, they give no reason to
+  transform images more, and a transformation can rewrite a label cue that the target
+  relies on and the meta-train classes do not show (the intensity and position tasks of
+  bench/adaptivity.py), while the gentler choice is a deterministic function of the
+  candidates, so reseeding does not flip it. *Explorers* replace the chosen reference
+  only if the best of them beats it by more than `accept_z` paired standard errors —
+  without that guard the search drifts to whatever got lucky on a few tasks (the
+  winner's curse); the answer is then the gentlest of the explorers above the reference
+  and not clearly worse than the best one on all the tasks (the tie rule again).
+  History (issue 18): references halved by their mean on 2 then 4 tasks flipped one
+  default seed in five (a 1.3-point gap, per-task spread 2.1); explorers that were
+  random points, halved by mean, gave a different policy in each seed on `position`;
+  explorers pruned against each other on 4 tasks still flipped 1–2 seeds in 10 there.
+  `SearchState.finalists` carries the evidence: every candidate with its paired
   difference to the chosen policy (95 % t-interval, points), its tasks, the fixed
   baseline whose point it is, and its status; the chosen one carries the decision.
 * **Populations** — the proxy learners of a rung are trained `population` at a time as
@@ -87,6 +90,10 @@ OFF = -8.0  # the logit of a group that is off (e.g. one TrivialAugment-Wide lac
 # of Identity plus 0.17 % full-strength TrivialAugment-Wide ops scored 1.4 points below no augmentation.
 MIN_MASS = 1e-3
 MAX_LAYERS = 2  # ops applied in sequence per image: 1 (TrivialAugment) or 2 (RandAugment's N=2)
+# An explorer is separated from the best explorer when the 95 % t-interval of their paired difference
+# (the interval the evidence prints) excludes 0, i.e. its one-sided 97.5 % bound lies below 0. The best is
+# picked as the maximum, so its lead is biased upward: at 90 % one equal explorer in ten was declared worse.
+SEPARATED = 0.975
 
 
 @dataclass(frozen=True)
@@ -326,96 +333,120 @@ class SearchState:
         return cls(**read_json(path))
 
 
-def successive_halving(space: SearchSpace, thetas: list[np.ndarray], task_ids: list[int], cfg: MetatrainConfig,
-                       scorer: Scorer, state: SearchState, checkpoint: Callable[[], None],
-                       log: Callable[[dict], None], references: int = 1,
-                       names: list[str | None] | None = None) -> tuple[list[np.ndarray], list[float]]:
-    """Race the references, halve the explorers; returns the candidates, the chosen one first.
+def race_candidates(space: SearchSpace, thetas: list[np.ndarray], task_ids: list[int], cfg: MetatrainConfig,
+                    scorer: Scorer, state: SearchState, checkpoint: Callable[[], None],
+                    log: Callable[[dict], None], references: int = 1, names: list[str | None] | None = None,
+                    labels: list[str] | None = None) -> tuple[list[np.ndarray], list[float]]:
+    """Race every candidate on the same tasks; returns the candidates, the chosen one first.
 
-    The first `references` candidates (the incumbent and the fixed baselines' points, named by
-    `names`) are *raced*: at rung r every surviving reference is scored on the first
-    `reference_step * (r + 1)` tasks (at most `reference_tasks`), and a reference is dropped
-    when it is clearly worse than the best one — the one-sided `race_confidence` paired
-    t-bound of its difference lies below 0 (`clearly_worse`). The race ends when one reference
-    is left or at `reference_tasks`; references that still cannot be separated then are
-    decided by the tie rule (`gentlest`). The explorers are halved by mean on
-    `tasks_first_rung * 2**r` tasks for `rungs` rungs. The best explorer replaces the chosen
-    reference only if it is clearly better (`clearly_better`, `accept_z`) on the explorer's tasks.
+    Rung r scores every candidate still in the race on the first `race_step * (r + 1)` tasks (at
+    most `race_tasks`), so all differences are paired. The first `references` candidates are the
+    incumbent and the fixed baselines' points (named by `names`), the rest explorers (described by
+    `labels`). After each rung any candidate clearly worse than the best reference (`clearly_worse`)
+    is dropped: a reference because a better one is known, an explorer because it can no longer
+    replace the reference. Explorers are not pruned against each other in the race: on `position`
+    a close rival dropped on 4 tasks' luck changed the answer between seeds; `decide` compares them
+    at the end, on all the tasks. The race ends at `race_tasks`, when one candidate is left, or
+    when the references are decided and the one left leads every explorer (nothing to accept).
     """
     if not state.candidates:
         state.candidates = [list(map(float, t)) for t in thetas]
         state.scores = [[] for _ in thetas]
     names = list(names or []) + [None] * (len(state.candidates) - len(names or []))
+    labels = candidate_labels(names, references, labels or [])
     refs = list(range(min(references, len(state.candidates))))
     explorers = list(range(len(refs), len(state.candidates)))
-    n_max = len(task_ids)
-    ref_cap = min(cfg.reference_tasks, n_max)
-    dropped: dict[int, int] = {}  # reference -> tasks it had when it was dropped
+    cap = min(cfg.race_tasks, len(task_ids))
+    dropped: dict[int, int] = {}  # candidate -> tasks it had when it was dropped
     rung = 0
     while True:
-        racing = rung == 0 or (len(refs) > 1 and cfg.reference_step * rung < ref_cap)  # rung 0 scores even a lone one
-        exploring = bool(explorers) and rung < cfg.rungs
-        if not racing and not exploring:
-            break
-        n_explore = min(n_max, cfg.tasks_first_rung * 2 ** rung) if exploring else 0
-        n_ref = max(min(ref_cap, cfg.reference_step * (rung + 1)) if racing else 0, n_explore)
-        want = {i: n_ref for i in refs} | {i: n_explore for i in explorers if exploring}
-        jobs = [(i, t) for i, n in want.items() for t in range(len(state.scores[i]), n)]
+        n = min(cap, cfg.race_step * (rung + 1))
+        jobs = [(i, t) for i in refs + explorers for t in range(len(state.scores[i]), n)]
         results = scorer.map([(space.policy(np.array(state.candidates[i])), task_ids[t]) for i, t in jobs])
         for (i, _), (value, seconds) in zip(jobs, results):
             state.scores[i].append(value)
             state.seconds += seconds
             state.trainings += 1
-        leader = max(refs, key=lambda i: (np.mean(state.scores[i][:n_ref]), -i))
-        if racing:
-            for i in list(refs):
-                if i != leader and clearly_worse(state.scores[i][:n_ref], state.scores[leader][:n_ref],
-                                                 cfg.race_confidence):
-                    refs.remove(i)
-                    dropped[i] = n_ref
-        if exploring and rung < cfg.rungs - 1:
-            explorers = sorted(explorers, key=lambda i: -np.mean(state.scores[i][:n_explore]))
-            explorers = explorers[:math.ceil(len(explorers) / 2)]
+        best_ref, leader = (max(group, key=lambda i: (np.mean(state.scores[i][:n]), -i))
+                            for group in (refs, refs + explorers))
+        for group in (refs, explorers):
+            for i in list(group):
+                if i != best_ref and clearly_worse(state.scores[i][:n], state.scores[best_ref][:n],
+                                                   cfg.race_confidence):
+                    group.remove(i)
+                    dropped[i] = n
         if rung >= state.rung:
-            entry = {"rung": len(state.history), "best_score": float(np.mean(state.scores[leader][:n_ref])),
-                     "reference_tasks": n_ref, "explorer_tasks": n_explore, "references_left": len(refs),
+            entry = {"rung": len(state.history), "best_score": float(np.mean(state.scores[leader][:n])), "tasks": n,
+                     "references_left": len(refs), "explorers_left": len(explorers),
                      "trainings": state.trainings, **space.describe(np.array(state.candidates[leader]))}
             state.history.append(entry)
             state.rung = rung + 1
             log(entry)
             checkpoint()
         rung += 1
-    chosen, rule = choose_reference(space, refs, state, scorer, task_ids, names)
-    if references == 1:
+        if n >= cap or len(refs) + len(explorers) == 1 or (len(refs) == 1 and leader in refs):
+            break
+    chosen, rule, eligible = decide(space, refs, explorers, state, scorer, task_ids, labels, cfg)
+    if references == 1 and chosen == 0:
         rule = "the only reference (nothing to race)"
-    ranked_explorers = sorted(explorers, key=lambda i: -np.mean(state.scores[i]) if state.scores[i] else np.inf)
-    if ranked_explorers and state.scores[ranked_explorers[0]]:
-        best = ranked_explorers[0]
-        n = len(state.scores[best])
-        if clearly_better(state.scores[best][:n], state.scores[chosen][:n], cfg.accept_z):
-            rule = (f"explorer accepted: beats the chosen reference by more than accept_z = {cfg.accept_z:g} "
-                    f"paired standard errors on {n} tasks")
-            chosen = best
-    state.finalists = finalist_entries(space, state, chosen, rule, list(range(references)), explorers, dropped,
-                                       names, cfg)
+    state.finalists = finalist_entries(space, state, chosen, rule, references, dropped, eligible, names, labels, cfg)
     order = [chosen] + sorted((i for i in range(len(state.candidates)) if i != chosen and state.scores[i]),
                               key=lambda i: -np.mean(state.scores[i]))
     return [np.array(state.candidates[i]) for i in order], [float(np.mean(state.scores[i])) for i in order]
 
 
-def choose_reference(space: SearchSpace, refs: list[int], state: SearchState, scorer: Scorer,
-                     task_ids: list[int], names: list[str | None]) -> tuple[int, str]:
-    """The race's answer: the one reference left, or, when several could not be separated, the
-    gentlest of them (TIE RULE: the policy that changes the meta-train support images least)."""
+def candidate_labels(names: list[str | None], references: int, explorers: list[str]) -> list[str]:
+    """What each candidate is, for the user: a baseline's point, the incumbent, or an explorer's move."""
+    return [f"{name}'s point" if name else "the incumbent" if i < references else
+            f"explorer: {explorers[i - references]}" if i - references < len(explorers) else f"explorer {i}"
+            for i, name in enumerate(names)]
+
+
+def decide(space: SearchSpace, refs: list[int], explorers: list[int], state: SearchState, scorer: Scorer,
+           task_ids: list[int], labels: list[str], cfg: MetatrainConfig) -> tuple[int, str, list[int]]:
+    """The race's answer, how it was reached, and the explorers that were eligible to replace the reference.
+
+    The chosen reference is the one left, or, when several could not be separated, the gentlest of
+    them (TIE RULE: the policy that changes the meta-train support images least). Explorers replace
+    it only if the best explorer left beats it by more than `accept_z` paired standard errors; then
+    the answer is the gentlest of the explorers left that score above the reference on average (the
+    race could not separate them from the best one, so the tie rule decides among them as well).
+    Which explorer is best by a hair is noise; whether the best clears the reference is evidence.
+    """
+    chosen, change = gentlest(space, refs, state, scorer, task_ids)
+    n = len(state.scores[chosen])
     if len(refs) == 1:
-        return refs[0], "separated: every other reference was clearly worse (paired race)"
-    n = min(len(state.scores[i]) for i in refs)
-    images = torch.cat([scorer.tasks[task_ids[t]].support_x for t in range(min(n, 4))])
-    change = {i: image_change(space.policy(np.array(state.candidates[i])), images) for i in refs}
-    chosen = min(refs, key=lambda i: (round(change[i], 6), i))
-    tied = ", ".join(f"{names[i] or f'candidate {i}'} {change[i]:.3f}" for i in refs)
-    return chosen, (f"tie rule: {len(refs)} references not separated on {n} tasks; the gentlest kept "
-                    f"(mean absolute pixel change on meta-train support images: {tied})")
+        rule = "separated: every other reference was clearly worse (paired race)"
+    else:
+        tied = ", ".join(f"{labels[i]} {change[i]:.3f}" for i in refs)
+        rule = (f"tie rule: {len(refs)} references not separated on {n} tasks; the gentlest kept "
+                f"(mean absolute pixel change on meta-train support images: {tied})")
+    mean = {i: float(np.mean(state.scores[i][:n])) for i in refs + explorers}
+    best = max(explorers, key=lambda i: (mean[i], -i), default=None)
+    if best is None or not clearly_better(state.scores[best][:n], state.scores[chosen][:n], cfg.accept_z):
+        return chosen, rule, []
+    eligible = [i for i in explorers if mean[i] > mean[chosen] and not clearly_worse(
+        state.scores[i][:n], state.scores[best][:n], SEPARATED)]
+    reference = labels[chosen]
+    chosen, change = gentlest(space, eligible, state, scorer, task_ids)
+    why = (f"explorer accepted: the best explorer beats the chosen reference ({reference}) by more than "
+           f"accept_z = {cfg.accept_z:g} paired standard errors on {n} tasks")
+    if len(eligible) > 1:
+        why += (f"; of the {len(eligible)} explorers above the reference and not separated from the best, the "
+                "gentlest kept (tie rule, mean absolute pixel change: "
+                + ", ".join(f"{labels[i].removeprefix('explorer: ')} {change[i]:.3f}" for i in eligible) + ")")
+    return chosen, why, eligible
+
+
+def gentlest(space: SearchSpace, candidates: list[int], state: SearchState, scorer: Scorer,
+             task_ids: list[int]) -> tuple[int, dict[int, float]]:
+    """The candidate whose policy changes the meta-train support images least (mean absolute pixel change
+    on the first 4 tasks' support images, a fixed seed), and every candidate's change; ties by index."""
+    if len(candidates) == 1:
+        return candidates[0], {candidates[0]: float("nan")}
+    images = torch.cat([scorer.tasks[task_ids[t]].support_x for t in range(min(len(task_ids), 4))])
+    change = {i: image_change(space.policy(np.array(state.candidates[i])), images) for i in candidates}
+    return min(candidates, key=lambda i: (round(change[i], 6), i)), change
 
 
 def image_change(policy: Policy, images: torch.Tensor, copies: int = 8, seed: int = 0) -> float:
@@ -448,30 +479,35 @@ def clearly_worse(challenger: list[float], leader: list[float], confidence: floa
     return bool(d.mean() + stats.t.ppf(confidence, len(d) - 1) * se < 0)
 
 
-def finalist_entries(space: SearchSpace, state: SearchState, chosen: int, rule: str, refs: list[int],
-                     explorers: list[int], dropped: dict[int, int], names: list[str | None],
+def finalist_entries(space: SearchSpace, state: SearchState, chosen: int, rule: str, references: int,
+                     dropped: dict[int, int], eligible: list[int], names: list[str | None], labels: list[str],
                      cfg: MetatrainConfig) -> list[dict]:
-    """The evidence behind the answer: every reference and the last explorers, each with its paired
-    difference to the chosen policy (95 % t-interval, points) on the tasks both were scored on."""
+    """The evidence behind the answer: every candidate scored, each with its paired difference to the
+    chosen policy (95 % t-interval, points) on the tasks both were scored on, and its status."""
     out = []
-    others = sorted((i for i in refs + explorers if i != chosen),
-                    key=lambda i: (i not in refs, -np.mean(state.scores[i][:len(state.scores[chosen])])))
+    others = sorted((i for i in range(len(state.candidates)) if i != chosen and state.scores[i]),
+                    key=lambda i: (i >= references, -np.mean(state.scores[i][:len(state.scores[chosen])])))
     for i in [chosen] + others:
         n = min(len(state.scores[i]), len(state.scores[chosen]))
         diff, low, high = paired_interval(state.scores[i][:n], state.scores[chosen][:n])
         theta = np.array(state.candidates[i])
+        reference = i < references
         if i == chosen:
             status = "chosen"
         elif i in dropped:
-            status = f"dropped after {dropped[i]} tasks: clearly worse than the best reference " \
-                     f"(one-sided {cfg.race_confidence:g} paired t-bound below 0)"
-        elif i < len(refs):
-            status = "not separated from the chosen reference (tie rule)" if "tie rule" in rule else \
-                "reference, beaten by the accepted explorer"
+            status = (f"dropped after {dropped[i]} tasks: clearly worse than the best reference (one-sided "
+                      f"{cfg.race_confidence:g} paired t-bound below 0)")
+        elif reference:
+            status = ("reference, beaten by the accepted explorer" if chosen >= references else
+                      "not separated from the chosen reference (tie rule)")
+        elif i in eligible:
+            status = "explorer above the reference, not separated from the best one, not the gentlest (tie rule)"
+        elif chosen >= references:
+            status = "explorer, below the reference or clearly worse than the best explorer"
         else:
-            status = f"explorer, not clearly better (accept_z = {cfg.accept_z:g})"
-        out.append({"policy": policy_summary(space.policy(theta)), "layers": space.layers(theta),
-                    "reference": i < len(refs), "baseline": names[i], "score": float(np.mean(state.scores[i])),
+            status = f"explorer, not clearly better than the chosen reference (accept_z = {cfg.accept_z:g})"
+        out.append({"candidate": labels[i], "policy": policy_summary(space.policy(theta)), "layers": space.layers(theta),
+                    "reference": reference, "baseline": names[i], "score": float(np.mean(state.scores[i])),
                     "tasks": len(state.scores[i]), "paired_tasks": n, "diff_to_chosen": diff,
                     "ci_low": low, "ci_high": high, "status": status,
                     **({"decision": rule} if i == chosen else {})})
@@ -511,18 +547,19 @@ def search(space: SearchSpace, tasks: list[Task], cfg: MetatrainConfig, settings
         while state.generation < generations:
             rng = np.random.default_rng([seed, state.generation])
             mean, std = np.array(state.mean), np.array(state.std)
-            offset = int(rng.integers(len(space.groups) + 2))
             # generation 0 starts at the initialisation; later ones keep it in the race
             named = (anchor_points(space, cfg.anchors) if state.generation == 0 else
                      [("trivialaugment", init)])[:cfg.candidates - 1]
             fixed = [point for _, point in named]
-            thetas = [mean, *fixed] + [explore(mean, std, c + offset, space, rng)  # mean first: the incumbent
-                                       for c in range(cfg.candidates - 1 - len(fixed))]
-            ranked, _ = successive_halving(space, thetas, task_ids_for_generation(len(tasks), state.generation, cfg),
-                                           cfg, scorer, state, lambda: state.save(checkpoint_path), log,
-                                           references=1 + len(fixed),
-                                           names=[("trivialaugment" if state.generation == 0 else None),
-                                                  *(name for name, _ in named)])
+            first = state.generation == 0
+            explorers = explorer_points(mean, std, cfg.candidates - 1 - len(fixed), space, rng, moves_first=first,
+                                        origin="TA-Wide" if first else "CEM mean")
+            ranked, _ = race_candidates(space, [mean, *fixed, *(point for _, point in explorers)],  # mean first
+                                        task_ids_for_generation(len(tasks), state.generation, cfg),
+                                        cfg, scorer, state, lambda: state.save(checkpoint_path), log,
+                                        references=1 + len(fixed),
+                                        names=[("trivialaugment" if first else None), *(name for name, _ in named)],
+                                        labels=[label for label, _ in explorers])
             state.best = list(map(float, ranked[0]))
             if cfg.method == "cem":
                 n_elite = max(2, int(round(cfg.elite_fraction * cfg.candidates)))
@@ -540,6 +577,28 @@ def anchor_points(space: SearchSpace, names: list[str]) -> list[tuple[str, np.nd
     """(name, point) of the named fixed baselines (config.ANCHORS) that have an op in the space."""
     points = [(name, space.project(fixed_policy(name, image_channels=space.channels))) for name in names]
     return [(name, p) for name, p in points if p is not None]
+
+
+def explorer_points(mean: np.ndarray, std: np.ndarray, count: int, space: SearchSpace, rng: np.random.Generator,
+                    moves_first: bool, origin: str) -> list[tuple[str, np.ndarray]]:
+    """`count` (label, point) explorers around `mean` (called `origin` in the labels). With `moves_first`
+    the first ones are the pure moves, one per direction (no random step): every seed races the same
+    candidates, so only the tasks vary between seeds, not what is on offer. The rest (and every explorer
+    of a later CEM generation) add a random step.
+    """
+    moves = len(space.groups) + 2 if moves_first else 0
+    return [(f"{origin}{'' if c < moves else ' + a random step'}, {move_name(mean, c, space)}",
+             explore(mean, np.zeros_like(std) if c < moves else std, c, space, rng)) for c in range(count)]
+
+
+def move_name(mean: np.ndarray, c: int, space: SearchSpace) -> str:
+    """What `explore`'s direction c does, in words."""
+    k = len(space.groups)
+    direction = c % (k + 2)
+    if direction < k:
+        group = list(space.groups)[direction]
+        return f"{group} ops at {100 * (IDENTITY_SHARE if group == 'identity' else SHARE):.0f} % of the mass"
+    return "magnitude caps halved" if direction == k else f"{MAX_LAYERS + 1 - space.layers(mean)} op(s) per image"
 
 
 def explore(mean: np.ndarray, std: np.ndarray, c: int, space: SearchSpace, rng: np.random.Generator) -> np.ndarray:
@@ -566,19 +625,12 @@ def explore(mean: np.ndarray, std: np.ndarray, c: int, space: SearchSpace, rng: 
 
 def task_ids_for_generation(n_tasks: int, generation: int, cfg: MetatrainConfig) -> list[int]:
     """Fresh tasks for each CEM generation (so elites are not fitted to one task sample)."""
-    per_generation = tasks_per_generation(cfg)
-    start = (generation * per_generation) % max(1, n_tasks - per_generation + 1)
-    return list(range(start, min(n_tasks, start + per_generation)))
-
-
-def tasks_per_generation(cfg: MetatrainConfig) -> int:
-    """The explorers' last rung or the references' race, whichever needs more tasks."""
-    return max(cfg.tasks_first_rung * 2 ** (cfg.rungs - 1), cfg.reference_tasks)
+    start = (generation * cfg.race_tasks) % max(1, n_tasks - cfg.race_tasks + 1)
+    return list(range(start, min(n_tasks, start + cfg.race_tasks)))
 
 
 def tasks_needed(cfg: MetatrainConfig) -> int:
-    per_generation = tasks_per_generation(cfg)
-    return per_generation * (cfg.generations if cfg.method == "cem" else 1)
+    return cfg.race_tasks * (cfg.generations if cfg.method == "cem" else 1)
 
 
 def policy_summary(policy: Policy) -> str:

@@ -243,13 +243,20 @@ def search_confidence(search: dict) -> str:
     difference to the chosen policy on the meta-train tasks (proxy learners)."""
     chosen, *others = search["finalists"]
     text = f"On its meta-train tasks ({search['trainings']} proxy trainings) the search decided: {chosen['decision']}"
-    rivals = [f for f in others if f.get("ci_low") is not None]
-    if rivals:
-        f = max(rivals, key=lambda f: f["diff_to_chosen"])
-        name = f"{f['baseline']}'s point" if f["baseline"] else ("a reference" if f["reference"] else "an explorer")
-        text += (f"; the closest other finalist, {name}, scored {f['diff_to_chosen']:+.2f} points "
+    f = closest_rival(others)
+    if f:
+        name = f.get("candidate") or f"{f['baseline']}'s point"
+        text += (f"; the closest other candidate, {name}, scored {f['diff_to_chosen']:+.2f} points "
                  f"[{f['ci_low']:+.2f}, {f['ci_high']:+.2f}] against it on {f['paired_tasks']} tasks")
     return text + "."
+
+
+def closest_rival(others: list[dict]) -> dict | None:
+    """The candidate closest to the chosen one among those still in the race at its end (else among all):
+    one dropped early has a wide interval on few tasks and no say in the answer."""
+    scored = [f for f in others if f.get("ci_low") is not None]
+    kept = [f for f in scored if not f["status"].startswith("dropped")] or scored
+    return max(kept, key=lambda f: f["diff_to_chosen"], default=None)
 
 
 def write_report(out: Path, metrics: dict, summary: str, accuracy: dict[str, np.ndarray], results: dict,

@@ -64,7 +64,7 @@ def test_every_explored_direction_moves_the_policy():
 
 def test_parallel_scoring_gives_the_same_search_as_one_process(digits, tmp_path):
     tasks = sample_tasks(*digits, shots=3, ways=3, query_per_class=5, n_tasks=2, seed=0)
-    cfg = MetatrainConfig(candidates=3, rungs=2, tasks_first_rung=1, proxy_epochs=2, workers=1)
+    cfg = MetatrainConfig(candidates=3, race_tasks=2, race_step=2, proxy_epochs=2, workers=1)
     one = search(SearchSpace(OP_NAMES), tasks, cfg, TrainConfig(epochs=2), 0, tmp_path / "one.json")
     two = search(SearchSpace(OP_NAMES), tasks, cfg.model_copy(update={"workers": 2}), TrainConfig(epochs=2), 0, tmp_path / "two.json")
     assert one.history == two.history and one.best == two.best and one.trainings == two.trainings
@@ -109,18 +109,18 @@ def test_search_learns_geometry_when_queries_are_rotated_and_shifted(digits, tmp
     space = SearchSpace(("Identity", "Rotate", "TranslateX", "TranslateY", "Brightness", "Contrast", "Sharpness"),
                         channels=1)
     # accept_z=0: this checks where the search moves; the guard against noise is tested on its own below.
-    cfg = MetatrainConfig(method="sh_random", candidates=8, rungs=2, tasks_first_rung=4, proxy_epochs=40, init_std=0.3,
-                       accept_z=0.0, workers=2)
+    cfg = MetatrainConfig(method="race", candidates=8, race_tasks=8, race_step=4, proxy_epochs=40, accept_z=0.0,
+                          workers=2)
     state = search(space, shifted_query_tasks(digits, 8), cfg, SETTINGS, 0, tmp_path / "ckpt.json")
     policy = space.policy(np.array(state.best))
     weight = dict(zip(policy.ops, policy.weights))
     geometric = np.mean([weight[op] for op in ("Rotate", "TranslateX", "TranslateY")])
     colour = np.mean([weight[op] for op in ("Brightness", "Contrast", "Sharpness")])
     assert geometric > 3 * colour, (geometric, colour)
-    # rung 1: the 4 references raced on 4 tasks, the 4 explorers on 4; rung 2: the references not clearly worse
-    # on 4 more tasks (the race ends at the 8 tasks there are), the better 2 explorers on 4 more
-    refs_left = (state.trainings - 8 * 4 - 2 * 4) // 4
-    assert 1 <= refs_left <= 4 and state.trainings == 8 * 4 + 2 * 4 + refs_left * 4
+    # rung 1: all 8 candidates (4 references, 4 one-move explorers) on the same 4 tasks; rung 2: those not
+    # clearly worse on 4 more (the race ends at the 8 tasks there are)
+    left = sum(f["tasks"] == 8 for f in state.finalists)
+    assert 1 <= left <= 8 and state.trainings == 8 * 4 + left * 4 and len(state.finalists) == 8
     assert len(state.history) == 2
 
 
@@ -135,8 +135,8 @@ def test_incumbent_is_kept_unless_clearly_beaten():
 
 def test_cem_runs_generations_and_keeps_initialisation_in_the_race(digits, tmp_path):
     tasks = sample_tasks(*digits, shots=3, ways=3, query_per_class=5, n_tasks=4, seed=0)
-    cfg = MetatrainConfig(method="cem", candidates=4, rungs=1, tasks_first_rung=2, generations=2, proxy_epochs=2,
-                          reference_tasks=2, reference_step=2, workers=1)
+    cfg = MetatrainConfig(method="cem", candidates=4, generations=2, proxy_epochs=2, race_tasks=2, race_step=2,
+                          workers=1)
     state = search(SearchSpace(OP_NAMES), tasks, cfg, TrainConfig(epochs=2), 0, tmp_path / "ckpt.json")
     assert state.generation == 2 and state.trainings == 2 * 4 * 2
     assert len(state.best) == SearchSpace(OP_NAMES).dim
@@ -158,8 +158,8 @@ def session_members(session: int) -> list[int]:
 @pytest.mark.slow
 def test_metatrain_resumes_after_being_killed(tmp_path):
     """SIGKILL metatrain after its first checkpoint; the rerun resumes and ends as an uninterrupted run does."""
-    params = tiny_params(**{"metatrain.candidates": 4, "metatrain.rungs": 3, "metatrain.proxy_epochs": 30,
-                            "metatrain.tasks_first_rung": 2})
+    params = tiny_params(**{"metatrain.candidates": 4, "metatrain.race_tasks": 6, "metatrain.race_step": 2,
+                            "metatrain.proxy_epochs": 30})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     cmd = [sys.executable, "-m", "metaaug"]
     subprocess.run([*cmd, "prepare"], cwd=tmp_path, check=True, capture_output=True)
@@ -226,7 +226,7 @@ def test_search_drops_the_ops_that_rewrite_the_label_cue(tmp_path):
     images = np.clip(strokes * (0.1 + 0.09 * labels)[:, None, None] + rng.normal(0, 0.01, strokes.shape), 0, 1)
     tasks = sample_tasks((images[..., None] * 255).round().astype(np.uint8), labels, shots=5, ways=5,
                          query_per_class=20, n_tasks=4, seed=0)
-    cfg = MetatrainConfig(candidates=4, rungs=1, tasks_first_rung=4, proxy_epochs=40, workers=2)
+    cfg = MetatrainConfig(candidates=4, race_tasks=4, race_step=4, proxy_epochs=40, workers=2)
     space = SearchSpace(OP_NAMES, channels=1)
     state = search(space, tasks, cfg, SETTINGS, 0, tmp_path / "ckpt.json")
     policy = space.policy(np.array(state.best))
@@ -263,23 +263,25 @@ class FakeScorer:
         return out
 
 
-def race(table, n_refs: int, names=None, **cfg_kwargs):
-    """Run successive_halving on candidates 0..len(table)-1 (the first n_refs references) with fake scores."""
-    from metaaug.metalearn import SearchState, anchor_points, successive_halving
+def race(table, n_refs: int, names=None, explorers=None, labels=None, **cfg_kwargs):
+    """Run race_candidates on candidates 0..len(table)-1 (the first n_refs references, then `explorers`,
+    random points by default) with fake scores."""
+    from metaaug.metalearn import SearchState, anchor_points, race_candidates
 
     space = SearchSpace(OP_NAMES, channels=1)
     init = space.initial()
     refs = [init, *(point for _, point in anchor_points(space, ANCHORS))][:n_refs]
     rng = np.random.default_rng(0)
-    explorers = [init + 0.3 * rng.standard_normal(space.dim) for _ in range(len(table) - n_refs)]
-    thetas = refs + explorers
+    if explorers is None:
+        explorers = [init + 0.3 * rng.standard_normal(space.dim) for _ in range(len(table) - n_refs)]
+    thetas = refs + list(explorers)
     scorer = FakeScorer(space, thetas, table)
-    cfg = MetatrainConfig(**{"rungs": 3, "tasks_first_rung": 2, "reference_tasks": 16, "reference_step": 4,
-                          "race_confidence": 0.9, "accept_z": 1.0, **cfg_kwargs})
-    state = SearchState("sh_random")
-    ranked, _ = successive_halving(space, thetas, list(range(32)), cfg, scorer, state, lambda: None,
-                                   lambda e: None, references=n_refs,
-                                   names=names or ["trivialaugment", "none", "handcrafted", "randaugment"][:n_refs])
+    cfg = MetatrainConfig(**{"race_tasks": 16, "race_step": 4, "race_confidence": 0.9, **cfg_kwargs})
+    state = SearchState("race")
+    ranked, _ = race_candidates(space, thetas, list(range(32)), cfg, scorer, state, lambda: None,
+                                lambda e: None, references=n_refs,
+                                names=names or ["trivialaugment", "none", "handcrafted", "randaugment"][:n_refs],
+                                labels=labels)
     chosen = next(k for k, t in enumerate(thetas) if np.array_equal(t, ranked[0]))
     return chosen, state, scorer
 
@@ -339,8 +341,10 @@ def test_explorer_with_a_lucky_small_margin_is_not_accepted():
     chosen, state, _ = race(table, n_refs=1, names=["trivialaugment"])
     assert chosen == 0
     explorers = [f for f in state.finalists if not f["reference"]]
-    assert explorers and all(f["status"].startswith("explorer, not clearly better") for f in explorers)
-    assert all(f["baseline"] is None for f in explorers)
+    assert len(explorers) == 8 and all(f["baseline"] is None for f in explorers)
+    lucky = [f for f in explorers if f["status"].startswith("explorer, not clearly better")]
+    assert len(lucky) == 1 and lucky[0]["tasks"] == 16 and lucky[0]["ci_low"] < 0 < lucky[0]["ci_high"]
+    assert all(f["status"].startswith("dropped after") for f in explorers if f is not lucky[0])
 
 
 def test_explorer_with_clear_evidence_replaces_the_reference():
@@ -350,7 +354,7 @@ def test_explorer_with_clear_evidence_replaces_the_reference():
     chosen, state, _ = race(table, n_refs=1, names=["trivialaugment"])
     assert chosen == 8 and state.finalists[0]["decision"].startswith("explorer accepted")
     ref = next(f for f in state.finalists if f["reference"])
-    assert ref["baseline"] == "trivialaugment" and ref["ci_high"] < 0 and ref["paired_tasks"] == 8
+    assert ref["baseline"] == "trivialaugment" and ref["ci_high"] < 0 and ref["paired_tasks"] == 16
 
 
 def test_race_with_anchors_and_explorers_stays_within_its_training_budget():
@@ -365,7 +369,8 @@ def test_race_with_anchors_and_explorers_stays_within_its_training_budget():
     assert state.trainings == len(scorer.calls) == len(set(scorer.calls))  # nothing scored twice
     assert {f["baseline"] for f in state.finalists if f["reference"]} == {"trivialaugment", "none", "handcrafted",
                                                                           "randaugment"}
-    assert state.trainings <= 16 + 32 + 16  # four references on 4, the survivors to at most 16; explorers 2/4/8
+    # all twelve on 4 tasks; then the three references left to at most 16, the explorers (clearly worse) gone
+    assert state.trainings <= 12 * 4 + 3 * 12 and all(f["tasks"] == 4 for f in state.finalists if not f["reference"])
 
 
 def test_a_lone_reference_without_explorers_is_still_scored():
@@ -387,3 +392,54 @@ def test_explorers_no_better_than_the_references_are_rarely_accepted_at_the_defa
         for z in accepted:
             accepted[z] += race(table, n_refs=4, accept_z=z)[0] >= 4
     assert accepted[default_z] <= 6 < accepted[1.0], accepted
+
+
+def test_explorers_are_the_same_moves_for_every_seed():
+    """What is raced does not depend on the seed (only the tasks do); extra explorers add a random step."""
+    from metaaug.metalearn import explorer_points
+
+    space = SearchSpace(OP_NAMES, channels=1)
+    init, moves = space.initial(), len(space.groups) + 2
+    a, b = (explorer_points(init, np.full(space.dim, 0.6), moves + 2, space, np.random.default_rng(seed), True,
+                            "TA-Wide") for seed in (0, 1))
+    assert all(la == lb and np.array_equal(pa, pb) for (la, pa), (lb, pb) in zip(a[:moves], b[:moves]))
+    assert not np.array_equal(a[moves][1], b[moves][1]) and "random step" in a[moves][0]
+    assert [label for label, _ in a[:3]] == ["TA-Wide, geometric ops at 75 % of the mass",
+                                              "TA-Wide, scale ops at 75 % of the mass",
+                                              "TA-Wide, colour ops at 75 % of the mass"]
+
+
+def test_close_explorers_are_decided_by_the_tie_rule_not_by_the_luckier_mean():
+    """Two explorers equally good (3 points above the reference): whichever has the higher mean on a
+    seed's tasks, the gentler one is the answer, and neither was dropped against the other on 4 tasks."""
+    from metaaug.metalearn import explorer_points, image_change
+
+    space = SearchSpace(OP_NAMES, channels=1)
+    labels, points = zip(*explorer_points(space.initial(), np.zeros(space.dim), 8, space,
+                                          np.random.default_rng(0), True, "TA-Wide"))
+    colour, cutout = list(space.groups).index("colour"), list(space.groups).index("cutout")
+    leaders = set()
+    for seed in range(5):
+        task = noise(seed, 0.05)
+        good = {colour: noise(100 + seed, 0.02), cutout: noise(200 + seed, 0.02)}
+        table = [lambda t: 0.90 + task(t)] + [
+            (lambda t, k=k: 0.93 + task(t) + good[k](t)) if k in good else (lambda t: 0.86 + task(t))
+            for k in range(8)]
+        chosen, state, scorer = race(table, n_refs=1, names=["trivialaugment"], explorers=points, labels=labels)
+        images = torch.cat([scorer.tasks[t].support_x for t in range(4)])
+        change = {k: image_change(space.policy(points[k]), images) for k in good}
+        assert chosen - 1 == min(good, key=change.get), state.finalists[0]["decision"]
+        assert "the gentlest kept" in state.finalists[0]["decision"]
+        assert {len(state.scores[1 + k]) for k in good} == {16}
+        leaders.add(max(good, key=lambda k: np.mean(state.scores[1 + k])))
+        assert state.finalists[0]["candidate"] == f"explorer: {labels[chosen - 1]}"
+    assert leaders == set(good)  # the higher mean changed between seeds; the answer did not
+
+
+def test_race_stops_when_the_reference_is_decided_and_leads_every_explorer():
+    task = noise(1, 0.05)
+    table = [lambda t: 0.85 + task(t) + noise(2, 0.01)(t), lambda t: 0.84 + task(t) + noise(3, 0.01)(t),
+             lambda t: 0.85 + task(t) + noise(4, 0.01)(t), lambda t: 0.95 + task(t) + noise(5, 0.01)(t)] \
+        + [lambda t, k=k: 0.90 + task(t) + noise(10 + k, 0.01)(t) for k in range(8)]
+    chosen, state, _ = race(table, n_refs=4)
+    assert chosen == 3 and state.trainings == 12 * 4 and state.finalists[0]["decision"].startswith("separated")

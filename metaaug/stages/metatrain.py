@@ -96,7 +96,7 @@ def evidence_lines(finalists: list[dict]) -> list[str]:
     paired difference to it (95 % t-interval, points, on the tasks both were scored on) and its status."""
     lines = []
     for f in finalists:
-        name = f"{f['baseline']}'s point" if f["baseline"] else ("reference" if f["reference"] else "explorer")
+        name = f["candidate"]
         if f["status"] == "chosen":
             lines.append(f"chosen: {name}, {100 * f['score']:.2f} % on {f['tasks']} tasks; {f['decision']}")
         else:
@@ -111,12 +111,12 @@ def log_evidence(finalists: list[dict]) -> None:
     tracking.log_dict({"finalists": finalists}, "search_finalists.json")
     for k, f in enumerate(finalists):
         if f["status"] != "chosen" and f["ci_low"] is not None:
-            tracking.log_metrics({"finalist": {f["baseline"] or f"candidate{k}": {
+            tracking.log_metrics({"finalist": {f["baseline"] or f"explorer{k}": {
                 "diff_to_chosen_points": f["diff_to_chosen"], "ci95_low_points": f["ci_low"],
                 "ci95_high_points": f["ci_high"], "paired_tasks": f["paired_tasks"]}}})
     if finalists:
         tracking.set_tags({"search.decision": finalists[0]["decision"][:5000],
-                           "search.chosen": finalists[0]["baseline"] or "explorer"})
+                           "search.chosen": finalists[0]["candidate"]})
 
 
 def log_chosen_policy(policy: Policy, baseline: str | None) -> None:
