@@ -134,6 +134,9 @@ class MetatrainConfig(Section):
     race_tasks: Annotated[int, Ge(1), Le(10000)] = 18
     race_step: Annotated[int, Ge(1), Le(10000)] = 3
     race_confidence: Annotated[float, Ge(0.5), Le(0.9999)] = 0.9
+    # an explorer is dropped as futile when its paired z against the best reference trails the track to
+    # accept_z at race_tasks (accept_z * sqrt(tasks / race_tasks)) by more than this; 100 = never
+    futility: Annotated[float, Ge(0.0), Le(100.0)] = 1.5
     ways: Annotated[int, Ge(2), Le(1000)] = 5
     query_per_class: Annotated[int, Ge(1), Le(100000)] = 100
 

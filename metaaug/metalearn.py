@@ -26,7 +26,8 @@ worse than no augmentation), so the policy is scored by real trainings:
   same tasks, `race_step` more per rung up to `race_tasks`. After each rung a candidate
   is dropped when it is *clearly worse* than the best *reference* (the initialisation
   and the anchors): the one-sided `race_confidence` upper t-bound of its paired
-  difference is below 0. The race ends at `race_tasks`, when one candidate is left, or
+  difference is below 0; an explorer also when it is *futile*, its paired z trailing
+  the track to `accept_z` (see `futile`). The race ends at `race_tasks`, when one candidate is left, or
   when one reference is left and it leads every explorer. The chosen reference is the
   one left, or, among references not separated, the gentlest. **Tie rule**: among
   candidates the evidence cannot separate, the one whose policy changes the meta-train
@@ -344,7 +345,7 @@ def race_candidates(space: SearchSpace, thetas: list[np.ndarray], task_ids: list
     incumbent and the fixed baselines' points (named by `names`), the rest explorers (described by
     `labels`). After each rung any candidate clearly worse than the best reference (`clearly_worse`)
     is dropped: a reference because a better one is known, an explorer because it can no longer
-    replace the reference. Explorers are not pruned against each other in the race: on `position`
+    replace the reference; so is an explorer that trails the track to `accept_z` (`futile`). Explorers are not pruned against each other in the race: on `position`
     a close rival dropped on 4 tasks' luck changed the answer between seeds; `decide` compares them
     at the end, on all the tasks. The race ends at `race_tasks`, when one candidate is left, or
     when the references are decided and the one left leads every explorer (nothing to accept).
@@ -357,7 +358,7 @@ def race_candidates(space: SearchSpace, thetas: list[np.ndarray], task_ids: list
     refs = list(range(min(references, len(state.candidates))))
     explorers = list(range(len(refs), len(state.candidates)))
     cap = min(cfg.race_tasks, len(task_ids))
-    dropped: dict[int, int] = {}  # candidate -> tasks it had when it was dropped
+    dropped: dict[int, tuple[int, str]] = {}  # candidate -> (tasks it had when it was dropped, why)
     rung = 0
     while True:
         n = min(cap, cfg.race_step * (rung + 1))
@@ -370,11 +371,17 @@ def race_candidates(space: SearchSpace, thetas: list[np.ndarray], task_ids: list
         best_ref, leader = (max(group, key=lambda i: (np.mean(state.scores[i][:n]), -i))
                             for group in (refs, refs + explorers))
         for group in (refs, explorers):
-            for i in list(group):
-                if i != best_ref and clearly_worse(state.scores[i][:n], state.scores[best_ref][:n],
-                                                   cfg.race_confidence):
-                    group.remove(i)
-                    dropped[i] = n
+            for i in [i for i in group if i != best_ref]:
+                mine, best = state.scores[i][:n], state.scores[best_ref][:n]
+                if clearly_worse(mine, best, cfg.race_confidence):
+                    dropped[i] = (n, f"clearly worse than the best reference (one-sided {cfg.race_confidence:g} "
+                                     "paired t-bound below 0)")
+                elif group is explorers and futile(mine, best, cap, cfg.accept_z, cfg.futility):
+                    dropped[i] = (n, f"futile: its paired z against the best reference trails the track to "
+                                     f"accept_z = {cfg.accept_z:g} by more than {cfg.futility:g}")
+                else:
+                    continue
+                group.remove(i)
         if rung >= state.rung:
             entry = {"rung": len(state.history), "best_score": float(np.mean(state.scores[leader][:n])), "tasks": n,
                      "references_left": len(refs), "explorers_left": len(explorers),
@@ -467,6 +474,21 @@ def paired_interval(a: list[float], b: list[float]) -> tuple[float, float | None
     return float(d.mean()), low, high
 
 
+def futile(explorer: list[float], reference: list[float], cap: int, accept_z: float, margin: float) -> bool:
+    """Can this explorer no longer be accepted? Its paired z against the reference trails the track to
+    `accept_z` at `cap` tasks (z grows with the square root of the tasks: `accept_z * sqrt(n / cap)`) by
+    more than `margin` (metatrain.futility; bench/race_rules.py replays the choice: at 1.0 one
+    `position` seed in 20 lost its best explorer, at 1.5 none did). Without it, an explorer level with the reference raced all `race_tasks` tasks and
+    the default search's cost had a tail to 14x one training, with no chance of a different answer."""
+    n = len(explorer)
+    if n < 2 or n >= cap:
+        return False
+    d = np.asarray(explorer, float) - np.asarray(reference, float)
+    se = d.std(ddof=1) / math.sqrt(n)
+    z = d.mean() / se if se > 0 else math.copysign(math.inf, d.mean()) if d.mean() else 0.0
+    return bool(z < accept_z * math.sqrt(n / cap) - margin)
+
+
 def clearly_worse(challenger: list[float], leader: list[float], confidence: float) -> bool:
     """Is the challenger worse than the leader on the same tasks with one-sided `confidence`
     (its paired t upper bound below 0)? Never on a single task (no spread to judge by)."""
@@ -480,7 +502,7 @@ def clearly_worse(challenger: list[float], leader: list[float], confidence: floa
 
 
 def finalist_entries(space: SearchSpace, state: SearchState, chosen: int, rule: str, references: int,
-                     dropped: dict[int, int], eligible: list[int], names: list[str | None], labels: list[str],
+                     dropped: dict[int, tuple[int, str]], eligible: list[int], names: list[str | None], labels: list[str],
                      cfg: MetatrainConfig) -> list[dict]:
     """The evidence behind the answer: every candidate scored, each with its paired difference to the
     chosen policy (95 % t-interval, points) on the tasks both were scored on, and its status."""
@@ -495,8 +517,7 @@ def finalist_entries(space: SearchSpace, state: SearchState, chosen: int, rule: 
         if i == chosen:
             status = "chosen"
         elif i in dropped:
-            status = (f"dropped after {dropped[i]} tasks: clearly worse than the best reference (one-sided "
-                      f"{cfg.race_confidence:g} paired t-bound below 0)")
+            status = f"dropped after {dropped[i][0]} tasks: {dropped[i][1]}"
         elif reference:
             status = ("reference, beaten by the accepted explorer" if chosen >= references else
                       "not separated from the chosen reference (tie rule)")

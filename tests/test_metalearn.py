@@ -443,3 +443,14 @@ def test_race_stops_when_the_reference_is_decided_and_leads_every_explorer():
         + [lambda t, k=k: 0.90 + task(t) + noise(10 + k, 0.01)(t) for k in range(8)]
     chosen, state, _ = race(table, n_refs=4)
     assert chosen == 3 and state.trainings == 12 * 4 and state.finalists[0]["decision"].startswith("separated")
+
+
+def test_an_explorer_that_cannot_reach_accept_z_is_dropped_as_futile():
+    """0.1 points below the reference with a small spread: not clearly worse (its t-bound stays above 0),
+    but far off the track to accept_z, so it is not raced to the end."""
+    task = noise(1, 0.05)
+    table = [lambda t: 0.90 + task(t), lambda t: 0.899 + task(t) + noise(7, 0.01)(t)]
+    chosen, state, _ = race(table, n_refs=1, names=["trivialaugment"])
+    explorer = state.finalists[1]
+    assert chosen == 0 and explorer["tasks"] < 16, explorer
+    assert explorer["status"].startswith(f"dropped after {explorer['tasks']} tasks: futile"), explorer["status"]
