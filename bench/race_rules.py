@@ -30,7 +30,7 @@ from adaptivity import task_params  # noqa: E402  the task builders of the adapt
 
 from metaaug.config import MetatrainConfig, load_params  # noqa: E402
 from metaaug.metalearn import (Scorer, SearchSpace, SearchState, anchor_points, explorer_points,  # noqa: E402
-                               race_candidates, sample_tasks)
+                               meta_train_tasks, race_candidates)
 from metaaug.ops import OP_NAMES  # noqa: E402
 from metaaug.stages import prepare  # noqa: E402
 from metaaug.tasks import load_prepared  # noqa: E402
@@ -84,10 +84,7 @@ def score_table(params, prepared, space, points, seeds: list[int], n_tasks: int,
 
 def seed_tasks(params, prepared, n_tasks: int, seed: int):
     """The meta-train tasks metatrain samples under this seed (the stage's own call)."""
-    train = np.flatnonzero(~np.asarray(prepared.meta_is_val))
-    cfg = params.metatrain
-    return sample_tasks(np.asarray(prepared.meta_images)[train], np.asarray(prepared.meta_labels)[train],
-                        params.tasks.shots, cfg.ways, cfg.query_per_class, n_tasks, seed)
+    return meta_train_tasks(prepared, params.tasks.shots, params.metatrain, n_tasks, seed)
 
 
 def replay(params, prepared, space, names, labels, points, table, seeds, overrides: dict) -> list[dict]:

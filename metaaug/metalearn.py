@@ -221,6 +221,14 @@ def sample_tasks(images: np.ndarray, labels: np.ndarray, shots: int, ways: int, 
     return tasks
 
 
+def meta_train_tasks(prepared, shots: int, cfg: MetatrainConfig, n_tasks: int, seed: int) -> list[Task]:
+    """The tasks a search under `seed` scores on: sampled from the prepared meta-train images that are
+    not held back for meta-validation (the metatrain stage's call; benchmarks replay it)."""
+    train = np.flatnonzero(~np.asarray(prepared.meta_is_val))
+    return sample_tasks(np.asarray(prepared.meta_images)[train], np.asarray(prepared.meta_labels)[train], shots,
+                        cfg.ways, cfg.query_per_class, n_tasks, seed)
+
+
 def score(policy: Policy | None, task: Task, settings: TrainConfig) -> float:
     """Clean query accuracy of a learner trained on the task's support, augmented by `policy`."""
     return score_population([(policy, task)], settings)[0]

@@ -19,7 +19,7 @@ import typer
 from metaaug import tracking
 from metaaug.config import Params, load_params
 from metaaug.io import atomic_dir, write_json
-from metaaug.metalearn import SearchSpace, sample_tasks, search, tasks_needed
+from metaaug.metalearn import SearchSpace, meta_train_tasks, search, tasks_needed
 from metaaug.ops import OP_NAMES
 from metaaug.policies import Policy, describe, export_albumentations, save_policy
 from metaaug.stages import PARAMS, POLICY, PREPARED, pipeline_facts
@@ -43,14 +43,12 @@ def run(params: Params, prepared_dir: Path, out: Path, timing: Path | None = Non
     cfg = params.metatrain
     space = SearchSpace(tuple(cfg.ops or OP_NAMES), channels=prepared.meta_images.shape[-1])
     set_threads(prepared.meta_images.shape[1])
-    train_idx = np.flatnonzero(~np.asarray(prepared.meta_is_val))
     logged = {"metatrain": cfg.model_dump(), "seed": params.seed, "tasks.shots": params.tasks.shots}
     with tracking.stage_run("metatrain", logged, params.tracking.experiment, {"prepare": prepared_dir},
                             output=out, files={timing: TIMING_KIND}):
         tracking.name_run("metatrain", pipeline_facts(prepared.manifest))
         start = time.perf_counter()
-        tasks = sample_tasks(np.asarray(prepared.meta_images)[train_idx], np.asarray(prepared.meta_labels)[train_idx],
-                             params.tasks.shots, cfg.ways, cfg.query_per_class, tasks_needed(cfg), params.seed)
+        tasks = meta_train_tasks(prepared, params.tasks.shots, cfg, tasks_needed(cfg), params.seed)
         ckpt = checkpoint_path(out, params, prepared_dir)
         state = search(space, tasks, cfg, params.train, params.seed, ckpt,
                        log=lambda entry: tracking.log_metrics(rung_metrics(entry), step=entry["rung"]))
