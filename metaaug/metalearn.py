@@ -353,9 +353,10 @@ def race_candidates(space: SearchSpace, thetas: list[np.ndarray], task_ids: list
     incumbent and the fixed baselines' points (named by `names`), the rest explorers (described by
     `labels`). After each rung any candidate clearly worse than the best reference (`clearly_worse`)
     is dropped: a reference because a better one is known, an explorer because it can no longer
-    replace the reference; so is an explorer that trails the track to `accept_z` (`futile`). Explorers are not pruned against each other in the race: on `position`
-    a close rival dropped on 4 tasks' luck changed the answer between seeds; `decide` compares them
-    at the end, on all the tasks. The race ends at `race_tasks`, when one candidate is left, or
+    replace the reference; so is an explorer that trails the track to `accept_z` (`futile`).
+    Explorers are not pruned against each other in the race: on `position` a close rival dropped
+    on 4 tasks' luck changed the answer between seeds; `decide` compares them at the end, on all
+    the tasks. The race ends at `race_tasks`, when one candidate is left, or
     when the references are decided and the one left leads every explorer (nothing to accept).
     """
     if not state.candidates:
@@ -424,8 +425,8 @@ def decide(space: SearchSpace, refs: list[int], explorers: list[int], state: Sea
     The chosen reference is the one left, or, when several could not be separated, the gentlest of
     them (TIE RULE: the policy that changes the meta-train support images least). Explorers replace
     it only if the best explorer left beats it by more than `accept_z` paired standard errors; then
-    the answer is the gentlest of the explorers left that score above the reference on average (the
-    race could not separate them from the best one, so the tie rule decides among them as well).
+    the answer is the gentlest of the *eligible* explorers: above the reference on average and not
+    separated from the best one (`SEPARATED`: its 95 % interval reaches 0) — the tie rule again.
     Which explorer is best by a hair is noise; whether the best clears the reference is evidence.
     """
     chosen, change = gentlest(space, refs, state, scorer, task_ids)
@@ -485,9 +486,9 @@ def paired_interval(a: list[float], b: list[float]) -> tuple[float, float | None
 def futile(explorer: list[float], reference: list[float], cap: int, accept_z: float, margin: float) -> bool:
     """Can this explorer no longer be accepted? Its paired z against the reference trails the track to
     `accept_z` at `cap` tasks (z grows with the square root of the tasks: `accept_z * sqrt(n / cap)`) by
-    more than `margin` (metatrain.futility; bench/race_rules.py replays the choice: at 1.0 one
-    `position` seed in 20 lost its best explorer, at 1.5 none did). Without it, an explorer level with the reference raced all `race_tasks` tasks and
-    the default search's cost had a tail to 14x one training, with no chance of a different answer."""
+    more than `margin` (metatrain.futility; the README's replays of bench/race_rules.py). Without it an
+    explorer level with the reference raced all `race_tasks` tasks, and the default search's cost had
+    a tail to 14x one training, every time for the same answer."""
     n = len(explorer)
     if n < 2 or n >= cap:
         return False
@@ -510,8 +511,8 @@ def clearly_worse(challenger: list[float], leader: list[float], confidence: floa
 
 
 def finalist_entries(space: SearchSpace, state: SearchState, chosen: int, rule: str, references: int,
-                     dropped: dict[int, tuple[int, str]], eligible: list[int], names: list[str | None], labels: list[str],
-                     cfg: MetatrainConfig) -> list[dict]:
+                     dropped: dict[int, tuple[int, str]], eligible: list[int], names: list[str | None],
+                     labels: list[str], cfg: MetatrainConfig) -> list[dict]:
     """The evidence behind the answer: every candidate scored, each with its paired difference to the
     chosen policy (95 % t-interval, points) on the tasks both were scored on, and its status."""
     out = []
@@ -535,10 +536,10 @@ def finalist_entries(space: SearchSpace, state: SearchState, chosen: int, rule: 
             status = "explorer, below the reference or clearly worse than the best explorer"
         else:
             status = f"explorer, not clearly better than the chosen reference (accept_z = {cfg.accept_z:g})"
-        out.append({"candidate": labels[i], "policy": policy_summary(space.policy(theta)), "layers": space.layers(theta),
-                    "reference": reference, "baseline": names[i], "score": float(np.mean(state.scores[i])),
-                    "tasks": len(state.scores[i]), "paired_tasks": n, "diff_to_chosen": diff,
-                    "ci_low": low, "ci_high": high, "status": status,
+        out.append({"candidate": labels[i], "policy": policy_summary(space.policy(theta)),
+                    "layers": space.layers(theta), "reference": reference, "baseline": names[i],
+                    "score": float(np.mean(state.scores[i])), "tasks": len(state.scores[i]), "paired_tasks": n,
+                    "diff_to_chosen": diff, "ci_low": low, "ci_high": high, "status": status,
                     **({"decision": rule} if i == chosen else {})})
     return out
 
