@@ -45,7 +45,7 @@ worse than no augmentation), so the policy is scored by real trainings:
   History (issue 18): references halved by their mean on 2 then 4 tasks flipped one
   default seed in five (a 1.3-point gap, per-task spread 2.1); explorers that were
   random points, halved by mean, gave a different policy in each seed on `position`;
-  explorers pruned against each other on 4 tasks still flipped 1–2 seeds in 10 there.
+  explorers pruned against each other on 4 tasks still flipped some seeds there.
   `SearchState.finalists` carries the evidence: every candidate with its paired
   difference to the chosen policy (95 % t-interval, points), its tasks, the fixed
   baseline whose point it is, and its status; the chosen one carries the decision.
@@ -492,10 +492,15 @@ def futile(explorer: list[float], reference: list[float], cap: int, accept_z: fl
     n = len(explorer)
     if n < 2 or n >= cap:
         return False
-    d = np.asarray(explorer, float) - np.asarray(reference, float)
-    se = d.std(ddof=1) / math.sqrt(n)
-    z = d.mean() / se if se > 0 else math.copysign(math.inf, d.mean()) if d.mean() else 0.0
+    mean, se = paired_mean_se(explorer, reference)
+    z = mean / se if se > 0 else math.copysign(math.inf, mean) if mean else 0.0
     return bool(z < accept_z * math.sqrt(n / cap) - margin)
+
+
+def paired_mean_se(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Mean of a - b (a[i], b[i] on the same task) and its standard error (0 below two tasks)."""
+    d = np.asarray(a, float) - np.asarray(b, float)
+    return float(d.mean()), (float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0)
 
 
 def clearly_worse(challenger: list[float], leader: list[float], confidence: float) -> bool:
@@ -503,11 +508,10 @@ def clearly_worse(challenger: list[float], leader: list[float], confidence: floa
     (its paired t upper bound below 0)? Never on a single task (no spread to judge by)."""
     from scipy import stats
 
-    d = np.asarray(challenger, float) - np.asarray(leader, float)
-    if len(d) < 2:
+    if len(challenger) < 2:
         return False
-    se = d.std(ddof=1) / math.sqrt(len(d))
-    return bool(d.mean() + stats.t.ppf(confidence, len(d) - 1) * se < 0)
+    mean, se = paired_mean_se(challenger, leader)
+    return bool(mean + stats.t.ppf(confidence, len(challenger) - 1) * se < 0)
 
 
 def finalist_entries(space: SearchSpace, state: SearchState, chosen: int, rule: str, references: int,
@@ -550,9 +554,8 @@ def clearly_better(challenger: list[float], incumbent: list[float], z: float) ->
     The best of several noisy scores is biased upward (the winner's curse); without
     this test the search drifts to whatever got lucky on a few tasks.
     """
-    d = np.asarray(challenger) - np.asarray(incumbent)
-    se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else 0.0
-    return bool(d.mean() > 0 and d.mean() > z * se)
+    mean, se = paired_mean_se(challenger, incumbent)
+    return bool(mean > 0 and mean > z * se)
 
 
 def search(space: SearchSpace, tasks: list[Task], cfg: MetatrainConfig, settings: TrainConfig, seed: int,
