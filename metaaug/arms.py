@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from metaaug.bank import Bank
+from metaaug.io import load_array
 from metaaug.policies import fixed_policy, load_policy, sample_apply
 from metaaug.training import Augment
 
@@ -36,7 +37,7 @@ def arm_augmenter(arm: str, channels: int, learned_source: str, policy_dir: Path
 def load_bank(augmented_dir: Path) -> tuple[Bank, dict[int, int]]:
     """data/augmented/ (metaaug.bank.Bank: rows read on demand) and target index -> row."""
     bank = Bank(augmented_dir)
-    index = {int(j): r for r, j in enumerate(np.load(augmented_dir / "index.npy"))}
+    index = {int(j): r for r, j in enumerate(load_array(augmented_dir, "index"))}
     return bank, index
 
 

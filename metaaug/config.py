@@ -284,7 +284,16 @@ def leaf_fields(model: type[BaseModel] = Params, prefix: str = ""):
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, except that a key given twice in one mapping is an error, not a silent overwrite."""
+    """YAML's safe loader, except that a key given twice in one mapping is an error, not a silent overwrite,
+    and that aliases (`*name`) are refused: nested aliases expand a few hundred bytes into gigabytes (a
+    "billion laughs"), and params.yaml needs none."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise MetaaugError(f"alias *{str(event.anchor)[:40]} at line {event.start_mark.line + 1}; expected "
+                               "plain values (YAML aliases are not accepted)")
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node, deep=False):
         seen = set()

@@ -1,17 +1,23 @@
-"""Atomic, deterministic file output, written only where metaaug wrote before.
+"""Atomic, deterministic file output, written only where metaaug wrote before, and read back only as written.
 
-Every stage writes its outputs into a temporary sibling and renames it into
-place, so an interrupted or failed stage leaves the previous outputs intact and
-never a half-written directory (even under SIGKILL: the temp of a killed
-writer is hidden and removed by the next write). Arrays are stored as plain `.npy` (byte-stable
-across runs, memory-mappable), metadata as sorted, indented JSON.
+Paths. Every output path is spelled once (`output_path`: `~` expanded, made absolute, its folder
+resolved), and that one path is checked, written, swapped and deleted.
 
-Ownership. Every output directory carries a marker, `.metaaug-output.json`: the output's kind (the
-stage that wrote it), the SHA-256 of every file in it, and the digests of the outputs it was made from.
-An existing path is replaced only when it is recognisably metaaug's output of the same kind with
-nothing else in it (see `check_output`); anything else stops with one line and is left untouched.
-The digest of an output is the SHA-256 of its marker, so a stage checks in microseconds that its
-inputs belong together (`verify_input`).
+Temps. Every stage writes an output into a temporary sibling folder (`.<name>.tmp-<pid>-...`) holding a
+temp marker (`.metaaug-temp.json`: the writer's pid and start time) and the output under `out`; the
+output is renamed into place only once the stage succeeded, so an interrupted or failed stage leaves the
+previous output intact and never a half-written one. A temp is recognised by its temp marker, never by
+its name alone: a leftover one whose writer is gone is removed by the next write of that output.
+
+Ownership. Every output folder carries a marker, `.metaaug-output.json`: the output's kind (the
+stage that wrote it), the SHA-256 of every file in it, and the digests of the outputs it was made from;
+a JSON output file (metrics.json, timings) carries the same in its key `metaaug_output`. An existing path
+is replaced only when it is metaaug's output of the same kind, every file still as metaaug wrote it,
+with nothing else in it (see `check_output`); anything else stops with one line and is left untouched.
+
+Inputs. A stage reads an output only after its files matched its marker's hashes (`verify_input`);
+the digest of an output is the SHA-256 of its marker. Each folder is hashed once per process while its
+files stay unchanged (same inode, size and modification time): `content_digest` keeps the result.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import shutil
 import signal
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -36,6 +43,8 @@ from metaaug.errors import MetaaugError
 
 KILL_ENV = "METAAUG_KILL_BEFORE_RENAME"
 MARKER = ".metaaug-output.json"
+TEMP_MARKER = ".metaaug-temp.json"
+JSON_OWNER = "metaaug_output"  # the key a JSON output file carries its kind and hash in
 MARKER_FORMAT = 1
 
 # Outputs written before markers existed (up to commit 4011436), recognised by their layout: the file
@@ -49,6 +58,9 @@ LEGACY_LAYOUTS = {
     "evaluate.plots": ("accuracy.json", ["accuracy.json", "curves.csv", "curves/*.csv", "confusion/*.json"]),
     "evaluate.reports": ("report.md", ["report.md", "evaluation.json", "*.png"]),
 }
+# JSON output files written before they carried their kind: the keys that tell each kind apart.
+LEGACY_JSON_KEYS = {"evaluate.metrics": {"arms", "paired"}, "metatrain.timing": {"search_seconds", "machine"},
+                    "train.timing": {"run_seconds", "machine"}}
 
 
 def _fail(path: object, what: str, expected: str) -> MetaaugError:
@@ -61,6 +73,14 @@ def _what(kind: str | None) -> str:
         return "metaaug output"
     stage, _, part = str(kind).partition(".")
     return f"{part + ' ' if part else ''}output of `metaaug {stage}`"
+
+
+def output_path(path: str | Path) -> Path:
+    """The one spelling of a path metaaug checks, writes, swaps and deletes: `~` expanded (as a shell would),
+    absolute, `..` folded, its folder's symbolic links resolved. The last part is kept as it is, so that
+    a symbolic link there is seen (and refused), never followed."""
+    p = Path(os.path.abspath(Path(path).expanduser()))
+    return p.parent.resolve() / p.name if p.name else p
 
 
 def _files(root: Path) -> list[str]:
@@ -98,22 +118,73 @@ def _legacy_kind(path: Path, kind: str | None) -> bool:
     return False
 
 
-def check_output(path: str | Path, kind: str | None, file: bool = False) -> None:
+# --- contents against markers ---------------------------------------------------------------------------------
+
+_verified: dict[Path, tuple[tuple, str]] = {}  # folder -> (fingerprint of its files, digest), see content_digest
+
+
+def _fingerprint(root: Path, names: Iterable[str]) -> tuple:
+    """What changes when any of these files is rewritten or replaced: inode, size, modification time."""
+    stats = []
+    for name in [MARKER, *names]:
+        try:
+            st = os.stat(root / name, follow_symlinks=False)
+            stats.append((name, st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            stats.append((name, None))
+    return tuple(stats)
+
+
+def modified_file(root: Path, marker: dict) -> str | None:
+    """The first file the marker lists that is missing, not a plain file, or not byte for byte as recorded."""
+    for name, recorded in sorted(marker["files"].items()):
+        path = root / name
+        if path.is_symlink() or not path.is_file() or sha256_file(path) != recorded:
+            return name
+    return None
+
+
+def content_digest(path: Path, marker: dict | None = None) -> str | None:
+    """The digest of marked output `path` (SHA-256 of its marker) once every file it lists matched its recorded
+    hash; None when one did not. Kept per folder while no listed file changed, so a stage hashes each once."""
+    path = Path(path)
+    marker = marker or read_marker(path)
+    fingerprint = _fingerprint(path, sorted(marker["files"]))
+    known = _verified.get(path)
+    if known is not None and known[0] == fingerprint:
+        return known[1]
+    if modified_file(path, marker) is not None:
+        return None
+    digest = hashlib.sha256((path / MARKER).read_bytes()).hexdigest()
+    _verified[path] = (fingerprint, digest)
+    return digest
+
+
+def _modified_error(given: object, root: Path, marker: dict, expected: str) -> MetaaugError:
+    name = modified_file(root, marker)
+    return _fail(given, f"{name} was modified since metaaug wrote it (it no longer matches the SHA-256 in {MARKER})",
+                 expected)
+
+
+# --- where an output may be written ---------------------------------------------------------------------------
+
+
+def check_output(path: str | Path, kind: str | None, file: bool = False, shown: str | Path | None = None) -> None:
     """Stop unless `path` may receive metaaug's `kind` output: absent (its parent creatable), an empty folder, or
-    metaaug's own earlier output of that kind holding nothing else (`file`: a JSON file metaaug wrote).
+    metaaug's own earlier output of that kind, unmodified, holding nothing else (`file`: a JSON file metaaug
+    wrote as that kind).
 
     The rule: an existing path is replaced only when metaaug recognisably wrote it, as this kind of output,
-    and replacing it loses no file metaaug did not write. Never the working directory or a parent of it, never
-    a path inside another metaaug output, never through a symbolic link.
+    and replacing it loses no file or edit metaaug did not write. Never the working directory or a parent of
+    it, never a path inside another metaaug output, never through a symbolic link.
     """
-    given = Path(path)
-    resolved = given.expanduser().resolve()
+    given, resolved = Path(shown if shown is not None else path), output_path(path)
     cwd = Path.cwd().resolve()
     expected = f"a new path or an earlier {_what(kind)}"
+    if resolved.is_symlink():
+        raise _fail(given, "is a symbolic link", f"{expected} (a real {'file' if file else 'folder'})")
     if resolved == cwd or cwd.is_relative_to(resolved):
         raise _fail(given, "is the working directory or one of its parents", expected)
-    if given.is_symlink():
-        raise _fail(given, "is a symbolic link", f"{expected} (a real {'file' if file else 'folder'})")
     for parent in resolved.parents:
         if read_marker(parent) is not None:
             raise _fail(given, f"lies inside {parent}, the {_what(read_marker(parent).get('kind'))}",
@@ -129,11 +200,7 @@ def check_output(path: str | Path, kind: str | None, file: bool = False) -> None
     if existing != resolved:
         return
     if file:
-        if not resolved.is_file():
-            raise _fail(given, "is a folder", f"{expected} (a file)")
-        if not _is_own_json(resolved):
-            raise _fail(given, "exists and was not written by metaaug (not its JSON)", expected)
-        return
+        return _check_own_json(given, resolved, kind, expected)
     if not resolved.is_dir():
         raise _fail(given, "is a file", f"{expected} (a folder)")
     marker = read_marker(resolved)
@@ -150,15 +217,43 @@ def check_output(path: str | Path, kind: str | None, file: bool = False) -> None
     if foreign:
         raise _fail(given, f"holds {foreign[0]}, which metaaug did not write there",
                     f"only the {_what(kind)} there (move {foreign[0]} out, or choose another path)")
+    if content_digest(resolved, marker) is None:
+        raise _modified_error(given, resolved, marker, f"the {_what(kind)} as metaaug wrote it before it is "
+                                                       f"replaced (move your edited files out, or choose another path)")
 
 
-def _is_own_json(path: Path) -> bool:
-    """Whether `path` holds JSON byte for byte as `write_json` writes it (sorted keys, indent 2)."""
+def _check_own_json(given: Path, path: Path, kind: str | None, expected: str) -> None:
+    """An existing output file is replaced only when it is JSON metaaug wrote as `kind` and nobody edited since:
+    its `metaaug_output` names the kind and the SHA-256 of the rest (files from before that key: canonical
+    JSON with the keys of that kind)."""
+    if not path.is_file():
+        raise _fail(given, "is a folder", f"{expected} (a file)")
     try:
         text = path.read_text()
-        return text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"
+        doc = json.loads(text)
     except (OSError, ValueError):
-        return False
+        doc = None
+    if not isinstance(doc, dict) or text != _canonical(doc):
+        raise _fail(given, "exists and was not written by metaaug (not its JSON)", expected)
+    stamp = doc.get(JSON_OWNER)
+    if stamp is None:
+        if LEGACY_JSON_KEYS.get(kind, {"\0"}) <= set(doc):
+            return
+        raise _fail(given, "exists and was not written by metaaug as this kind (no metaaug_output in it)", expected)
+    if not isinstance(stamp, dict) or stamp.get("kind") != kind:
+        theirs = stamp.get("kind") if isinstance(stamp, dict) else None
+        raise _fail(given, f"holds the {_what(theirs)}" if theirs else "has an unreadable metaaug_output", expected)
+    if stamp.get("sha256") != _json_hash(doc):
+        raise _fail(given, "was modified since metaaug wrote it (it no longer matches its metaaug_output.sha256)",
+                    f"the {_what(kind)} as metaaug wrote it before it is replaced (move it, or choose another path)")
+
+
+def _canonical(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def _json_hash(doc: dict) -> str:
+    return hashlib.sha256(_canonical({k: v for k, v in doc.items() if k != JSON_OWNER}).encode()).hexdigest()
 
 
 def check_outputs(outputs, inputs: Iterable = (), files=()) -> None:
@@ -175,13 +270,16 @@ def check_outputs(outputs, inputs: Iterable = (), files=()) -> None:
     outs = [p for p, _ in outputs + files]
     ins = [Path(p) for p in inputs if p is not None]
     for i, out in enumerate(outs):
-        r = out.expanduser().resolve()
+        r = output_path(out)
         for other, role in [(p, "input") for p in ins] + [(p, "output") for p in outs[i + 1:]]:
-            o = other.expanduser().resolve()
+            o = output_path(other)
             if r == o or o.is_relative_to(r) or r.is_relative_to(o):
                 relation = "is" if r == o else "contains" if o.is_relative_to(r) else "lies inside"
                 raise _fail(out, f"{relation} the {role} {other}", "outputs apart from the stage's inputs and "
                                                                     "from each other")
+
+
+# --- hashing ----------------------------------------------------------------------------------------------------
 
 
 def _feed(h, path: Path):
@@ -214,34 +312,65 @@ def output_digest(path: str | Path) -> str:
     return hashlib.sha256(marker.read_bytes()).hexdigest() if marker.is_file() else dir_digest(path)
 
 
-def write_marker(directory: Path, kind: str | None, inputs: dict | None = None) -> None:
-    """The ownership marker of a finished output: its kind, every file's SHA-256, the digests of its inputs."""
+def write_marker(directory: Path, kind: str | None, inputs: dict | None = None) -> str:
+    """The ownership marker of a finished output: its kind, every file's SHA-256, the digests of its inputs
+    (name -> an output path, or its digest already known). Returns the output's digest."""
     files = {e: sha256_file(directory / e) for e in _files(directory) if not e.endswith("/") and e != MARKER}
-    doc = {"format": MARKER_FORMAT, "kind": kind, "files": files,
-           "inputs": {name: output_digest(p) for name, p in (inputs or {}).items() if p is not None}}
-    (directory / MARKER).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    digests = {name: p if isinstance(p, str) else output_digest(p) for name, p in (inputs or {}).items()
+               if p is not None}
+    text = _canonical({"format": MARKER_FORMAT, "kind": kind, "files": files, "inputs": digests})
+    (directory / MARKER).write_text(text)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
-def verify_input(path: str | Path, kind: str, against: dict | None = None) -> None:
-    """Stop unless `path` is a `kind` output made from the very outputs in `against` (name -> path), as its
-    marker records; an output from before markers is taken as it is (it recorded nothing to check)."""
-    path = Path(path)
+def stamped(data: dict, kind: str) -> dict:
+    """A JSON output file's document with its kind and the SHA-256 of the rest under `metaaug_output`, so that
+    it is replaced only as that kind and only while nobody edited it."""
+    if not isinstance(data, dict):
+        raise TypeError(f"a {kind} output file holds a JSON object, not {type(data).__name__}")
+    doc = {k: v for k, v in data.items() if k != JSON_OWNER}
+    return {**doc, JSON_OWNER: {"kind": kind, "sha256": _json_hash(doc)}}
+
+
+# --- inputs -----------------------------------------------------------------------------------------------------
+
+
+def verify_input(path: str | Path, kind: str, against: dict | None = None) -> str:
+    """Stop unless `path` is a `kind` output whose files are byte for byte those its marker lists, made from
+    the very outputs in `against` (name -> path), as its marker records; returns its digest. An output from
+    before markers recorded nothing to check: only its shapes must fit the prepared set."""
+    given, path = Path(path), output_path(path)
     if not path.is_dir():
-        raise _fail(path, "does not exist" if not path.exists() else "is not a folder", f"the {_what(kind)}")
+        raise _fail(given, "does not exist" if not path.exists() else "is not a folder", f"the {_what(kind)}")
     marker = read_marker(path)
     if marker is None:
+        if (path / MARKER).exists():
+            raise _fail(given / MARKER, "is not a readable marker (truncated or edited?)",
+                        f"the {_what(kind)} as metaaug wrote it (rerun `metaaug {kind.partition('.')[0]}`)")
         _check_legacy_fit(path, kind, (against or {}).get("prepare"))
-        return
+        return dir_digest(path)
     if marker.get("kind") not in (None, kind):
-        raise _fail(path, f"holds the {_what(marker.get('kind'))}", f"the {_what(kind)}")
+        raise _fail(given, f"holds the {_what(marker.get('kind'))}", f"the {_what(kind)}")
+    digest = content_digest(path, marker)
+    if digest is None:
+        raise _modified_error(given, path, marker, f"the {_what(kind)} as metaaug wrote it (rerun "
+                                                   f"`metaaug {kind.partition('.')[0]}`)")
     for name, other in (against or {}).items():
         recorded = marker.get("inputs", {}).get(name)
         if other is None or recorded is None:
             continue
-        if recorded != output_digest(other):
-            raise _fail(path, f"was made from another {name} output than {other}",
+        if recorded != verify_input(other, name):
+            raise _fail(given, f"was made from another {name} output than {other}",
                         f"inputs of one pipeline (rerun `metaaug {kind}` on {other}, or pass the {name} "
                         f"output it was made from)")
+    return digest
+
+
+def verify_inputs(inputs: dict[str, Path | None]) -> dict[str, str]:
+    """Each input (stage name -> its output folder) checked by content, and against the others by the input
+    digests its marker recorded; returns name -> digest (each folder hashed once)."""
+    given = {name: p for name, p in inputs.items() if p is not None}
+    return {name: verify_input(p, name, {k: q for k, q in given.items() if k != name}) for name, p in given.items()}
 
 
 def _check_legacy_fit(path: Path, kind: str, prepared: Path | None) -> None:
@@ -262,72 +391,107 @@ def _check_legacy_fit(path: Path, kind: str, prepared: Path | None) -> None:
             have, want, what = (bank["images"], *bank["shape"]), (pool, h, w, c), "images, height, width, channels"
         else:
             return
-    except (KeyError, TypeError, ValueError, OSError):
+    except (KeyError, TypeError, ValueError, OSError, MetaaugError):
         raise _fail(path, f"does not read as the {_what(kind)}", f"the {_what(kind)}") from None
     if tuple(have) != tuple(want):
         raise _fail(path, f"does not fit {prepared} ({what}: {list(have)} vs {list(want)})",
                     f"inputs of one pipeline (rerun `metaaug {kind}` on {prepared})")
 
 
+# --- writing: temps, then one rename ----------------------------------------------------------------------------
+
+
+@dataclass
+class Staged:
+    """One output being written: `content` (a folder, or a file for `file`) inside its temp folder, moved to
+    `path` by `publish`. `shown` is the path as the user gave it, for messages."""
+
+    path: Path
+    shown: Path
+    kind: str | None
+    temp: Path
+    file: bool = False
+
+    @property
+    def content(self) -> Path:
+        return self.temp / (self.path.name if self.file else "out")
+
+
+def stage_output(path: str | Path, kind: str | None = None, file: bool = False) -> Staged:
+    """Check that `path` may receive the `kind` output (see check_output; a file without a kind, one of
+    metaaug's own inside an output or a checkpoint, is not checked), then make its temp."""
+    resolved = output_path(path)
+    if kind is not None or not file:
+        check_output(resolved, kind, file=file, shown=path)
+    staged = Staged(resolved, Path(path), kind, _new_temp(resolved), file)
+    if not file:
+        staged.content.mkdir()
+    return staged
+
+
+def finish(staged: Staged, inputs: dict | None = None) -> str | None:
+    """Write an output folder's marker (its kind, its files' hashes, its inputs' digests); returns its digest."""
+    return None if staged.file else write_marker(staged.content, staged.kind, inputs)
+
+
+def publish(staged: Staged) -> None:
+    """Move a finished output into place in one rename (checked again first: nothing may have appeared
+    there meanwhile), then delete the previous output; on failure nothing at `path` has changed."""
+    path = staged.path
+    try:
+        if staged.kind is not None or not staged.file:
+            check_output(path, staged.kind, file=staged.file, shown=staged.shown)
+        _kill_hook(path)
+        if staged.file or not path.exists() or not _exchange(staged.content, path):  # exchanged: content is the old
+            if not staged.file and os.path.lexists(path):
+                os.replace(path, staged.temp / "previous")
+            os.replace(staged.content, path)
+    except OSError as exc:
+        discard(staged)
+        raise _named(exc, staged.shown) from None
+    except BaseException:
+        discard(staged)
+        raise
+    discard(staged)
+
+
+def discard(staged: Staged) -> None:
+    shutil.rmtree(staged.temp, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path, kind: str | None = None, inputs: dict | None = None) -> Iterator[Path]:
-    """Yield an empty temp directory that replaces `path` only if the block succeeds.
-
-    `path` must pass `check_output` for `kind` (checked before and again just before the replace); the
-    published output carries the marker with `kind` and the digests of `inputs` (name -> output path).
-    The temp name holds this process's id, so temp directories left by killed
-    processes are recognised and removed by the next write of the same output.
-    """
-    path = Path(path)
-    check_output(path, kind)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_temp_prefix(path)}{os.getpid()}-", dir=path.parent))
+    """Yield an empty folder that replaces `path` (marked as `kind`, made from `inputs`) only if the block
+    succeeds. A stage's outputs go through `tracking.stage_run` instead, which publishes them only once
+    their MLflow run has its record."""
+    staged = stage_output(path, kind)
     try:
-        yield tmp
-        write_marker(tmp, kind, inputs)
-        check_output(path, kind)
+        yield staged.content
+        finish(staged, inputs)
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise _named(exc, path) from None
+        discard(staged)
+        raise _named(exc, staged.shown) from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        discard(staged)
         raise
-    _kill_hook(path)
-    if path.exists() and _exchange(tmp, path):  # tmp now holds the previous output
-        shutil.rmtree(tmp, ignore_errors=True)
-        return
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+    publish(staged)
 
 
 @contextlib.contextmanager
 def atomic_file(path: str | Path, kind: str | None = None) -> Iterator[Path]:
-    """Yield a temp file path that replaces `path` only if the block succeeds.
-
-    With `kind` (a stage's output file, e.g. metrics.json), `path` must pass `check_output` first: absent,
-    or a JSON file metaaug wrote; without it (files inside a fresh temp output, metaaug's own checkpoints)
-    nothing is checked.
-    """
-    path = Path(path)
-    if kind is not None:
-        check_output(path, kind, file=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(prefix=f"{_temp_prefix(path)}{os.getpid()}-", dir=path.parent)
-    os.close(fd)
+    """Yield a temp file path that replaces `path` only if the block succeeds. With `kind` (a stage's output
+    file) `path` must pass `check_output` first; without it (files inside a fresh temp output, metaaug's own
+    checkpoints) nothing is checked."""
+    staged = stage_output(path, kind, file=True)
     try:
-        yield Path(tmp)
-        _kill_hook(path)
-        os.replace(tmp, path)
+        yield staged.content
     except OSError as exc:
-        raise _named(exc, path) from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        discard(staged)
+        raise _named(exc, staged.shown) from None
+    except BaseException:
+        discard(staged)
+        raise
+    publish(staged)
 
 
 def _named(exc: OSError, path: Path) -> OSError:
@@ -343,13 +507,48 @@ def _temp_prefix(path: Path) -> str:
     return f".{path.name}.tmp-"
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _new_temp(path: Path) -> Path:
+    """A fresh temp folder beside `path`, with the temp marker that names its writer (this process). Its mode
+    honours the umask (mkdtemp's is 0700), and what is written in it is created under the umask too."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_temp_prefix(path)}{os.getpid()}-", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    (tmp / TEMP_MARKER).write_text(json.dumps({"pid": os.getpid(), "start": _process_start(os.getpid()),
+                                               "for": path.name}))
+    return tmp
+
+
 def remove_stale_temps(path: Path) -> None:
-    """Delete the temp siblings of `path` whose writer no longer runs (it was killed mid-write)."""
+    """Delete the temps of `path` whose writer no longer runs (it was killed mid-write): folders with the
+    temp prefix whose temp marker names this output and a process that is gone. Anything else, a user's
+    folder of that name included, is left alone."""
     prefix = _temp_prefix(path)
     for entry in path.parent.iterdir():
-        pid = entry.name[len(prefix):].split("-")[0] if entry.name.startswith(prefix) else ""
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+        if not entry.name.startswith(prefix) or entry.is_symlink() or not entry.is_dir():
+            continue
+        try:
+            doc = json.loads((entry / TEMP_MARKER).read_text())
+            pid, start = int(doc["pid"]), str(doc["start"])
+        except (OSError, ValueError, TypeError, KeyError):
+            continue
+        if doc.get("for") == path.name and set(os.listdir(entry)) <= {TEMP_MARKER, "out", path.name, "previous"} \
+                and (not _alive(pid) or start not in ("", _process_start(pid))):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _process_start(pid: int) -> str:
+    """The start time of process `pid` (clock ticks since boot), which tells a reused pid apart; '' if unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
 
 
 def _alive(pid: int) -> bool:
@@ -381,13 +580,28 @@ def _kill_hook(path: Path) -> None:
 
 
 def write_json(path: str | Path, data: Any, kind: str | None = None) -> None:
-    """Sorted, indented JSON, written atomically (byte-identical for equal data); `kind`: see atomic_file."""
+    """Sorted, indented JSON, written atomically (byte-identical for equal data); with `kind` (a stage's output
+    file) it carries its kind and hash (see stamped) and replaces only such a file."""
     with atomic_file(path, kind) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(_canonical(stamped(data, kind) if kind else data))
 
 
-def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+def read_json(path: str | Path, expected: str = "the file metaaug wrote (rerun the stage that writes it)") -> Any:
+    """A JSON file; unreadable JSON (truncated, edited) stops with one line naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except ValueError as exc:
+        raise _fail(path, f"is not valid JSON ({exc})", expected) from None
+
+
+def check_free_space(path: str | Path, needed: int, what: str, fix: str) -> None:
+    """Stop before writing `needed` bytes beside output `path` (its temp lives there) when the disk has less
+    free: a full disk found half-way costs the whole computation before it."""
+    folder = next(p for p in output_path(path).parents if p.exists())
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise _fail(path, f"{what} needs {needed / 1e9:.2f} GB but {folder} has {free / 1e9:.2f} GB free",
+                    f"more free space there, or {fix}")
 
 
 def save_arrays(directory: Path, **arrays: np.ndarray) -> None:
@@ -397,4 +611,10 @@ def save_arrays(directory: Path, **arrays: np.ndarray) -> None:
 
 
 def load_array(directory: str | Path, name: str, mmap: bool = False) -> np.ndarray:
-    return np.load(Path(directory) / f"{name}.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
+    """One `.npy`, never a pickle (object arrays are refused); a damaged file stops with one line naming it."""
+    path = Path(directory) / f"{name}.npy"
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except ValueError as exc:
+        raise _fail(path, f"is not a readable .npy of numbers ({str(exc).splitlines()[0][:200]})",
+                    "the file metaaug wrote (rerun the stage that writes it)") from None

@@ -339,7 +339,13 @@ class SearchState:
 
     @classmethod
     def load(cls, path: Path) -> "SearchState":
-        return cls(**read_json(path))
+        """A saved search; a damaged checkpoint stops with one line saying how to restart."""
+        expected = "a checkpoint metaaug wrote (delete it to restart the search)"
+        doc = read_json(path, expected)
+        try:
+            return cls(**doc)
+        except TypeError:
+            raise MetaaugError(f"{path}: does not hold a search state; expected {expected}") from None
 
 
 def race_candidates(space: SearchSpace, thetas: list[np.ndarray], task_ids: list[int], cfg: MetatrainConfig,

@@ -31,6 +31,7 @@ from metaaug.io import atomic_file
 from metaaug.ops import OP_NAMES, OP_TABLE_VERSION, OPS, apply_ops
 
 POLICY_FORMAT_VERSION = 1
+MAX_POLICY_LAYERS = 16  # ops in a row per image: each costs a pass over the batch; the search uses at most 2
 
 FIXED_POLICIES: tuple[str, ...] = ("none", "handcrafted", "randaugment", "trivialaugment")
 
@@ -100,8 +101,8 @@ def _validate(p: Policy) -> None:
         if not 0.0 <= p.mag_low[k] <= p.mag_high[k] <= 1.0:
             raise MetaaugError(f"{where}: magnitude range of {op} must satisfy 0 <= low <= high <= 1, "
                                f"got [{p.mag_low[k]}, {p.mag_high[k]}]")
-    if isinstance(p.layers, bool) or not isinstance(p.layers, int) or p.layers < 1:
-        raise MetaaugError(f"{where}: layers must be an integer >= 1, got {p.layers!r}")
+    if isinstance(p.layers, bool) or not isinstance(p.layers, int) or not 1 <= p.layers <= MAX_POLICY_LAYERS:
+        raise MetaaugError(f"{where}: layers must be an integer in [1, {MAX_POLICY_LAYERS}], got {p.layers!r}")
 
 
 BASELINE_TITLES = {"none": "no augmentation", "handcrafted": "the handcrafted policy", "randaugment": "RandAugment",

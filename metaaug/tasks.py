@@ -25,7 +25,7 @@ from metaaug.config import DataConfig, TasksConfig
 from metaaug.data import Dataset, load_source
 from metaaug.data.sources import same_source
 from metaaug.errors import MetaaugError
-from metaaug.io import MARKER, load_array, read_json, read_marker, save_arrays, write_json
+from metaaug.io import MARKER, load_array, read_json, read_marker, save_arrays, verify_input, write_json
 
 ARRAYS = ("meta_images", "meta_labels", "meta_is_val", "target_images", "target_labels")
 
@@ -216,8 +216,9 @@ def prepare_full(data: DataConfig, tasks: TasksConfig, seed: int, out: Path) -> 
     return manifest
 
 
-def load_prepared(path: str | Path) -> Prepared:
-    """Read `data/prepared/` back; a missing directory says which stage to run."""
+def load_prepared(path: str | Path, verify: bool = True) -> Prepared:
+    """Read `data/prepared/` back, its files first checked against their marker (`verify`: False only for
+    the folder prepare has just written); a missing or damaged one says which stage to run."""
     path = Path(path)
     expected = "expected the output of `metaaug prepare` (or `dvc repro prepare`)"
     marker = read_marker(path)
@@ -227,5 +228,34 @@ def load_prepared(path: str | Path) -> Prepared:
     if not (path / "manifest.json").is_file() or missing:
         first = "manifest.json" if not (path / "manifest.json").is_file() else missing[0]
         raise MetaaugError(f"{path}: no prepared data ({first} missing); {expected}")
+    if verify:
+        verify_input(path, "prepare")
     arrays = {name: load_array(path, name, mmap=True) for name in ARRAYS}
-    return Prepared(**arrays, manifest=read_json(path / "manifest.json"))
+    manifest = read_json(path / "manifest.json", expected.removeprefix("expected "))
+    check_prepared(path, manifest, arrays)
+    return Prepared(**arrays, manifest=manifest)
+
+
+def check_prepared(path: Path, manifest: dict, arrays: dict[str, np.ndarray]) -> None:
+    """The prepared layout every stage relies on, so that an edited or foreign folder stops with one line
+    instead of a traceback: manifest keys, uint8 NHWC images, labels within the classes, indices within
+    the target images."""
+    expected = "the output of `metaaug prepare` (rerun it)"
+    try:
+        for part in ("meta", "target"):
+            n_classes, images, labels = (len(manifest[part]["classes"]), arrays[f"{part}_images"],
+                                         arrays[f"{part}_labels"])
+            str(manifest[part]["source"])
+            if images.dtype != np.uint8 or images.ndim != 4 or labels.shape != (len(images),) \
+                    or labels.dtype.kind not in "iu":
+                raise ValueError(f"{part} arrays are {images.dtype} {images.shape} and {labels.dtype} {labels.shape}")
+            if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
+                raise ValueError(f"{part}_labels span [{labels.min()}, {labels.max()}] for {n_classes} classes")
+        rows = [manifest["test"], *[s["support"] for s in manifest["splits"]]]
+        [int(s["seed"]) for s in manifest["splits"]]
+        n = len(arrays["target_labels"])
+        if any(not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < n for r in rows for i in r):
+            raise ValueError(f"a test or support index outside the {n} target images")
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise MetaaugError(f"{path}: does not hold the prepared layout ({type(exc).__name__}: {str(exc)[:200]}); "
+                           f"expected {expected}") from None

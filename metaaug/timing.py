@@ -31,11 +31,16 @@ def machine_description() -> str:
     return f"{cpu}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
 
 
+def timing_doc(**figures: float) -> dict:
+    """One stage's wall times (seconds) with the machine they were taken on."""
+    return {**figures, "machine": machine_description()}
+
+
 def write_timing(path: Path | None, kind: str, **figures: float) -> None:
-    """One stage's wall times (seconds) with the machine; nothing when no path is given. `kind` (e.g.
-    "metatrain.timing"): the file is replaced only where metaaug wrote it (see io.check_output)."""
+    """`timing_doc` written to `path` (nothing when None) outside a stage run. `kind` (e.g.
+    "metatrain.timing"): the file is replaced only where metaaug wrote it as that kind (see io.check_output)."""
     if path is not None:
-        write_json(path, {**figures, "machine": machine_description()}, kind=kind)
+        write_json(path, timing_doc(**figures), kind=kind)
 
 
 def search_cost(timings: Path) -> dict | None:

@@ -134,12 +134,7 @@ def check_store(uri: str) -> None:
         raise MetaaugError(f"{where}: cannot use {db} ({reason}); expected {expected}") from None
 
 
-def _process_start(pid: int) -> str:
-    """The start time of process `pid` (clock ticks since boot), which tells a reused pid apart; '' if unknown."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
+_process_start = io._process_start
 
 
 def process_tag() -> str:
@@ -254,47 +249,135 @@ def find_run_by_digest(client, experiment_id: str, stage: str, digest: str) -> s
     return runs[0].info.run_id if runs else None
 
 
+class Stage:
+    """What a stage's body gets from `stage_run`: its MLflow `run`, a temp folder per output folder (`output`)
+    and a writer for its JSON output files (`write_json`). Nothing reaches the output paths before the body
+    returned and MLflow recorded the run: then `stage_run` publishes them, each in one rename."""
+
+    def __init__(self, run, stage: str, outputs: dict, files: dict, inputs: dict[str, str]):
+        self.run, self.stage, self.inputs = run, stage, inputs
+        self._declared = {**{Path(p): (k, False) for p, k in outputs.items()},
+                          **{Path(p): (k, True) for p, k in files.items()}}
+        self.staged: dict[Path, io.Staged] = {}
+
+    def _staged(self, path: Path, file: bool) -> io.Staged:
+        path = Path(path)
+        if path not in self._declared or self._declared[path][1] != file:
+            raise ValueError(f"{path} is not an output {'file' if file else 'folder'} this stage declared")
+        if path not in self.staged:
+            self.staged[path] = io.stage_output(path, self._declared[path][0], file=file)
+        return self.staged[path]
+
+    def output(self, path: Path) -> Path:
+        """The folder to write output `path` into (its temp, published when the stage succeeded)."""
+        return self._staged(path, file=False).content
+
+    def write_json(self, path: Path | None, data: dict) -> None:
+        """Output file `path` (nothing when None), stamped with its kind, published when the stage succeeded."""
+        if path is not None:
+            self._staged(path, file=True).content.write_text(io._canonical(
+                io.stamped(data, self._declared[Path(path)][0])))
+
+
 @contextlib.contextmanager
 def stage_run(stage: str, params: dict, experiment: str, upstream: dict[str, Path] | None = None,
-              output: Path | None = None, files: dict[Path, str] | None = None) -> Iterator:
-    """An MLflow run for one stage execution.
+              output: Path | None = None, files: dict[Path, str] | None = None,
+              outputs: dict[Path, str] | list[tuple[Path, str]] | None = None) -> Iterator[Stage]:
+    """One stage execution, in the one order every stage follows:
 
-    `upstream` maps an upstream stage name to the output it read; its run id is
-    recorded as tag `upstream.<stage>`. `output` is this stage's output
-    directory; its digest is tagged when the stage succeeds. `files` (path -> kind) are the
-    stage's output files. Before anything else, every output is checked to be one metaaug may
-    write (see io.check_outputs), apart from the inputs; then the store is probed, and the
-    RUNNING runs of this stage whose process is gone are marked FAILED.
+    1. cheap checks, before any MLflow store is opened or created: every output (`output`, of kind `stage`,
+       the folders `outputs` and the files `files`, path -> kind) is a path metaaug may write, apart from the
+       inputs; every input (`upstream`: stage name -> its output) matches its marker by content and the
+       others by the digests it recorded (each folder hashed once);
+    2. the MLflow store and every experiment the stage uses (the splits one too) are usable; the run starts;
+    3. the body computes into temps (`Stage.output`, `Stage.write_json`) and logs to the run;
+    4. the inputs are still what was verified; the outputs' markers are written and the main output's
+       digest tagged; then the outputs are published, each in one rename; the run ends FINISHED.
+
+    Any failure: the temps are removed, every previous output stays, the run ends FAILED, and the error is
+    one line. `upstream.<stage>` tags the run that wrote each input (found by its digest).
     """
     if not experiment.strip():  # MLflow would stop with a traceback
         raise MetaaugError("params.yaml: tracking.experiment is empty; expected an MLflow experiment name")
-    if output is not None or files:  # before anything is computed: the outputs may be written there
-        io.check_outputs([(output, stage)], (upstream or {}).values(), files=(files or {}).items())
+    upstream = {name: p for name, p in (upstream or {}).items() if p is not None}
+    pairs = [(p, k) for p, k in [(output, stage), *(outputs.items() if isinstance(outputs, dict) else outputs or [])]
+             if p is not None]  # pairs: two outputs given one path are seen
+    files = {p: k for p, k in (files or {}).items() if p is not None}
+    io.check_outputs(pairs, upstream.values(), files=files.items())
+    outputs = dict(pairs)
+    digests = io.verify_inputs(upstream)
     uri = tracking_uri()
     check_reachable(uri)  # before importing mlflow, which takes seconds
     check_store(uri)
     with mlflow_errors(uri, experiment, setup=True):
-        mlflow = _import_mlflow()
-        mlflow.set_tracking_uri(uri)
-        with store_lock(uri):
-            exp = mlflow.set_experiment(experiment)
-        client = mlflow.MlflowClient()
-        fail_stale_runs(client, exp.experiment_id, stage)
-        tags = {STAGE_TAG: stage, PROCESS_TAG: process_tag(), **git_info()}
-        tags[PIPELINE_TAG] = pipeline_id(tags["git.commit"])
-        for name, path in (upstream or {}).items():
-            run_id = find_run_by_digest(client, exp.experiment_id, name, dir_digest(path))
-            tags[f"upstream.{name}"] = run_id or "unknown"
-        run = mlflow.start_run(run_name=stage, tags=tags)
-        try:
-            mlflow.log_params(as_params(params))
-        except BaseException:
-            mlflow.end_run("FAILED")
-            raise
-    with mlflow_errors(uri, experiment), run:
-        yield run
-        if output is not None:
-            mlflow.set_tag(DIGEST_TAG, dir_digest(output))
+        run = _start_run(uri, stage, experiment, digests, params)
+    body = Stage(run, stage, outputs, files, digests)
+    mlflow = _import_mlflow()
+    try:
+        with mlflow_errors(uri, experiment):
+            yield body
+            if io.verify_inputs(upstream) != digests:
+                raise MetaaugError(f"{', '.join(map(str, upstream.values()))}: an input was replaced while "
+                                   f"`metaaug {stage}` ran; expected its inputs unchanged until it ends (rerun it)")
+            marked = {path: io.finish(s, digests) for path, s in body.staged.items()}
+            if output is not None and marked.get(Path(output)):
+                mlflow.set_tag(DIGEST_TAG, marked[Path(output)])
+        for s in body.staged.values():
+            io.publish(s)
+    except BaseException as exc:
+        for s in body.staged.values():
+            io.discard(s)
+        _end_run(mlflow, "FAILED")
+        if isinstance(exc, OSError) and body.staged:  # a short write names no file: name the output written last
+            raise io._named(exc, list(body.staged.values())[-1].shown) from None
+        raise
+    with mlflow_errors(uri, experiment):
+        mlflow.end_run("FINISHED")
+
+
+def _start_run(uri: str, stage: str, experiment: str, digests: dict[str, str], params: dict):
+    """Open the store, check the stage's experiments, mark this stage's runs of killed processes FAILED, start
+    the run with its tags (upstream runs found by the digests of the inputs) and log its params."""
+    mlflow = _import_mlflow()
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    for name in [experiment, *([splits_experiment(experiment)] if stage in SPLIT_STAGES else [])]:
+        check_experiment(client, name)
+    with store_lock(uri):
+        exp = mlflow.set_experiment(experiment)
+    fail_stale_runs(client, exp.experiment_id, stage)
+    tags = {STAGE_TAG: stage, PROCESS_TAG: process_tag(), **git_info()}
+    tags[PIPELINE_TAG] = pipeline_id(tags["git.commit"])
+    for name, digest in digests.items():
+        tags[f"upstream.{name}"] = find_run_by_digest(client, exp.experiment_id, name, digest) or "unknown"
+    run = mlflow.start_run(run_name=stage, tags=tags)
+    try:
+        mlflow.log_params(as_params(params))
+    except BaseException:
+        _end_run(mlflow, "FAILED")
+        raise
+    return run
+
+
+def _end_run(mlflow, status: str) -> None:
+    """End the active run; where the store refuses even that (locked, full), the next run of the stage marks
+    it FAILED (its process is gone: fail_stale_runs), so the first error is the one reported."""
+    try:
+        mlflow.end_run(status)
+    except Exception:  # noqa: BLE001  (reported: the error that made the stage fail)
+        pass
+
+
+SPLIT_STAGES = ("train", "evaluate")  # the stages that use the splits experiment (log_split_runs, accuracies)
+
+
+def check_experiment(client, name: str) -> None:
+    """A soft-deleted experiment (in MLflow's trash) cannot take runs: say so before any work."""
+    found = client.get_experiment_by_name(name)
+    if found is not None and found.lifecycle_stage == "deleted":
+        raise MetaaugError(f"MLflow experiment {name[:80]!r} is deleted (in the trash); expected it restored "
+                           f"(`mlflow experiments restore --experiment-id {found.experiment_id}`), purged "
+                           "(`mlflow gc`), or another tracking.experiment")
 
 
 MLFLOW_MODULES = ("mlflow", "sqlalchemy", "requests", "urllib3", "alembic", "sqlite3")
@@ -317,8 +400,17 @@ def mlflow_errors(uri: str, experiment: str, setup: bool = False) -> Iterator[No
                            ) from None
 
 
+SQLITE_CAUSE = re.compile(r"\(sqlite3\.\w+\) ([^\n\[(]+)")
+
+
 def _first_line(exc: BaseException) -> str:
-    """The gist of an exception: its type and first non-empty message line, shortened."""
+    """The gist of an exception: its type and first non-empty message line, shortened; for a failure of the
+    SQLite store, SQLite's own reason ("database is locked", "database or disk is full"), wherever in the
+    message or the chain of causes it is (SQLAlchemy's first line is often a hint about autoflush)."""
+    for link in (exc, exc.__cause__, exc.__context__):
+        found = SQLITE_CAUSE.search(str(link)) if link is not None else None
+        if found:
+            return f"SQLite: {found.group(1).strip()}"
     text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
     message = getattr(exc, "message", None) if not text else None
     text = (text or str(message or "")).replace("; expected", ", expected")

@@ -494,7 +494,7 @@ MISMATCH_ROWS = {  # a CLI stage given inputs that do not belong together: (args
     "evaluate_prepared_of_same_shape": (["evaluate", "--prepared", "same_shape"],
                                         ["models/downstream", "another prepare output than same_shape"]),
     "train_augmented_of_other_prepared": (["train", "--prepared", "same_shape", "--out", "models/new"],
-                                          ["data/augmented", "another prepare output"]),
+                                          ["another prepare output than same_shape"]),  # policy is checked first
     "evaluate_downstream_is_prepared": (["evaluate", "--downstream", "data/prepared"],
                                         ["data/prepared", "output of `metaaug prepare`"]),
     "train_prepared_is_policy": (["train", "--prepared", "models/policy", "--out", "models/new"],
@@ -520,7 +520,7 @@ def test_outputs_from_before_markers_are_checked_by_shape(args, names, project, 
     """Outputs written before markers recorded no input digests: their shapes are checked against the prepared set."""
     from metaaug.io import MARKER
 
-    for out in ("models/downstream", "data/augmented"):
+    for out in ("models/downstream", "data/augmented", "models/policy"):
         (project / out / MARKER).unlink()
     refused(capsys, project, *args, names=names)
 

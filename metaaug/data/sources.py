@@ -209,8 +209,7 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
     header = 4 + 4 * ndim
     try:
         if path.suffix == ".gz":
-            data = gzip.decompress(path.read_bytes())
-            size = len(data)
+            data, size = _read_gzip_idx(path, header, ndim)
         else:
             with path.open("rb") as file:
                 data, size = file.read(header), path.stat().st_size
@@ -227,6 +226,26 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
     if path.suffix == ".gz":
         return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
     return _map(path, np.uint8, header, dims)
+
+
+DEFLATE_MAX_RATIO = 1032  # deflate cannot inflate one byte into more than 1032: a larger claim is not a gzip
+
+
+def _read_gzip_idx(path: Path, header: int, ndim: int) -> tuple[bytes, int]:
+    """A gzipped IDX file inflated only as far as its header declares (and checked before anything is
+    allocated to be plausible for its compressed size), so that a small file inflating to gigabytes stops at
+    once in little memory. Returns (bytes, inflated size as far as read: one byte past the declared end
+    shows a file longer than its header)."""
+    with gzip.open(path, "rb") as file:
+        data = file.read(header)
+        if len(data) < header or data[:2] != b"\0\0" or data[3] != ndim:
+            return data, len(data)
+        declared = header + math.prod(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
+        if declared > DEFLATE_MAX_RATIO * path.stat().st_size + header:
+            raise _error(path, f"its header declares {declared} bytes, more than {path.stat().st_size} compressed "
+                               "bytes can hold; expected a gzipped IDX file whose header matches its data")
+        data += file.read(declared - header)
+        return data, len(data) + len(file.read(1))
 
 
 def _idx_labels_path(images_path: Path) -> Path:
@@ -297,6 +316,17 @@ def _unpickle(data: bytes, where: object) -> dict:
     return obj
 
 
+CIFAR_MAX_FILE = 256 << 20  # bytes; CIFAR-100's `train`, the largest CIFAR file, is 155 MB
+
+
+def _bounded(path: Path, name: str, size: int) -> bool:
+    """A CIFAR file's declared size (tar header or file size) checked before it is read into memory."""
+    if size > CIFAR_MAX_FILE:
+        raise _error(f"{path}/{name}", f"declares {size} bytes; expected a CIFAR python-version file of at most "
+                                       f"{CIFAR_MAX_FILE >> 20} MiB (CIFAR-100's train is 155 MB)")
+    return True
+
+
 def _cifar_files(path: Path) -> dict[str, bytes]:
     """The CIFAR batch/meta files by base name, from the .tar.gz (read in memory) or a folder."""
     try:
@@ -304,10 +334,11 @@ def _cifar_files(path: Path) -> dict[str, bytes]:
             if not (path / "batches.meta").exists() and not (path / "meta").exists():  # the folder around it?
                 inner = [path / s for s in ("cifar-10-batches-py", "cifar-100-python") if (path / s).is_dir()]
                 path = inner[0] if inner else path
-            return {name: (path / name).read_bytes() for name in CIFAR_FILES if (path / name).is_file()}
+            return {name: (path / name).read_bytes() for name in CIFAR_FILES
+                    if (path / name).is_file() and _bounded(path, name, (path / name).stat().st_size)}
         with tarfile.open(path) as tar:  # one sequential pass: seeking back in a .gz stream is slow
             return {PurePosixPath(m.name).name: tar.extractfile(m).read() for m in tar
-                    if m.isfile() and PurePosixPath(m.name).name in CIFAR_FILES}
+                    if m.isfile() and PurePosixPath(m.name).name in CIFAR_FILES and _bounded(path, m.name, m.size)}
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise _error(path, f"cannot read archive ({exc}); expected cifar-10-python.tar.gz "
                            "or cifar-100-python.tar.gz") from None
@@ -378,6 +409,17 @@ def _npz_array(npz, key: str, file, path: Path) -> np.ndarray:
             shape, fortran, dtype = read_header(file)
             if not dtype.hasobject:
                 return _map(path, dtype, file.tell(), shape, fortran)
+        return npz[key]
+    with npz.zip.open(info) as member:  # compressed: its declared sizes checked before it is inflated
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}.get(np.lib.format.read_magic(member))
+        if read_header is None:
+            return npz[key]  # numpy's own error names the format
+        shape, _, dtype = read_header(member)
+    needed = math.prod(shape) * dtype.itemsize
+    if needed > info.file_size or info.file_size > DEFLATE_MAX_RATIO * info.compress_size + 4096:
+        raise _error(path, f"array {key!r} declares {needed} bytes ({info.file_size} inflated, {info.compress_size} "
+                           "compressed); expected sizes that fit each other")
     return npz[key]
 
 
@@ -439,6 +481,25 @@ def same_source(a: str | None, b: str | None) -> bool:
     return a is not None and b is not None and source_identity(a) == source_identity(b)
 
 
+def _kind(spec: str) -> tuple[str, str]:
+    """(kind, path) of a spec whose kind is known."""
+    kind, _, arg = str(spec).partition(":")
+    if kind not in LOADERS:
+        raise _error(f"data.source={spec!r}", f"unknown source kind {kind!r}; expected one of "
+                                              f"{', '.join(k + ('' if k == 'digits' else ':<path>') for k in LOADERS)}")
+    return kind, arg
+
+
+def check_source(spec: str | None) -> None:
+    """What can be told of a source in a millisecond (its kind is known, its path exists), so that a stage
+    stops before it opens the MLflow store or reads anything; None (no separate target source) passes."""
+    if spec is None:
+        return
+    kind, arg = _kind(spec)
+    if kind != "digits":
+        _path(arg, kind, f"a {kind} source (see data.source in params.yaml)")
+
+
 def load_source(spec: str, image_size: int | None = None, folder_classes: Sequence[str] | None = None) -> Dataset:
     """Load the dataset a spec names, e.g. ``digits`` or ``imagefolder:/data/x``.
 
@@ -450,10 +511,7 @@ def load_source(spec: str, image_size: int | None = None, folder_classes: Sequen
     memory-mapped, so the images a caller leaves out are never read).
     """
     _check_image_size(image_size)
-    kind, _, arg = str(spec).partition(":")
-    if kind not in LOADERS:
-        raise _error(f"data.source={spec!r}", f"unknown source kind {kind!r}; expected one of "
-                                              f"{', '.join(k + ('' if k == 'digits' else ':<path>') for k in LOADERS)}")
+    kind, arg = _kind(spec)
     size = None if image_size is None else int(image_size)
     if kind == "imagefolder" and folder_classes is not None:
         images, labels, classes = _load_imagefolder(arg, size, [str(c) for c in folder_classes])

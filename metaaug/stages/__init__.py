@@ -49,6 +49,18 @@ def os_error_line(exc: OSError) -> str:
     return f"{where}: {reason}; expected {expected}" if where is not None else f"{reason}; expected {expected}"
 
 
+MAX_ERROR = 1000  # characters: a message quoting a huge value (an expanded YAML alias) stays readable
+
+
+def one_line(message: str) -> str:
+    """`message` on one line, at most MAX_ERROR characters: the middle is cut, the `; expected ...` end kept."""
+    message = message.replace("\r", " ").replace("\n", " ")
+    if len(message) <= MAX_ERROR:
+        return message
+    return f"{message[:MAX_ERROR // 2]} [... {len(message) - MAX_ERROR + 300} characters cut ...] " \
+           f"{message[-(MAX_ERROR // 2 - 300):]}"
+
+
 def one_line_errors(fn):
     """Turn MetaaugError and file-system errors (OSError) into `error: <message>` on stderr and exit code 2
     (both for `metaaug <stage>` and for `python stages/<stage>.py`)."""
@@ -61,7 +73,7 @@ def one_line_errors(fn):
             message = str(exc)
         except OSError as exc:
             message = os_error_line(exc)
-        typer.echo("error: " + message.replace("\r", " ").replace("\n", " "), err=True)
+        typer.echo("error: " + one_line(message), err=True)
         raise typer.Exit(2) from None
 
     return wrapper

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metaaug import tracking
+from metaaug import io, tracking
 from metaaug.bank import write_bank
 from metaaug.config import Params, load_params
-from metaaug.io import atomic_dir, write_json
+from metaaug.io import check_free_space, write_json
 from metaaug.policies import load_policy
 from metaaug.preview import preview_grid
 from metaaug.progress import progress
@@ -26,28 +26,32 @@ from metaaug.training import pick_device, to_tensor
 
 
 def run(params: Params, prepared_dir: Path, policy_dir: Path, out: Path) -> None:
+    upstream = {"prepare": prepared_dir, "metatrain": policy_dir}
+    io.verify_inputs(upstream)  # before anything is read (stage_run reuses the digests)
     prepared = load_prepared(prepared_dir)
     policy = load_policy(policy_dir / "policy.json")
     test = set(prepared.manifest["test"])
     pool = np.array([i for i in range(len(prepared.target_labels)) if i not in test])
     copies = params.augment.copies
     device = pick_device(params.train.device)
-    upstream = {"prepare": prepared_dir, "metatrain": policy_dir}
     logged = {"augment": params.augment.model_dump(), "seed": params.seed, "train.device": params.train.device}
-    with tracking.stage_run("augment", logged, params.tracking.experiment, upstream, output=out):
+    check_free_space(out, copies * len(pool) * int(np.prod(prepared.target_images.shape[1:])),
+                     f"augment ({copies} copies of {len(pool)} images of {list(prepared.target_images.shape[1:])})",
+                     "fewer augment.copies or a smaller data.image_size")
+    with tracking.stage_run("augment", logged, params.tracking.experiment, upstream, output=out) as stage:
         tracking.name_run("augment", pipeline_facts(prepared.manifest))
         x = to_tensor(np.asarray(prepared.target_images)[pool]).to(device)
         gen = torch.Generator(device=device).manual_seed(params.seed)
-        with atomic_dir(out, "augment", upstream) as tmp:
-            start = time.perf_counter()
-            # one copy of the pool in memory at a time, appended to the file (metaaug.bank)
-            digest = write_bank(tmp / "images.npy", policy, x, copies, gen,
-                                lambda r: progress(r, desc="augment copies"))
-            seconds = time.perf_counter() - start
-            np.save(tmp / "index.npy", pool, allow_pickle=False)
-            write_json(tmp / "manifest.json", {"copies": copies, "images": len(pool),
-                                               "shape": [*x.shape[2:], x.shape[1]], "sha256": digest,
-                                               "policy_sha256": tracking.dir_digest(policy_dir / "policy.json")})
+        tmp = stage.output(out)
+        start = time.perf_counter()
+        # one copy of the pool in memory at a time, appended to the file (metaaug.bank)
+        digest = write_bank(tmp / "images.npy", policy, x, copies, gen,
+                            lambda r: progress(r, desc="augment copies"))
+        seconds = time.perf_counter() - start
+        np.save(tmp / "index.npy", pool, allow_pickle=False)
+        write_json(tmp / "manifest.json", {"copies": copies, "images": len(pool),
+                                           "shape": [*x.shape[2:], x.shape[1]], "sha256": digest,
+                                           "policy_sha256": tracking.dir_digest(policy_dir / "policy.json")})
         del x
         with tempfile.TemporaryDirectory() as d:
             preview_grid(np.asarray(prepared.target_images)[pool], policy, Path(d) / "augment_preview.png")

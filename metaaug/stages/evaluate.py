@@ -14,7 +14,7 @@ import typer
 
 from metaaug import io, tracking
 from metaaug.config import Params, load_params
-from metaaug.io import atomic_dir, read_json, write_json
+from metaaug.io import read_json
 from metaaug.models import build_model
 from metaaug.plots import write_dvc_plots
 from metaaug.policies import read_policy
@@ -44,35 +44,36 @@ def test_accuracies(prepared: Prepared, downstream_dir: Path, arms: list[str]) -
 
 def run(params: Params, prepared_dir: Path, downstream_dir: Path, metrics_path: Path, plots_dir: Path,
         policy_dir: Path | None = None, reports_dir: Path | None = None) -> dict:
-    io.verify_input(downstream_dir, "train", {"prepare": prepared_dir})
+    upstream = {"prepare": prepared_dir, "train": downstream_dir}
+    if policy_dir is not None and (Path(policy_dir) / "search.json").exists():
+        upstream["metatrain"] = policy_dir
+    io.verify_inputs(upstream)  # before anything is read (stage_run reuses the digests)
     prepared = load_prepared(prepared_dir)
     results = read_json(downstream_dir / "results.json")
     arms = list(results["arms"])
-    upstream = {"prepare": prepared_dir, "train": downstream_dir}
     search, baseline = None, None
-    if policy_dir is not None and (policy_dir / "search.json").exists():
-        upstream["metatrain"] = policy_dir
+    if "metatrain" in upstream:
         search = read_json(policy_dir / "search.json")
         baseline = read_policy(policy_dir / "policy.json")[1].get("baseline_point")
-    io.check_outputs([(reports_dir, "evaluate.reports"), (plots_dir, "evaluate.plots")],
-                     [*upstream.values(), policy_dir], files=[(metrics_path, "evaluate.metrics")])
-    with tracking.stage_run("evaluate", {"evaluate.arms": arms}, params.tracking.experiment, upstream) as run_:
+    outputs = [(reports_dir, "evaluate.reports"), (plots_dir, "evaluate.plots")]
+    with tracking.stage_run("evaluate", {"evaluate.arms": arms}, params.tracking.experiment, upstream,
+                            outputs=outputs, files={metrics_path: "evaluate.metrics"}) as stage:
+        run_ = stage.run
         tracking.name_run("evaluate", pipeline_facts(prepared.manifest))
         accuracy, confusion = test_accuracies(prepared, downstream_dir, arms)
         metrics = compare(accuracy)
         summary = verdict(metrics, baseline, search)
-        if reports_dir is not None:  # first: it reads the policy, so bad input stops before any output is replaced
-            with atomic_dir(reports_dir, "evaluate.reports", upstream) as tmp:
-                write_report(tmp, metrics, summary, accuracy, results, confusion, prepared, policy_dir, baseline,
-                             search)
-        with atomic_dir(plots_dir, "evaluate.plots", upstream) as tmp:
-            write_dvc_plots(tmp, accuracy, results, confusion, prepared.manifest["target"]["classes"])
-        write_json(metrics_path, headline(metrics), kind="evaluate.metrics")
-        tracking.log_metrics(metrics)
-        tracking.log_artifacts(metrics_path)
-        tracking.log_artifacts(plots_dir, "plots")
         if reports_dir is not None:
-            tracking.log_artifacts(reports_dir, "report")
+            write_report(stage.output(reports_dir), metrics, summary, accuracy, results, confusion, prepared,
+                         policy_dir, baseline, search)
+        plots = stage.output(plots_dir)
+        write_dvc_plots(plots, accuracy, results, confusion, prepared.manifest["target"]["classes"])
+        stage.write_json(metrics_path, headline(metrics))
+        tracking.log_metrics(metrics)
+        tracking.log_artifacts(stage.staged[metrics_path].content)
+        tracking.log_artifacts(plots, "plots")
+        if reports_dir is not None:
+            tracking.log_artifacts(stage.output(reports_dir), "report")
         tracking.log_split_accuracies(run_.data.tags.get("upstream.train", "unknown"),
                                       {(arm, i): 100 * a for arm, accs in accuracy.items() for i, a in enumerate(accs)})
         tracking.describe_evaluate_run(run_, summary)

@@ -18,23 +18,25 @@ import typer
 
 from metaaug import tracking
 from metaaug.config import Params, load_params
-from metaaug.io import atomic_dir, write_json
+from metaaug.io import output_path, write_json
 from metaaug.metalearn import SearchSpace, meta_train_tasks, search, tasks_needed
 from metaaug.ops import OP_NAMES
 from metaaug.policies import Policy, describe, export_albumentations, save_policy
 from metaaug.stages import PARAMS, POLICY, PREPARED, pipeline_facts
 from metaaug.tasks import load_prepared
-from metaaug.timing import write_timing
+from metaaug.timing import timing_doc
 from metaaug.training import RECIPE, set_threads
 
 TIMING_KIND = "metatrain.timing"
 
 
-def checkpoint_path(out: Path, params: Params, prepared_dir: Path) -> Path:
-    """Beside the output (which is replaced atomically), keyed by everything that determines the search."""
+def checkpoint_path(out: Path, params: Params, prepared_digest: str) -> Path:
+    """Beside the output (which is replaced atomically), keyed by everything that determines the search: the
+    prepared set's digest (as the stage runner verified it) and the settings."""
     settings = json.dumps({"metatrain": params.metatrain.model_dump(), "train": params.train.model_dump(include=RECIPE),
                            "shots": params.tasks.shots, "seed": params.seed}, sort_keys=True)
-    key = tracking.dir_digest(prepared_dir)[:12] + "-" + hashlib.sha256(settings.encode()).hexdigest()[:12]
+    key = prepared_digest[:12] + "-" + hashlib.sha256(settings.encode()).hexdigest()[:12]
+    out = output_path(out)
     return out.parent / f".{out.name}.checkpoint-{key}.json"
 
 
@@ -45,41 +47,41 @@ def run(params: Params, prepared_dir: Path, out: Path, timing: Path | None = Non
     set_threads(prepared.meta_images.shape[1])
     logged = {"metatrain": cfg.model_dump(), "seed": params.seed, "tasks.shots": params.tasks.shots}
     with tracking.stage_run("metatrain", logged, params.tracking.experiment, {"prepare": prepared_dir},
-                            output=out, files={timing: TIMING_KIND}):
+                            output=out, files={timing: TIMING_KIND}) as stage:
         tracking.name_run("metatrain", pipeline_facts(prepared.manifest))
         start = time.perf_counter()
         tasks = meta_train_tasks(prepared, params.tasks.shots, cfg, tasks_needed(cfg), params.seed)
-        ckpt = checkpoint_path(out, params, prepared_dir)
+        ckpt = checkpoint_path(out, params, stage.inputs["prepare"])
         state = search(space, tasks, cfg, params.train, params.seed, ckpt,
                        log=lambda entry: tracking.log_metrics(rung_metrics(entry), step=entry["rung"]))
         seconds = time.perf_counter() - start
         policy = space.policy(np.array(state.best))
         baseline = state.finalists[0]["baseline"] if state.finalists else None  # a fixed baseline's point?
-        with atomic_dir(out, "metatrain", {"prepare": prepared_dir}) as tmp:
-            provenance = {"method": cfg.method, "meta_source": prepared.manifest["meta"]["source"],
-                          "meta_classes": prepared.manifest["meta"]["classes"], "trainings": state.trainings,
-                          "baseline_point": baseline}
-            save_policy(policy, tmp / "policy.json", provenance)
-            export_albumentations(policy, tmp / "policy_albumentations.json")
-            write_json(tmp / "checkpoint.json", {k: v for k, v in state.__dict__.items() if k != "seconds"})
-            write_json(tmp / "search.json", {"method": cfg.method, "trainings": state.trainings,
-                                             "proxy_epochs": cfg.proxy_epochs, "proxy_width": cfg.proxy_width,
-                                             "history": state.history, "finalists": state.finalists,
-                                             "theta": state.best})
-        ckpt.unlink(missing_ok=True)
+        tmp = stage.output(out)
+        provenance = {"method": cfg.method, "meta_source": prepared.manifest["meta"]["source"],
+                      "meta_classes": prepared.manifest["meta"]["classes"], "trainings": state.trainings,
+                      "baseline_point": baseline}
+        save_policy(policy, tmp / "policy.json", provenance)
+        export_albumentations(policy, tmp / "policy_albumentations.json")
+        write_json(tmp / "checkpoint.json", {k: v for k, v in state.__dict__.items() if k != "seconds"})
+        write_json(tmp / "search.json", {"method": cfg.method, "trainings": state.trainings,
+                                         "proxy_epochs": cfg.proxy_epochs, "proxy_width": cfg.proxy_width,
+                                         "history": state.history, "finalists": state.finalists,
+                                         "theta": state.best})
         workers = cfg.workers or os.cpu_count() or 1
         tracking.log_metrics({"search.seconds": seconds, "search.proxy_seconds": state.seconds,
                               "search.workers": workers, "search.trainings": state.trainings})
-        write_timing(timing, TIMING_KIND, search_seconds=seconds, proxy_seconds=state.seconds, workers=workers)
+        stage.write_json(timing, timing_doc(search_seconds=seconds, proxy_seconds=state.seconds, workers=workers))
         log_chosen_policy(policy, baseline)
         log_evidence(state.finalists)
-        tracking.log_artifacts(out, "policy")
+        tracking.log_artifacts(tmp, "policy")
         print(f"metatrain: {cfg.method}, {state.trainings} proxy trainings in {seconds:.1f} s")
         for line in evidence_lines(state.finalists):
             print(f"metatrain: {line}")
         print("metatrain: chosen policy -> " + str(out / "policy.json"))
         for line in describe(policy, baseline):
             print(f"metatrain:   {line}")
+    ckpt.unlink(missing_ok=True)  # the search is published: nothing left to resume
 
 
 def rung_metrics(entry: dict) -> dict:

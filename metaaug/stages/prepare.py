@@ -8,7 +8,7 @@ import typer
 
 from metaaug import tracking
 from metaaug.config import Params, load_params
-from metaaug.io import atomic_dir
+from metaaug.data.sources import check_source
 from metaaug.plots import class_grid
 from metaaug.stages import PARAMS, pipeline_facts
 from metaaug.tasks import load_prepared, prepare
@@ -16,11 +16,13 @@ from metaaug.tasks import load_prepared, prepare
 
 def run(params: Params, out: Path) -> None:
     logged = {"seed": params.seed, "data": params.data.model_dump(), "tasks": params.tasks.model_dump()}
-    with tracking.stage_run("prepare", logged, params.tracking.experiment, output=out) as run_:
-        with atomic_dir(out, "prepare") as tmp:
-            manifest = prepare(params.data, params.tasks, params.seed, tmp)
+    for source in (params.data.source, params.tasks.target_source):  # in a second, before any MLflow store
+        check_source(source)
+    with tracking.stage_run("prepare", logged, params.tracking.experiment, output=out) as stage:
+        tmp = stage.output(out)
+        manifest = prepare(params.data, params.tasks, params.seed, tmp)
         tracking.name_run("prepare", pipeline_facts(manifest))
-        prepared = load_prepared(out)
+        prepared = load_prepared(tmp, verify=False)  # just written, not yet marked
         for part in ("meta", "target"):
             tracking.log_metrics({part: {"count": dict(zip(manifest[part]["classes"], manifest[part]["counts"]))}})
         tracking.log_metrics({"target.test_images": len(manifest["test"]), "meta.val_images": manifest["meta"]["val_count"]})
@@ -31,7 +33,7 @@ def run(params: Params, out: Path) -> None:
         tracking.log_figure(class_grid(prepared.meta_images, prepared.meta_labels, manifest["meta"]["classes"]),
                             "meta_samples.png")
         print(f"prepare: {len(prepared.meta_labels)} meta-train images, {len(prepared.target_labels)} target images, "
-              f"{len(manifest['splits'])} splits -> {out} (mlflow run {run_.info.run_id})")
+              f"{len(manifest['splits'])} splits -> {out} (mlflow run {stage.run.info.run_id})")
 
 
 def command(params: Path = PARAMS, out: Path = typer.Option(Path("data/prepared"))):

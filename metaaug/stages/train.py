@@ -18,12 +18,12 @@ import typer
 from metaaug import distributed, io, tracking
 from metaaug.arms import arm_augmenter
 from metaaug.config import Params, load_params
-from metaaug.io import atomic_dir, write_json
+from metaaug.io import write_json
 from metaaug.models import resolve_model
 from metaaug.progress import progress
 from metaaug.stages import AUGMENTED, DOWNSTREAM, PARAMS, POLICY, PREPARED, pipeline_facts
 from metaaug.tasks import load_prepared
-from metaaug.timing import write_timing
+from metaaug.timing import timing_doc
 from metaaug.training import pick_device, set_threads, to_device, to_tensor, train_learner
 
 TIMING_KIND = "train.timing"
@@ -31,18 +31,18 @@ TIMING_KIND = "train.timing"
 
 def run(params: Params, prepared_dir: Path, out: Path, policy_dir: Path | None = None,
         augmented_dir: Path | None = None, timing: Path | None = None) -> None:
-    prepared = load_prepared(prepared_dir)
     cfg = params.train
-    x_all, y_all = to_tensor(prepared.target_images), torch.tensor(np.asarray(prepared.target_labels))
-    n_classes, channels, size = len(prepared.manifest["target"]["classes"]), x_all.shape[1], x_all.shape[-1]
-    set_threads(size)
     upstream = {"prepare": prepared_dir}
-    splits = prepared.manifest["splits"]
     if "learned" in cfg.arms:
         upstream["metatrain"] = policy_dir
         if cfg.learned_source == "augmented":
             upstream["augment"] = augmented_dir
-            io.verify_input(augmented_dir, "augment", {"prepare": prepared_dir})
+    io.verify_inputs(upstream)  # before anything is read (stage_run reuses the digests)
+    prepared = load_prepared(prepared_dir)
+    x_all, y_all = to_tensor(prepared.target_images), torch.tensor(np.asarray(prepared.target_labels))
+    n_classes, channels, size = len(prepared.manifest["target"]["classes"]), x_all.shape[1], x_all.shape[-1]
+    set_threads(size)
+    splits = prepared.manifest["splits"]
     with distributed.world(cfg.distributed, pick_device(cfg.device)) as world:
         x_all, y_all = to_device(x_all, world.device), to_device(y_all, world.device)
         augmenters = {arm: arm_augmenter(arm, channels, cfg.learned_source, policy_dir, augmented_dir)
@@ -70,29 +70,28 @@ def run(params: Params, prepared_dir: Path, out: Path, policy_dir: Path | None =
             if world.is_main:
                 model = {"in_channels": channels, "image_size": size, "n_classes": n_classes, "width": cfg.width,
                          "model": resolve_model(cfg.model, size)}  # evaluate rebuilds this learner
-                write_downstream(out, run_.info.run_id, model, jobs, done, splits, upstream)
-                write_timing(timing, TIMING_KIND, run_seconds=float(np.median([r["seconds"] for r in done])))
+                write_downstream(run_.output(out), run_.run.info.run_id, model, jobs, done, splits)
+                run_.write_json(timing, timing_doc(run_seconds=float(np.median([r["seconds"] for r in done]))))
 
 
-def write_downstream(out: Path, run_id: str, model: dict, jobs: list[tuple[str, int]], done: list[dict],
-                     splits: list[dict], inputs: dict[str, Path] | None = None) -> None:
-    """models/downstream/ (one state-dict list per arm, results.json; its marker records the digests of
-    `inputs`) and one MLflow run per job (arm x split)."""
+def write_downstream(tmp: Path, run_id: str, model: dict, jobs: list[tuple[str, int]], done: list[dict],
+                     splits: list[dict]) -> None:
+    """models/downstream/ into `tmp` (its temp: one state-dict list per arm, results.json) and one MLflow run
+    per job (arm x split)."""
     results = {"model": model, "arms": {}}
-    with atomic_dir(out, "train", inputs) as tmp:
-        for arm in dict.fromkeys(arm for arm, _ in jobs):
-            runs = [(i, r) for (a, i), r in zip(jobs, done) if a == arm]
-            torch.save([r["state"] for _, r in runs], tmp / f"{arm}.pt")
-            results["arms"][arm] = [{"split": i, "curves": r["curves"]} for i, r in runs]
-            print(f"train: {arm}: {len(runs)} splits, {np.median([r['seconds'] for _, r in runs]):.2f} s a run")
-        write_json(tmp / "results.json", results)
+    for arm in dict.fromkeys(arm for arm, _ in jobs):
+        runs = [(i, r) for (a, i), r in zip(jobs, done) if a == arm]
+        torch.save([r["state"] for _, r in runs], tmp / f"{arm}.pt")
+        results["arms"][arm] = [{"split": i, "curves": r["curves"]} for i, r in runs]
+        print(f"train: {arm}: {len(runs)} splits, {np.median([r['seconds'] for _, r in runs]):.2f} s a run")
+    write_json(tmp / "results.json", results)
     tracking.log_split_runs(run_id, [
         {"name": f"{arm}/split{i}", "params": {"arm": arm, "split": i, "seed": splits[i]["seed"]},
          "tags": {"metaaug.arm": arm, "metaaug.split": str(i)}, "curves": r["curves"],
          "final": {"seconds": r["seconds"], "final_loss": r["curves"]["loss"][-1]}}
         for (arm, i), r in zip(jobs, done)])
     tracking.log_metrics({"train.run_seconds": float(np.median([r["seconds"] for r in done]))})
-    tracking.log_artifacts(out, "downstream")
+    tracking.log_artifacts(tmp, "downstream")
 
 
 def command(params: Path = PARAMS, prepared: Path = PREPARED, policy: Path = POLICY, augmented: Path = AUGMENTED,
