@@ -32,9 +32,16 @@ def results_cmd(evaluation: Path = typer.Option(Path("reports/evaluation.json"),
     from metaaug.report import results_markdown
     from metaaug.timing import search_cost
 
+    expected = "the output of `dvc repro` (evaluate stage)"
     if not evaluation.is_file():
-        raise MetaaugError(f"{evaluation}: not found; expected the output of `dvc repro` (evaluate stage)")
-    typer.echo(results_markdown(read_json(evaluation), search_cost(timings)))
+        raise MetaaugError(f"{evaluation}: not found; expected {expected}")
+    doc, cost = read_json(evaluation, expected), search_cost(timings)
+    try:
+        text = results_markdown(doc, cost)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise MetaaugError(f"{evaluation} or {timings}/*.json: does not hold what evaluate and the timed stages write "
+                           f"({type(exc).__name__}: {str(exc)[:100]}); expected {expected} (rerun it)") from None
+    typer.echo(text)
 
 
 def version_callback(value: bool) -> None:

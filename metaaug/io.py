@@ -391,7 +391,7 @@ def _check_legacy_fit(path: Path, kind: str, prepared: Path | None) -> None:
             have, want, what = (bank["images"], *bank["shape"]), (pool, h, w, c), "images, height, width, channels"
         else:
             return
-    except (KeyError, TypeError, ValueError, OSError, MetaaugError):
+    except (KeyError, TypeError, ValueError, OSError):
         raise _fail(path, f"does not read as the {_what(kind)}", f"the {_what(kind)}") from None
     if tuple(have) != tuple(want):
         raise _fail(path, f"does not fit {prepared} ({what}: {list(have)} vs {list(want)})",

@@ -102,7 +102,7 @@ def _validate(p: Policy) -> None:
             raise MetaaugError(f"{where}: magnitude range of {op} must satisfy 0 <= low <= high <= 1, "
                                f"got [{p.mag_low[k]}, {p.mag_high[k]}]")
     if isinstance(p.layers, bool) or not isinstance(p.layers, int) or not 1 <= p.layers <= MAX_POLICY_LAYERS:
-        raise MetaaugError(f"{where}: layers must be an integer in [1, {MAX_POLICY_LAYERS}], got {p.layers!r}")
+        raise MetaaugError(f"{where}: layers is {p.layers!r}; expected an integer in [1, {MAX_POLICY_LAYERS}]")
 
 
 BASELINE_TITLES = {"none": "no augmentation", "handcrafted": "the handcrafted policy", "randaugment": "RandAugment",

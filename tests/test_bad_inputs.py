@@ -694,3 +694,329 @@ def test_read_only_file_system_leaves_previous_output(project, tmpfs, capsys):
 def test_unwritable_folder(project, capsys):
     (project / "locked").mkdir(mode=0o555)
     refused(capsys, project, "prepare", "--out", "locked/prepared", names=["locked", "not writable"])
+
+
+# --- integrity: one path per output, markers that prove ownership, inputs read as written --------------------------
+#
+# The rules (metaaug/io.py, tracking.stage_run; docs/integrity.md): the path checked is the path written; an output
+# is replaced only while its files match its marker; an input is read only while its files match its marker; outputs
+# are published only after the MLflow run recorded them.
+
+
+def test_tilde_path_is_the_home_folder_for_check_and_write(project, capsys, monkeypatch):
+    """`--out '~/prepared'` (quoted, as a script passes it) writes $HOME/prepared; a folder literally named
+    `~` in the working directory is never touched."""
+    home = project.parent / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    (project / "~" / "prepared").mkdir(parents=True)
+    (project / "~" / "prepared" / "keep.txt").write_text("mine\n")
+    code, err = cli(capsys, "prepare", "--out", "~/prepared")
+    assert code == 0, err
+    assert (home / "prepared" / "manifest.json").is_file()
+    assert (project / "~" / "prepared" / "keep.txt").read_text() == "mine\n"
+    home_before = tree(home)
+    refused(capsys, project, "metatrain", "--timing", "~/prepared", names=["~/prepared", "is a folder"])
+    assert tree(home) == home_before
+
+
+def test_folder_named_like_a_stale_temp_is_not_deleted(project, capsys):
+    """Temps are recognised by their temp marker, never by their name alone."""
+    mine = project / "data" / ".prepared.tmp-999999999-x"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine\n")
+    code, err = cli(capsys, "prepare")
+    assert code == 0, err
+    assert (mine / "keep.txt").read_text() == "mine\n"
+
+
+def edit_report(root):
+    with open(root / "reports" / "report.md", "a") as fh:
+        fh.write("\nmy own notes\n")
+
+
+def edit_metrics(root):
+    doc = json.loads((root / "metrics.json").read_text())
+    doc["arms"][next(iter(doc["arms"]))] = 100.0
+    (root / "metrics.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")  # as metaaug formats it
+
+
+def fake_marker(root):
+    from metaaug.io import MARKER
+
+    (root / "mine").mkdir()
+    (root / "mine" / "data.txt").write_text("the user's data\n")
+    (root / "mine" / MARKER).write_text(json.dumps({"format": 1, "kind": "prepare", "inputs": {},
+                                                    "files": {"data.txt": "0" * 64}}))
+
+
+OWNERSHIP_ROWS = {  # (damage, stage and args, names): an output changed since metaaug wrote it is never replaced
+    "hand_edited_report": (edit_report, ["evaluate"], ["reports", "report.md", "modified since metaaug wrote it"]),
+    "hand_edited_metrics": (edit_metrics, ["evaluate"], ["metrics.json", "modified since metaaug wrote it"]),
+    "fake_marker_on_user_folder": (fake_marker, ["prepare", "--out", "mine"], ["mine", "data.txt", "modified"]),
+    "train_timing_at_evaluate_metrics": (lambda r: None, ["train", "--out", "models/new", "--timing", "metrics.json"],
+                                         ["metrics.json", "metrics output of `metaaug evaluate`"]),
+    "metatrain_timing_at_train_timing": (lambda r: None, ["metatrain", "--out", "models/new", "--timing",
+                                                          "timings/train.json"], ["timing output of `metaaug train`"]),
+}
+
+
+@pytest.mark.parametrize("row", OWNERSHIP_ROWS, ids=str)
+def test_outputs_changed_since_metaaug_wrote_them_are_kept(row, project, capsys):
+    damage, args, names = OWNERSHIP_ROWS[row]
+    (project / "timings").mkdir(exist_ok=True)
+    if row == "metatrain_timing_at_train_timing":
+        cli(capsys, "train", "--out", "models/t", "--timing", "timings/train.json")
+    damage(project)
+    refused(capsys, project, *args, names=names)
+
+
+def flip_bank(root):
+    path = root / "data" / "augmented" / "images.npy"
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def zero_test_set(root):
+    path = root / "data" / "prepared" / "target_images.npy"
+    np.save(path, np.zeros_like(np.load(path)))
+
+
+def other_seed_under_old_marker(root):
+    for f in (root / "same_shape").iterdir():
+        if f.suffix in (".npy", ".json") and not f.name.startswith("."):
+            shutil.copy(f, root / "data" / "prepared" / f.name)
+
+
+def truncate(rel):
+    def damage(root):
+        path = root / rel
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    damage.__name__ = f"truncate {rel}"
+    return damage
+
+
+INPUT_ROWS = {  # (damage, stage and args, names): an input whose files differ from its marker is never read
+    "flipped_bank_bytes": (flip_bank, ["train", "--out", "models/new"], ["data/augmented", "images.npy", "modified"]),
+    "zeroed_test_set": (zero_test_set, ["evaluate", "--metrics", "m.json", "--plots", "p", "--reports", "r"],
+                        ["data/prepared", "target_images.npy", "modified"]),
+    "other_seed_under_old_marker": (other_seed_under_old_marker, ["metatrain", "--out", "models/new"],
+                                    ["data/prepared", "modified"]),
+    "truncated_manifest": (truncate("data/prepared/manifest.json"), ["augment", "--out", "data/new"],
+                           ["data/prepared", "manifest.json", "modified"]),
+    "truncated_checkpoint_json": (truncate("models/policy/checkpoint.json"), ["augment", "--out", "data/new"],
+                                  ["models/policy", "checkpoint.json", "modified"]),
+    "truncated_results": (truncate("models/downstream/results.json"), ["evaluate", "--metrics", "m.json"],
+                          ["models/downstream", "results.json", "modified"]),
+    "truncated_marker": (truncate("data/prepared/.metaaug-output.json"), ["metatrain", "--out", "models/new"],
+                         ["data/prepared", "not a readable marker"]),
+}
+
+
+@pytest.mark.parametrize("row", INPUT_ROWS, ids=str)
+def test_inputs_are_verified_by_content(row, project, capsys):
+    damage, args, names = INPUT_ROWS[row]
+    damage(project)
+    refused(capsys, project, *args, names=names)
+
+
+def legacy(root, out):
+    from metaaug.io import MARKER
+
+    (root / out / MARKER).unlink()
+
+
+def legacy_labels(root, value, dtype=np.int64):
+    legacy(root, "data/prepared")
+    path = root / "data" / "prepared" / "target_labels.npy"
+    labels = np.load(path).astype(np.int64)
+    labels[0] = value
+    np.save(path, labels.astype(dtype), allow_pickle=True)
+
+
+LEGACY_ROWS = {  # outputs from before markers (nothing vouches for them): damage still stops in one line
+    "truncated_manifest": (lambda r: (legacy(r, "data/prepared"), truncate("data/prepared/manifest.json")(r)),
+                           ["metatrain", "--out", "models/new"], ["manifest.json", "not valid JSON"]),
+    "edited_manifest": (lambda r: (legacy(r, "data/prepared"), (r / "data/prepared/manifest.json").write_text("{}")),
+                        ["metatrain", "--out", "models/new"], ["data/prepared", "prepared layout"]),
+    "out_of_range_labels": (lambda r: legacy_labels(r, 99), ["metatrain", "--out", "models/new"],
+                            ["data/prepared", "target_labels span"]),
+    "object_array": (lambda r: legacy_labels(r, 1, object), ["metatrain", "--out", "models/new"],
+                     ["target_labels.npy", "readable .npy"]),
+    "truncated_results": (lambda r: (legacy(r, "models/downstream"), truncate("models/downstream/results.json")(r)),
+                          ["evaluate", "--metrics", "m.json"], ["results.json", "not valid JSON"]),
+    "edited_results": (lambda r: (legacy(r, "models/downstream"),
+                                  (r / "models/downstream/results.json").write_text('{"arms": {"none": []}}')),
+                       ["evaluate", "--metrics", "m.json"], ["models/downstream", "expected the output of"]),
+    "truncated_model": (lambda r: (legacy(r, "models/downstream"), truncate("models/downstream/none.pt")(r)),
+                        ["evaluate", "--metrics", "m.json"], ["models/downstream", "do not load"]),
+}
+
+
+@pytest.mark.parametrize("row", LEGACY_ROWS, ids=str)
+def test_damaged_legacy_inputs_stop_in_one_line(row, project, capsys):
+    damage, args, names = LEGACY_ROWS[row]
+    damage(project)
+    refused(capsys, project, *args, names=names)
+
+
+def test_truncated_evaluation_json_stops_results_in_one_line(project, capsys):
+    truncate("reports/evaluation.json")(project)
+    refused(capsys, project, "results", names=["evaluation.json", "not valid JSON"])
+    (project / "reports" / "evaluation.json").write_text('{"arms": 3}')
+    refused(capsys, project, "results", names=["evaluation.json", "expected the output of"])
+
+
+def test_truncated_search_checkpoint_stops_metatrain_in_one_line(project, capsys):
+    from metaaug.config import load_params
+    from metaaug.io import verify_input
+    from metaaug.stages.metatrain import checkpoint_path
+
+    path = checkpoint_path(project / "models" / "new", load_params(project / "params.yaml"),
+                           verify_input(project / "data" / "prepared", "prepare"))
+    path.write_text('{"method": ')
+    refused(capsys, project, "metatrain", "--out", "models/new", names=[path.name, "delete it to restart"])
+
+
+# --- the stage runner's order --------------------------------------------------------------------------------------
+
+
+def test_missing_data_path_fails_before_any_store_is_made(tmp_path, capsys, monkeypatch):
+    db = tmp_path / "fresh.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    start = time.monotonic()
+    code, err = cli(capsys, "prepare", "--params", params_file(tmp_path, **{"data.source": f"idx:{tmp_path}/no"}),
+                    "--out", tmp_path / "out")
+    assert time.monotonic() - start < 2
+    assert_one_line_error(code, err, f"{tmp_path}/no", "does not exist")
+    assert not db.exists() and not (tmp_path / "out").exists()
+
+
+def test_deleted_splits_experiment_stops_train_before_any_work(project, capsys):
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    splits = client.get_experiment_by_name("metaaug-splits")
+    client.delete_experiment(splits.experiment_id)
+    refused(capsys, project, "train", names=["metaaug-splits", "deleted", "restore"])
+
+
+def test_tracking_failure_keeps_previous_output_and_marks_the_run_failed(project, capsys, monkeypatch):
+    """The artifact store fails after the output is computed: the output is not published, the run is FAILED."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'fresh.db'}")
+    shutil.rmtree(project / "mlruns", ignore_errors=True)
+    (project / "mlruns").write_text("a file where MLflow keeps its artifacts\n")
+    before = tree(project)
+    code, err = cli(capsys, "prepare")
+    assert_one_line_error(code, err, "mlruns")
+    assert tree(project) == {**before, "fresh.db": tree(project)["fresh.db"]}
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'fresh.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("metaaug").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_sqlite_cause_is_named_not_the_autoflush_hint():
+    import sqlite3
+
+    import sqlalchemy.exc
+
+    from metaaug.tracking import _first_line
+
+    cause = sqlite3.OperationalError("database or disk is full")
+    exc = sqlalchemy.exc.OperationalError("INSERT INTO metrics ...", {}, cause)
+    exc = sqlalchemy.exc.OperationalError("(raised as a result of Query-invoked autoflush; consider using a "
+                                          "session.no_autoflush block)\n" + str(exc), {}, cause)
+    assert _first_line(exc) == "SQLite: database or disk is full"
+
+
+@pytest.mark.parametrize("umask, dir_mode, file_mode", [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600)])
+def test_published_outputs_honour_the_umask(umask, dir_mode, file_mode, project, capsys):
+    old = os.umask(umask)
+    try:
+        code, err = cli(capsys, "prepare", "--out", "fresh")
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    assert (project / "fresh").stat().st_mode & 0o777 == dir_mode
+    assert {p.stat().st_mode & 0o777 for p in (project / "fresh").iterdir()} == {file_mode}
+
+
+# --- bounded resources ------------------------------------------------------------------------------------------------
+
+
+def idx_bomb(tmp, dims, payload: int):
+    """A gzipped IDX images file whose header declares `dims`, followed by `payload` zero bytes."""
+    import gzip
+    import struct
+
+    root = tmp / "idx"
+    root.mkdir()
+    write_idx(root, "train", np.zeros((4, 5, 5), np.uint8), np.array([0, 1, 0, 1], np.uint8), gz=True)
+    with gzip.open(root / "train-images-idx3-ubyte.gz", "wb", compresslevel=1) as fh:
+        fh.write(struct.pack(">HBB3I", 0, 8, 3, *dims))
+        for _ in range(payload >> 20):
+            fh.write(bytes(1 << 20))
+    return root
+
+
+@pytest.mark.parametrize("dims, payload, names", [
+    ((4, 5, 5), 64 << 20, ["train-images-idx3-ubyte.gz", "truncated"]),  # inflates far past what it declares
+    ((100000, 100, 100), 0, ["train-images-idx3-ubyte.gz", "compressed bytes can hold"]),  # declares 1 GB
+], ids=["longer_than_declared", "declares_more_than_it_can_hold"])
+def test_gzip_bomb_stops_prepare_early(dims, payload, names, tmp_path, capsys):
+    import tracemalloc
+
+    root = idx_bomb(tmp_path, dims, payload)
+    tracemalloc.start()
+    code, err = cli(capsys, "prepare", "--params", params_file(tmp_path, **{"data.source": f"idx:{root}"}),
+                    "--out", tmp_path / "out")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert_one_line_error(code, err, *names)
+    assert peak < 32 << 20, peak
+
+
+def test_cifar_member_larger_than_any_cifar_file_is_not_read(tmp_path, capsys, monkeypatch):
+    from metaaug.data import sources
+
+    monkeypatch.setattr(sources, "CIFAR_MAX_FILE", 1 << 20)
+    folder_name, files, _, _ = cifar_files(hundred=False)
+    files["data_batch_1"] = bytes(2 << 20)
+    write_cifar_tar(tmp_path / "c.tar.gz", folder_name, files)
+    code, err = cli(capsys, "prepare", "--params", params_file(tmp_path, **{"data.source": f"cifar:{tmp_path}/c.tar.gz"}),
+                    "--out", tmp_path / "out")
+    assert_one_line_error(code, err, "data_batch_1", "at most 1 MiB")
+
+
+def test_yaml_alias_bomb_is_refused_in_a_short_line(tmp_path, capsys):
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f'{k}: &{k} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]' for p, k in zip("abcdefgh", "bcdefghi")]
+    path = tmp_path / "params.yaml"
+    path.write_text("\n".join(lines) + "\nseed: *i\n")
+    code, err = cli(capsys, "prepare", "--params", path, "--out", tmp_path / "out")
+    assert_one_line_error(code, err, "params.yaml", "alias")
+    assert len(err) < 1000
+
+
+def test_policy_with_absurd_layers_stops_augment_at_once(prepared, tmp_path, capsys):
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    (policy / "policy.json").write_text(json.dumps({**GOOD_POLICY, "policy": {**GOOD_POLICY["policy"],
+                                                                              "layers": 1000000000}}))
+    start = time.monotonic()
+    code, err = cli(capsys, "augment", "--params", params_file(tmp_path), "--prepared", prepared,
+                    "--policy", policy, "--out", tmp_path / "out" / "augmented")
+    assert_one_line_error(code, err, "layers", "1000000000")
+    assert time.monotonic() - start < 10
+
+
+def test_augment_checks_its_disk_estimate_before_writing(tmp_path):
+    from metaaug.errors import MetaaugError
+    from metaaug.io import check_free_space
+
+    with pytest.raises(MetaaugError, match=r"needs .* GB but .* GB free; expected more free space there, or fewer"):
+        check_free_space(tmp_path / "augmented", shutil.disk_usage(tmp_path).free * 2, "augment", "fewer copies")
+    check_free_space(tmp_path / "augmented", 1, "augment", "fewer copies")

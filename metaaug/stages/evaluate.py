@@ -6,6 +6,8 @@ policy): wall times are not read back from MLflow (see metaaug.timing).
 
 from __future__ import annotations
 
+import contextlib
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ import typer
 
 from metaaug import io, tracking
 from metaaug.config import Params, load_params
+from metaaug.errors import MetaaugError
 from metaaug.io import read_json
 from metaaug.models import build_model
 from metaaug.plots import write_dvc_plots
@@ -25,18 +28,33 @@ from metaaug.tasks import Prepared, load_prepared
 from metaaug.training import predict, to_tensor
 
 
+@contextlib.contextmanager
+def unreadable_downstream(downstream_dir: Path):
+    """The models as train wrote them, or one line: a damaged results.json or .pt (an output from before
+    markers, whose contents nothing vouches for) fails in torch or in a key lookup, never as a traceback."""
+    try:
+        yield
+    except MetaaugError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError, EOFError,
+            pickle.UnpicklingError) as exc:
+        raise MetaaugError(f"{downstream_dir}: its models do not load ({type(exc).__name__}: {str(exc)[:150]}); "
+                           "expected the output of `metaaug train` (rerun it)") from None
+
+
 def test_accuracies(prepared: Prepared, downstream_dir: Path, arms: list[str]) -> tuple[dict, dict]:
     """Per arm: test accuracy per split, and (labels, predictions) pooled over splits."""
     results = read_json(downstream_dir / "results.json")
     test = np.asarray(prepared.manifest["test"])
     x_test, y_test = to_tensor(prepared.target_images)[test], np.asarray(prepared.target_labels)[test]
-    model = build_model(**results["model"])
     accuracy, confusion = {}, {}
-    for arm in arms:
-        preds = []
-        for state in torch.load(downstream_dir / f"{arm}.pt", weights_only=True):
-            model.load_state_dict(state)
-            preds.append(predict(model, x_test))
+    with unreadable_downstream(downstream_dir):
+        model = build_model(**results["model"])
+        for arm in arms:
+            preds = []
+            for state in torch.load(downstream_dir / f"{arm}.pt", weights_only=True):
+                model.load_state_dict(state)
+                preds.append(predict(model, x_test))
         accuracy[arm] = np.array([np.mean(p == y_test) for p in preds])
         confusion[arm] = (np.tile(y_test, len(preds)), np.concatenate(preds))
     return accuracy, confusion
@@ -50,7 +68,8 @@ def run(params: Params, prepared_dir: Path, downstream_dir: Path, metrics_path: 
     io.verify_inputs(upstream)  # before anything is read (stage_run reuses the digests)
     prepared = load_prepared(prepared_dir)
     results = read_json(downstream_dir / "results.json")
-    arms = list(results["arms"])
+    with unreadable_downstream(downstream_dir):
+        arms = list(results["arms"])
     search, baseline = None, None
     if "metatrain" in upstream:
         search = read_json(policy_dir / "search.json")
