@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
@@ -48,7 +49,13 @@ def _import_mlflow():
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     import mlflow
 
+    logging.getLogger("mlflow.store.db.utils").addFilter(_quiet_store_errors)  # once: a filter is added only once
     return mlflow
+
+
+def _quiet_store_errors(record: logging.LogRecord) -> bool:
+    """Drop MLflow's own log of a store error (a traceback per retry): mlflow_errors reports it in one line."""
+    return record.levelno < logging.ERROR
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
@@ -272,11 +279,14 @@ class Stage:
         """The folder to write output `path` into (its temp, published when the stage succeeded)."""
         return self._staged(path, file=False).content
 
-    def write_json(self, path: Path | None, data: dict) -> None:
-        """Output file `path` (nothing when None), stamped with its kind, published when the stage succeeded."""
-        if path is not None:
-            self._staged(path, file=True).content.write_text(io._canonical(
-                io.stamped(data, self._declared[Path(path)][0])))
+    def write_json(self, path: Path | None, data: dict) -> Path | None:
+        """Output file `path` (nothing when None), stamped with its kind, published when the stage succeeded;
+        returns its temp (to log it)."""
+        if path is None:
+            return None
+        staged = self._staged(path, file=True)
+        staged.content.write_text(io._canonical(io.stamped(data, self._declared[Path(path)][0])))
+        return staged.content
 
 
 @contextlib.contextmanager

@@ -55,8 +55,8 @@ def test_accuracies(prepared: Prepared, downstream_dir: Path, arms: list[str]) -
             for state in torch.load(downstream_dir / f"{arm}.pt", weights_only=True):
                 model.load_state_dict(state)
                 preds.append(predict(model, x_test))
-        accuracy[arm] = np.array([np.mean(p == y_test) for p in preds])
-        confusion[arm] = (np.tile(y_test, len(preds)), np.concatenate(preds))
+            accuracy[arm] = np.array([np.mean(p == y_test) for p in preds])
+            confusion[arm] = (np.tile(y_test, len(preds)), np.concatenate(preds))
     return accuracy, confusion
 
 
@@ -87,9 +87,9 @@ def run(params: Params, prepared_dir: Path, downstream_dir: Path, metrics_path: 
                          policy_dir, baseline, search)
         plots = stage.output(plots_dir)
         write_dvc_plots(plots, accuracy, results, confusion, prepared.manifest["target"]["classes"])
-        stage.write_json(metrics_path, headline(metrics))
+        metrics_file = stage.write_json(metrics_path, headline(metrics))
         tracking.log_metrics(metrics)
-        tracking.log_artifacts(stage.staged[metrics_path].content)
+        tracking.log_artifacts(metrics_file)
         tracking.log_artifacts(plots, "plots")
         if reports_dir is not None:
             tracking.log_artifacts(stage.output(reports_dir), "report")
