@@ -1,5 +1,5 @@
 """A newcomer's first hour, replayed on a fresh clone: the README's two quick-start commands as written, then
-what a user checks first. Prints one markdown table (docs/first-hour.md holds a run's output).
+what a user checks first. Prints one markdown table (docs/benchmarks.md holds a run's output).
 
     python bench/first_hour.py [--repo URL_OR_PATH] [--skip-tests] [--keep DIR]
 
