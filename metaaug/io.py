@@ -11,7 +11,8 @@ its name alone: a leftover one whose writer is gone is removed by the next write
 
 Ownership. Every output folder carries a marker, `.metaaug-output.json`: the output's kind (the
 stage that wrote it), the SHA-256 of every file in it, and the digests of the outputs it was made from;
-a JSON output file (metrics.json, timings) carries the same in its key `metaaug_output`. An existing path
+a JSON output file (metrics.json, timings) has the same in a sidecar beside it, `.<name>.metaaug.json`, so
+that the file itself holds only its data. An existing path
 is replaced only when it is metaaug's output of the same kind, every file still as metaaug wrote it,
 with nothing else in it (see `check_output`); anything else stops with one line and is left untouched.
 
@@ -44,7 +45,7 @@ from metaaug.errors import MetaaugError
 KILL_ENV = "METAAUG_KILL_BEFORE_RENAME"
 MARKER = ".metaaug-output.json"
 TEMP_MARKER = ".metaaug-temp.json"
-JSON_OWNER = "metaaug_output"  # the key a JSON output file carries its kind and hash in
+SIDECAR = ".{}.metaaug.json"  # beside a JSON output file: its kind and SHA-256 (the file's own keys stay the data)
 MARKER_FORMAT = 1
 
 # Outputs written before markers existed (up to commit 4011436), recognised by their layout: the file
@@ -58,9 +59,12 @@ LEGACY_LAYOUTS = {
     "evaluate.plots": ("accuracy.json", ["accuracy.json", "curves.csv", "curves/*.csv", "confusion/*.json"]),
     "evaluate.reports": ("report.md", ["report.md", "evaluation.json", "*.png"]),
 }
-# JSON output files written before they carried their kind: the keys that tell each kind apart.
-LEGACY_JSON_KEYS = {"evaluate.metrics": {"arms", "paired"}, "metatrain.timing": {"search_seconds", "machine"},
-                    "train.timing": {"run_seconds", "machine"}}
+# JSON output files from before their sidecar: what tells each kind apart (evaluate's metrics: the full comparison
+# of old, or the flat headline of numbers; a timing: its seconds and the machine).
+LEGACY_JSON = {"evaluate.metrics": lambda d: {"arms", "paired"} <= set(d) or bool(d) and "machine" not in d and all(
+                   isinstance(v, (int, float)) for v in d.values()),
+               "metatrain.timing": lambda d: {"search_seconds", "machine"} <= set(d),
+               "train.timing": lambda d: {"run_seconds", "machine"} <= set(d)}
 
 
 def _fail(path: object, what: str, expected: str) -> MetaaugError:
@@ -222,12 +226,28 @@ def check_output(path: str | Path, kind: str | None, file: bool = False, shown: 
                                                        f"replaced (move your edited files out, or choose another path)")
 
 
+def sidecar(path: Path) -> Path:
+    """Where a JSON output file's kind and hash are kept: `.<name>.metaaug.json` beside it."""
+    return path.with_name(SIDECAR.format(path.name))
+
+
 def _check_own_json(given: Path, path: Path, kind: str | None, expected: str) -> None:
-    """An existing output file is replaced only when it is JSON metaaug wrote as `kind` and nobody edited since:
-    its `metaaug_output` names the kind and the SHA-256 of the rest (files from before that key: canonical
-    JSON with the keys of that kind)."""
+    """An existing output file is replaced only when metaaug wrote it as `kind` and nobody edited it since: its
+    sidecar names the kind and the file's SHA-256 (a file from before sidecars: canonical JSON of that kind)."""
     if not path.is_file():
         raise _fail(given, "is a folder", f"{expected} (a file)")
+    try:
+        record = json.loads(sidecar(path).read_text())
+    except (OSError, ValueError):  # none (a file from before sidecars), or unreadable: judged as such a file
+        record = None
+    if isinstance(record, dict):
+        if record.get("kind") != kind:
+            raise _fail(given, f"holds the {_what(record.get('kind'))}", expected)
+        if sha256_file(path) not in record.get("sha256", []):
+            raise _fail(given, f"was modified since metaaug wrote it (it no longer matches the SHA-256 in "
+                               f"{sidecar(given).name})", f"the {_what(kind)} as metaaug wrote it before it is "
+                                                          "replaced (move it, or choose another path)")
+        return
     try:
         text = path.read_text()
         doc = json.loads(text)
@@ -235,25 +255,14 @@ def _check_own_json(given: Path, path: Path, kind: str | None, expected: str) ->
         doc = None
     if not isinstance(doc, dict) or text != _canonical(doc):
         raise _fail(given, "exists and was not written by metaaug (not its JSON)", expected)
-    stamp = doc.get(JSON_OWNER)
-    if stamp is None:
-        if LEGACY_JSON_KEYS.get(kind, {"\0"}) <= set(doc):
-            return
-        raise _fail(given, "exists and was not written by metaaug as this kind (no metaaug_output in it)", expected)
-    if not isinstance(stamp, dict) or stamp.get("kind") != kind:
-        theirs = stamp.get("kind") if isinstance(stamp, dict) else None
-        raise _fail(given, f"holds the {_what(theirs)}" if theirs else "has an unreadable metaaug_output", expected)
-    if stamp.get("sha256") != _json_hash(doc):
-        raise _fail(given, "was modified since metaaug wrote it (it no longer matches its metaaug_output.sha256)",
-                    f"the {_what(kind)} as metaaug wrote it before it is replaced (move it, or choose another path)")
+    if not LEGACY_JSON.get(kind, lambda d: False)(doc):
+        raise _fail(given, f"exists and was not written by metaaug as the {_what(kind)}", expected)
 
 
 def _canonical(data: Any) -> str:
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
-def _json_hash(doc: dict) -> str:
-    return hashlib.sha256(_canonical({k: v for k, v in doc.items() if k != JSON_OWNER}).encode()).hexdigest()
 
 
 def check_outputs(outputs, inputs: Iterable = (), files=()) -> None:
@@ -321,15 +330,6 @@ def write_marker(directory: Path, kind: str | None, inputs: dict | None = None) 
     text = _canonical({"format": MARKER_FORMAT, "kind": kind, "files": files, "inputs": digests})
     (directory / MARKER).write_text(text)
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def stamped(data: dict, kind: str) -> dict:
-    """A JSON output file's document with its kind and the SHA-256 of the rest under `metaaug_output`, so that
-    it is replaced only as that kind and only while nobody edited it."""
-    if not isinstance(data, dict):
-        raise TypeError(f"a {kind} output file holds a JSON object, not {type(data).__name__}")
-    doc = {k: v for k, v in data.items() if k != JSON_OWNER}
-    return {**doc, JSON_OWNER: {"kind": kind, "sha256": _json_hash(doc)}}
 
 
 # --- inputs -----------------------------------------------------------------------------------------------------
@@ -442,8 +442,10 @@ def publish(staged: Staged) -> None:
         if staged.kind is not None or not staged.file:
             check_output(path, staged.kind, file=staged.file, shown=staged.shown)
         _kill_hook(path)
-        if staged.file or not path.exists() or not _exchange(staged.content, path):  # exchanged: content is the old
-            if not staged.file and os.path.lexists(path):
+        if staged.file:
+            _replace_file(staged)
+        elif not path.exists() or not _exchange(staged.content, path):  # exchanged: content is the old output
+            if os.path.lexists(path):
                 os.replace(path, staged.temp / "previous")
             os.replace(staged.content, path)
     except OSError as exc:
@@ -453,6 +455,23 @@ def publish(staged: Staged) -> None:
         discard(staged)
         raise
     discard(staged)
+
+
+def _replace_file(staged: Staged) -> None:
+    """Replace an output file, and for a stage's output file (one with a kind) its sidecar: first the sidecar
+    accepting the old and the new hash, then the file, then the sidecar accepting only the new one, so that
+    a crash at any moment leaves a file its sidecar vouches for."""
+    def record(hashes: list[str]) -> None:
+        tmp = staged.temp / sidecar(staged.path).name
+        tmp.write_text(_canonical({"kind": staged.kind, "sha256": hashes}))
+        os.replace(tmp, sidecar(staged.path))
+
+    new = sha256_file(staged.content)
+    if staged.kind is not None:
+        record(([sha256_file(staged.path)] if staged.path.is_file() else []) + [new])
+    os.replace(staged.content, staged.path)
+    if staged.kind is not None:
+        record([new])
 
 
 def discard(staged: Staged) -> None:
@@ -581,9 +600,9 @@ def _kill_hook(path: Path) -> None:
 
 def write_json(path: str | Path, data: Any, kind: str | None = None) -> None:
     """Sorted, indented JSON, written atomically (byte-identical for equal data); with `kind` (a stage's output
-    file) it carries its kind and hash (see stamped) and replaces only such a file."""
+    file) its sidecar records kind and hash, and only such a file is replaced."""
     with atomic_file(path, kind) as tmp:
-        tmp.write_text(_canonical(stamped(data, kind) if kind else data))
+        tmp.write_text(_canonical(data))
 
 
 def read_json(path: str | Path, expected: str = "the file metaaug wrote (rerun the stage that writes it)") -> Any:

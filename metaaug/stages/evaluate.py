@@ -25,7 +25,7 @@ from metaaug.report import verdict, write_report
 from metaaug.stages import DOWNSTREAM, PARAMS, POLICY, PREPARED, pipeline_facts
 from metaaug.stats import compare, headline
 from metaaug.tasks import Prepared, load_prepared
-from metaaug.training import predict, to_tensor
+from metaaug.training import predict, set_threads, to_tensor
 
 
 @contextlib.contextmanager
@@ -67,6 +67,7 @@ def run(params: Params, prepared_dir: Path, downstream_dir: Path, metrics_path: 
         upstream["metatrain"] = policy_dir
     io.verify_inputs(upstream)  # before anything is read (stage_run reuses the digests)
     prepared = load_prepared(prepared_dir)
+    set_threads(prepared.target_images.shape[1])
     results = read_json(downstream_dir / "results.json")
     with unreadable_downstream(downstream_dir):
         arms = list(results["arms"])
@@ -88,7 +89,7 @@ def run(params: Params, prepared_dir: Path, downstream_dir: Path, metrics_path: 
         plots = stage.output(plots_dir)
         write_dvc_plots(plots, accuracy, results, confusion, prepared.manifest["target"]["classes"])
         metrics_file = stage.write_json(metrics_path, headline(metrics))
-        tracking.log_metrics(metrics)
+        tracking.log_metrics(headline(metrics))  # the run list's columns; the rest is in report/evaluation.json
         tracking.log_artifacts(metrics_file)
         tracking.log_artifacts(plots, "plots")
         if reports_dir is not None:
