@@ -3,8 +3,10 @@
 Every stage execution is one MLflow run tagged with the stage name, the git
 commit and dirty flag, and the run ids of the upstream stages whose outputs it
 read. Outputs stay byte-deterministic (no run id is written into a DVC out):
-each run is tagged with a content digest of the directory it wrote, and a
-downstream stage finds its upstream run by the digest of what it read.
+each run is tagged with the digest of the output it wrote (the SHA-256 of its
+marker, which holds every file's hash), and a downstream stage finds its upstream
+run by the digest of what it read. `stage_run` is the one order every stage
+follows: checks, MLflow, compute into temps, publish once the run recorded them.
 """
 
 from __future__ import annotations
