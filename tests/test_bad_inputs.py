@@ -987,8 +987,8 @@ def test_cifar_member_larger_than_any_cifar_file_is_not_read(tmp_path, capsys, m
     folder_name, files, _, _ = cifar_files(hundred=False)
     files["data_batch_1"] = bytes(2 << 20)
     write_cifar_tar(tmp_path / "c.tar.gz", folder_name, files)
-    code, err = cli(capsys, "prepare", "--params", params_file(tmp_path, **{"data.source": f"cifar:{tmp_path}/c.tar.gz"}),
-                    "--out", tmp_path / "out")
+    params = params_file(tmp_path, **{"data.source": f"cifar:{tmp_path}/c.tar.gz"})
+    code, err = cli(capsys, "prepare", "--params", params, "--out", tmp_path / "out")
     assert_one_line_error(code, err, "data_batch_1", "at most 1 MiB")
 
 

@@ -66,7 +66,8 @@ def test_killed_stages_keep_previous_outputs_and_repro_completes(tmp_path, monke
         assert proc.returncode == -signal.SIGKILL, (name, proc.stdout, proc.stderr)
         assert snapshot(outputs[name]) == before[name], name
     left = {p.name.split(".tmp-")[0] for p in temps(root)}  # a stage writes all its outputs before publishing one
-    every_output = {f".{p.name}" for paths in outputs.values() for p in paths}
+    timing_files = {Path(a).name for s in stages.values() for a in shlex.split(s["cmd"]) if a.endswith(".json")}
+    every_output = {f".{p.name}" for paths in outputs.values() for p in paths} | {f".{n}" for n in timing_files}
     assert {f".{o}" for o in FIRST_OUTPUT.values()} <= left <= every_output, left
 
     # Under DVC, with a new seed, killed mid-write in train: DVC had removed the old output before running the
