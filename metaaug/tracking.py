@@ -352,10 +352,10 @@ def _start_run(uri: str, stage: str, experiment: str, digests: dict[str, str], p
     the run with its tags (upstream runs found by the digests of the inputs) and log its params."""
     mlflow = _import_mlflow()
     mlflow.set_tracking_uri(uri)
-    client = mlflow.MlflowClient()
-    for name in [experiment, *([splits_experiment(experiment)] if stage in SPLIT_STAGES else [])]:
-        check_experiment(client, name)
-    with store_lock(uri):
+    with store_lock(uri):  # the first query on a fresh store creates its tables: one process at a time
+        client = mlflow.MlflowClient()
+        for name in [experiment, *([splits_experiment(experiment)] if stage in SPLIT_STAGES else [])]:
+            check_experiment(client, name)
         exp = mlflow.set_experiment(experiment)
     fail_stale_runs(client, exp.experiment_id, stage)
     tags = {STAGE_TAG: stage, PROCESS_TAG: process_tag(), **git_info()}
