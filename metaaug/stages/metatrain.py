@@ -74,12 +74,28 @@ def run(params: Params, prepared_dir: Path, out: Path, timing: Path | None = Non
         log_chosen_policy(policy, baseline)
         log_evidence(state.finalists)
         tracking.log_artifacts(out, "policy")
+        tracking.log_datasets("metatrain", {"prepare": prepared_dir}, [out])
+        name = params.tracking.policy_model_name
+        version = tracking.register_policy(out, name, policy_description(policy, baseline, provenance))
         print(f"metatrain: {cfg.method}, {state.trainings} proxy trainings in {seconds:.1f} s")
         for line in evidence_lines(state.finalists):
             print(f"metatrain: {line}")
-        print("metatrain: chosen policy -> " + str(out / "policy.json"))
+        print(f"metatrain: chosen policy -> {out / 'policy.json'}; registered as models:/{name}/{version} "
+              f"(models:/{name}@{tracking.POLICY_ALIAS})")
         for line in describe(policy, baseline):
             print(f"metatrain:   {line}")
+
+
+def policy_description(policy: Policy, baseline: str | None, provenance: dict) -> str:
+    """What the policy is, for its model registry version (Markdown): the description `metaaug metatrain`
+    prints (metaaug.policies.describe), then where it was searched."""
+    what, *ops = describe(policy, baseline)
+    lines = [what[0].upper() + what[1:] + ".", ""] + [f"- {' '.join(line.split())}" for line in ops]
+    classes = ", ".join(map(str, provenance["meta_classes"]))
+    lines += ["", f"Searched by `{provenance['method']}` on {provenance['meta_source']} classes [{classes}], "
+                  f"{provenance['trainings']} proxy trainings; the files are `policy.json`, "
+                  "`policy_albumentations.json` and `search.json` (the evidence) under `artifacts/`."]
+    return "\n".join(lines)
 
 
 def rung_metrics(entry: dict) -> dict:

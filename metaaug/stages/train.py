@@ -72,6 +72,7 @@ def run(params: Params, prepared_dir: Path, out: Path, policy_dir: Path | None =
                          "model": resolve_model(cfg.model, size)}  # evaluate rebuilds this learner
                 write_downstream(out, run_.info.run_id, model, jobs, done, splits, upstream)
                 write_timing(timing, TIMING_KIND, run_seconds=float(np.median([r["seconds"] for r in done])))
+                tracking.log_datasets("train", upstream, [out])
 
 
 def write_downstream(out: Path, run_id: str, model: dict, jobs: list[tuple[str, int]], done: list[dict],
