@@ -566,24 +566,33 @@ def register_policy(policy_dir: Path, name: str, description: str) -> str:
     """Log the policy in `policy_dir` (metatrain's output, already written) as a pyfunc model of the active run,
     register it as a new version of model `name`, describe it and move alias `current` to it; returns the
     version. The version is tagged with the run, the pipeline and the DVC digest of `policy_dir`, so it is
-    matched with its dvc.lock entry; nothing is written back to the DVC output."""
+    matched with its dvc.lock entry; nothing is written back to the DVC output. A failure is one line naming
+    the store and the model (the output stays written: `dvc repro` reruns the stage)."""
     mlflow = _import_mlflow()
     from metaaug import __version__
 
     artifacts = {key: str(Path(policy_dir) / file) for key, file in POLICY_ARTIFACTS.items()
                  if (Path(policy_dir) / file).is_file()}
     run = mlflow.active_run()
-    with _quiet_mlflow():
-        info = mlflow.pyfunc.log_model(name="policy_model", python_model=str(Path(__file__).with_name("policy_model.py")),
-                                       artifacts=artifacts, signature=_policy_signature(),
-                                       pip_requirements=[f"metaaug=={__version__}"], registered_model_name=name)
-    version = str(info.registered_model_version)
-    client = mlflow.MlflowClient()
-    client.update_model_version(name, version, description=f"{description}{VERDICT_HEADING}{NOT_EVALUATED}")
-    for key, value in {"metaaug.run": run.info.run_id, PIPELINE_TAG: run.data.tags.get(PIPELINE_TAG, "unknown"),
-                       "dvc.md5": dvc_md5(policy_dir)}.items():
-        client.set_model_version_tag(name, version, key, value)
-    client.set_registered_model_alias(name, POLICY_ALIAS, version)
+    try:
+        with _quiet_mlflow():
+            info = mlflow.pyfunc.log_model(
+                name="policy_model", python_model=str(Path(__file__).with_name("policy_model.py")),
+                artifacts=artifacts, signature=_policy_signature(), pip_requirements=[f"metaaug=={__version__}"],
+                registered_model_name=name)
+        version = str(info.registered_model_version)
+        client = mlflow.MlflowClient()
+        client.update_model_version(name, version, description=f"{description}{VERDICT_HEADING}{NOT_EVALUATED}")
+        for key, value in {"metaaug.run": run.info.run_id, PIPELINE_TAG: run.data.tags.get(PIPELINE_TAG, "unknown"),
+                           "dvc.md5": dvc_md5(policy_dir)}.items():
+            client.set_model_version_tag(name, version, key, value)
+        client.set_registered_model_alias(name, POLICY_ALIAS, version)
+    except Exception as exc:
+        if type(exc).__module__.split(".")[0] not in MLFLOW_MODULES:
+            raise
+        raise MetaaugError(f"MLflow store {tracking_uri()}: registering the policy as a version of model {name!r} "
+                           f"failed ({_first_line(exc)}); expected a store with a model registry (check "
+                           "MLFLOW_TRACKING_URI and tracking.policy_model)") from None
     mlflow.set_tags({"metaaug.policy_model": f"models:/{name}/{version}"})
     return version
 

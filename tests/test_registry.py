@@ -138,3 +138,31 @@ def test_a_registered_policy_without_mlflow_is_one_line():
     assert done.stdout.strip() == ("load_policy('models:/metaaug-policy@current'): MLflow is not installed; "
                                    "expected `pip install \"metaaug[pipeline]\"` (or mlflow) to load a registered "
                                    "policy"), done.stdout + done.stderr
+
+
+def test_a_registry_failure_is_one_line_after_the_outputs_are_written(tmp_path, monkeypatch, capsys):
+    """A store that refuses new model versions (a real SQLite trigger): metatrain has written its outputs,
+    then stops with one line naming the store, exit code 2, like any other MLflow failure."""
+    import sqlite3
+
+    import yaml
+
+    from conftest import tiny_params
+    from metaaug.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(**{"metatrain.workers": 1})))
+    with pytest.raises(SystemExit) as done:
+        main(["prepare", "--out", "prepared"])
+    assert done.value.code == 0
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        db.execute("CREATE TRIGGER refuse BEFORE INSERT ON model_versions BEGIN "
+                   "SELECT RAISE(ABORT, 'registry refused by the test'); END")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        main(["metatrain", "--prepared", "prepared", "--out", "policy"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]  # MLflow logs too
+    assert done.value.code == 2 and len(errors) == 1, errors
+    assert errors[0].startswith(f"error: MLflow store sqlite:///{tmp_path / 'mlflow.db'}: registering the policy "
+                                "as a version of model 'metaaug-policy' failed (") and "expected a store" in errors[0]
+    assert (tmp_path / "policy" / "policy.json").is_file()  # the DVC output does not depend on the registry
