@@ -522,8 +522,14 @@ def log_datasets(stage: str, inputs: dict[str, Path | None], outputs: list[Path 
         datasets.append(MetaDataset(source, name=_dataset_name(path), digest=dvc_md5(path)))
         contexts.append(context)
         tags.append({"dvc.stage": by, "dvc.hash": "md5"})
-    if datasets:
-        mlflow.log_inputs(datasets=datasets, contexts=contexts, tags_list=tags)
+    for attempt in range(3) if datasets else ():
+        try:  # a dataset is stored once per experiment: two stages (`dvc queue start -j 2`) logging the same
+            mlflow.log_inputs(datasets=datasets, contexts=contexts, tags_list=tags)  # new one may collide
+            return
+        except Exception as exc:
+            if attempt == 2 or type(exc).__module__.split(".")[0] not in MLFLOW_MODULES:
+                raise
+            time.sleep(0.5)  # then the other's row is committed, and this one links to it
 
 
 # The policy in MLflow's model registry: a pyfunc model (metaaug/policy_model.py), one version per metatrain.
