@@ -353,7 +353,8 @@ def _splits_experiment_of(client, train_run_id: str) -> tuple:
 
 def log_split_runs(train_run_id: str, runs: list[dict]) -> None:
     """One run per arm x split in the splits experiment, each with its params, tags, per-epoch curves and
-    final figures, logged in batches (MLflow caps a batch at 1000 metrics)."""
+    final figures, logged in batches (MLflow caps a batch at 1000 metrics). A run's start and end are its
+    training's (`start_ms`, `end_ms`, epoch milliseconds), so MLflow's Duration column is the training's."""
     mlflow = _import_mlflow()
     from mlflow.entities import Metric, Param as MlflowParam
 
@@ -364,7 +365,7 @@ def log_split_runs(train_run_id: str, runs: list[dict]) -> None:
     for r in runs:
         tags = {"mlflow.runName": r["name"], PIPELINE_TAG: train.data.tags.get(PIPELINE_TAG, "unknown"),
                 "metaaug.train_run": train_run_id, **r["tags"]}
-        run = client.create_run(experiment_id, tags=tags, run_name=r["name"])
+        run = client.create_run(experiment_id, start_time=r.get("start_ms", now), tags=tags, run_name=r["name"])
         metrics = [Metric(key, float(v), now, step) for key, values in r["curves"].items()
                    for step, v in enumerate(values)]
         metrics += [Metric(key, float(v), now, 0) for key, v in r["final"].items()]
@@ -372,7 +373,7 @@ def log_split_runs(train_run_id: str, runs: list[dict]) -> None:
         for start in range(0, max(len(metrics), 1), 1000):
             client.log_batch(run.info.run_id, metrics=metrics[start:start + 1000],
                              params=run_params if start == 0 else [], tags=[])
-        client.set_terminated(run.info.run_id)
+        client.set_terminated(run.info.run_id, end_time=r.get("end_ms"))
 
 
 def log_split_accuracies(train_run_id: str, accuracy: dict[tuple[str, int], float]) -> int:
@@ -430,7 +431,7 @@ def describe_evaluate_run(run, verdict: str) -> None:
              f"``tags.`metaaug.train_run` = '{train}'``, select them and Compare, grouped by param `arm`: "
              "each carries its `test_accuracy` (%).", "",
              f"Every stage run of this execution: ``tags.`{PIPELINE_TAG}` = '{tags.get(PIPELINE_TAG)}'``."]
-    mlflow.set_tag("mlflow.note.content", "\n".join(lines))
+    set_description("\n".join(lines))
 
 
 # The active stage run's logging: the stages call these, never mlflow itself.
@@ -439,6 +440,11 @@ def log_metrics(metrics: dict, step: int | None = None) -> None:
     """The numeric leaves of a (nested) dict as metrics of the active run, each key made one MLflow accepts
     (class names go into keys: see metric_key)."""
     _import_mlflow().log_metrics({metric_key(k): v for k, v in as_metrics(metrics).items()}, step=step)
+
+
+def set_description(markdown: str) -> None:
+    """The active run's description (MLflow's note, shown at the top of its page)."""
+    _import_mlflow().set_tag("mlflow.note.content", markdown)
 
 
 def set_tags(tags: dict[str, str]) -> None:

@@ -1,4 +1,4 @@
-"""The MLflow UI in headless Chromium (Debian's package; `.ci/run` installs it): a finished pipeline's stage
+"""The MLflow UI in headless Chromium (Debian's package; `tests/run.sh` installs it): a finished pipeline's stage
 runs are listed on the experiment page, the evaluate run's page shows its metrics with their values, and the
 Models page lists the registered policy. Screenshots of the pages are kept in test-artifacts/.
 
@@ -24,7 +24,7 @@ ARTIFACTS = REPO / "test-artifacts"
 
 def render(url: str, screenshot: Path, profile: Path) -> str:
     """The page's visible text once its scripts have run, saving a screenshot of it on the way."""
-    assert CHROMIUM.exists(), f"{CHROMIUM} missing; expected Debian's chromium (`apt-get install chromium`, .ci/run)"
+    assert CHROMIUM.exists(), f"{CHROMIUM} missing; expected Debian's chromium (`bash tests/run.sh` installs it)"
     screenshot.parent.mkdir(exist_ok=True)
     # --no-sandbox: we run as root; the background-networking flags keep it off the closed network
     cmd = [str(CHROMIUM), "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -66,7 +66,7 @@ def test_evaluate_run_page_shows_every_metric_with_its_value(served_pipeline, tm
     text = render(url, ARTIFACTS / "mlflow_evaluate_run.png", tmp_path / "profile")
     metrics = run.data.metrics
     assert f"Metrics ({len(metrics)})" in text, text[:2000]
-    assert "arms.none.mean" in metrics and "paired.trivialaugment-none.mean" in metrics
+    assert {"none", "learned", "gain", "gain_low", "gain_high"} <= set(metrics) and len(metrics) <= 12
     for key, value in metrics.items():
         shown = as_in_the_ui(value)
         assert f"{key} {shown}" in text if shown else key in text, (key, value)
