@@ -478,8 +478,8 @@ def dvc_md5(path: str | Path) -> str:
     (Python's default separators), and records the MD5 of those UTF-8 bytes with `.dir` appended
     (dvc_data.hashfile.tree.Tree.as_bytes and .digest). Hidden files (the outputs' `.metaaug-output.json`)
     count; a `.dvcignore` would exclude paths, and metaaug's outputs have none. Computed, not imported, so
-    that a stage need not load DVC; tests/test_registry.py checks it against dvc-data and against a real
-    `dvc repro`'s dvc.lock.
+    that a stage need not load DVC; tests/test_registry.py checks it against dvc-data's own hash, and
+    tests/test_pipeline_dvc.py against a real `dvc repro`'s dvc.lock.
     """
     path = Path(path)
 
@@ -616,8 +616,6 @@ def describe_policy_verdict(name: str, metatrain_run_id: str, verdict: str) -> l
     if metatrain_run_id == "unknown":
         return []
     client = _import_mlflow().MlflowClient()
-    if client.search_registered_models(f"name = '{name}'", max_results=1) == []:
-        return []
     updated = []
     for version in client.search_model_versions(f"name = '{name}' and run_id = '{metatrain_run_id}'"):
         what = (version.description or "").split(VERDICT_HEADING)[0]

@@ -92,6 +92,7 @@ def test_metatrain_registers_each_policy_and_moves_the_alias(registered):
     for verdict in ("**Verdict:** first.", "**Verdict:** second."):
         assert tracking.describe_policy_verdict("digits-policy", latest.run_id, verdict) == ["2"]
     assert tracking.describe_policy_verdict("digits-policy", "unknown", "**Verdict:** none.") == []
+    assert tracking.describe_policy_verdict("no-such-model", latest.run_id, "**Verdict:** none.") == []
     described = client.get_model_version("digits-policy", "2").description
     assert described.endswith(tracking.VERDICT_HEADING + "**Verdict:** second.") and "first" not in described
     assert client.get_model_version("digits-policy", "1").description.endswith(tracking.NOT_EVALUATED)
@@ -166,3 +167,16 @@ def test_a_registry_failure_is_one_line_after_the_outputs_are_written(tmp_path, 
     assert errors[0].startswith(f"error: MLflow store sqlite:///{tmp_path / 'mlflow.db'}: registering the policy "
                                 "as a version of model 'metaaug-policy' failed (") and "expected a store" in errors[0]
     assert (tmp_path / "policy" / "policy.json").is_file()  # the DVC output does not depend on the registry
+
+
+def test_the_command_without_the_pipeline_extra_is_one_line():
+    done = run_python("""
+        import sys
+        sys.modules["typer"] = None  # a core install: no typer (nor DVC, MLflow)
+        sys.argv = ["metaaug", "--help"]
+        from metaaug.command import main
+        main()
+    """)
+    assert done.returncode == 2 and done.stderr == (
+        "error: the metaaug command runs the pipeline, which needs typer; expected `pip install \"metaaug[pipeline]\"` "
+        "(the core install is the Python API only)\n"), done.stderr
