@@ -111,7 +111,7 @@ def learn_policy(images: np.ndarray, labels: np.ndarray, metatrain: MetatrainCon
     proxy learners use (``train`` section), ``shots``: support images per class in a task. Deterministic
     for a given seed. The checkpoint the stage keeps lives in a temporary directory here.
     """
-    from metaaug.metalearn import SearchSpace, sample_tasks, search, tasks_needed
+    from metaaug.search import SearchSpace, sample_tasks, search, tasks_needed
     from metaaug.ops import OP_NAMES
     from metaaug.training import set_threads
 

@@ -23,7 +23,7 @@ from pydantic_core import PydanticCustomError
 from metaaug.errors import MetaaugError
 
 ARMS = ("none", "handcrafted", "randaugment", "trivialaugment", "learned")
-ANCHORS = ("none", "handcrafted", "randaugment")  # fixed baselines metatrain can start from (metalearn.anchors)
+ANCHORS = ("none", "handcrafted", "randaugment")  # fixed baselines metatrain can start from (metaaug.search.space.anchor_points)
 MAX_SEED = 2**63 - 1  # torch.manual_seed and numpy's SeedSequence both take it
 
 

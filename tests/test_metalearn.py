@@ -15,7 +15,7 @@ import yaml
 from conftest import tiny_params
 from metaaug.data import load_source
 from metaaug.config import ANCHORS, MetatrainConfig, TrainConfig
-from metaaug.metalearn import SearchSpace, Task, policy_summary, sample_tasks, score, search
+from metaaug.search import SearchSpace, Task, policy_summary, sample_tasks, score, search
 from metaaug.ops import OP_NAMES, OPS, apply_ops
 from metaaug.policies import Policy
 from metaaug.training import to_tensor
@@ -50,7 +50,7 @@ def test_space_initialisation_is_trivialaugment_wide():
 
 def test_every_explored_direction_moves_the_policy():
     """Boosting a group (even one that starts off), halving caps and changing depth each change the policy."""
-    from metaaug.metalearn import explore
+    from metaaug.search import explore
 
     space = SearchSpace(OP_NAMES, channels=1)
     init, k = space.initial(), len(space.groups)
@@ -125,7 +125,7 @@ def test_search_learns_geometry_when_queries_are_rotated_and_shifted(digits, tmp
 
 
 def test_incumbent_is_kept_unless_clearly_beaten():
-    from metaaug.metalearn import clearly_better
+    from metaaug.search.paired import clearly_better
 
     noisy = [0.10, -0.08, 0.05, -0.04]  # mean +0.0075, standard error ~0.04
     assert not clearly_better([0.6 + d for d in noisy], [0.6] * 4, z=1.0)
@@ -196,7 +196,7 @@ def test_metatrain_resumes_after_being_killed(tmp_path):
 
 
 def test_baselines_project_to_their_points_in_the_space():
-    from metaaug.metalearn import anchor_points
+    from metaaug.search import anchor_points
     from metaaug.policies import fixed_policy
 
     space = SearchSpace(OP_NAMES, channels=1)
@@ -266,7 +266,8 @@ class FakeScorer:
 def race(table, n_refs: int, names=None, explorers=None, labels=None, **cfg_kwargs):
     """Run race_candidates on candidates 0..len(table)-1 (the first n_refs references, then `explorers`,
     random points by default) with fake scores."""
-    from metaaug.metalearn import SearchState, anchor_points, race_candidates
+    from metaaug.search import SearchState, anchor_points
+    from metaaug.search.race import race_candidates
 
     space = SearchSpace(OP_NAMES, channels=1)
     init = space.initial()
@@ -396,7 +397,7 @@ def test_explorers_no_better_than_the_references_are_rarely_accepted_at_the_defa
 
 def test_explorers_are_the_same_moves_for_every_seed():
     """What is raced does not depend on the seed (only the tasks do); extra explorers add a random step."""
-    from metaaug.metalearn import explorer_points
+    from metaaug.search import explorer_points
 
     space = SearchSpace(OP_NAMES, channels=1)
     init, moves = space.initial(), len(space.groups) + 2
@@ -412,7 +413,8 @@ def test_explorers_are_the_same_moves_for_every_seed():
 def test_close_explorers_are_decided_by_the_tie_rule_not_by_the_luckier_mean():
     """Two explorers equally good (3 points above the reference): whichever has the higher mean on a
     seed's tasks, the gentler one is the answer, and neither was dropped against the other on 4 tasks."""
-    from metaaug.metalearn import explorer_points, image_change
+    from metaaug.search import explorer_points
+    from metaaug.search.scoring import image_change
 
     space = SearchSpace(OP_NAMES, channels=1)
     labels, points = zip(*explorer_points(space.initial(), np.zeros(space.dim), 8, space,

@@ -19,7 +19,7 @@ import typer
 from metaaug import tracking
 from metaaug.config import Params, load_params
 from metaaug.io import atomic_dir, write_json
-from metaaug.metalearn import SearchSpace, meta_train_tasks, search, tasks_needed
+from metaaug.search import SearchSpace, meta_train_tasks, search, tasks_needed
 from metaaug.ops import OP_NAMES
 from metaaug.policies import Policy, describe, export_albumentations, save_policy
 from metaaug.stages import PARAMS, POLICY, PREPARED, pipeline_facts

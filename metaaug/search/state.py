@@ -1,0 +1,36 @@
+"""The search state: everything a search needs to resume, written atomically after every scored rung."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from metaaug.io import read_json, write_json
+
+
+@dataclass
+class SearchState:
+    """Everything a search needs to resume: written after every scored rung."""
+
+    method: str
+    rung: int = 0
+    generation: int = 0
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    candidates: list[list[float]] = field(default_factory=list)
+    scores: list[list[float]] = field(default_factory=list)  # per candidate, per task scored so far
+    history: list[dict] = field(default_factory=list)  # one entry per rung: the curve MLflow shows
+    best: list[float] | None = None
+    # the evidence behind the answer: the chosen policy first, then every reference and the last explorers,
+    # each with its paired difference to the chosen one (95 % t-interval), tasks, baseline name and status
+    finalists: list[dict] = field(default_factory=list)
+    trainings: int = 0
+    seconds: float = 0.0
+
+    def save(self, path: Path) -> None:
+        write_json(path, self.__dict__)
+
+    @classmethod
+    def load(cls, path: Path) -> "SearchState":
+        return cls(**read_json(path))
+
