@@ -62,5 +62,19 @@ def clearly_better(challenger: list[float], incumbent: list[float], z: float) ->
     The best of several noisy scores is biased upward (the winner's curse); without
     this test the search drifts to whatever got lucky on a few tasks.
     """
+    if len(challenger) < 2:
+        return False
     mean, se = paired_mean_se(challenger, incumbent)
     return bool(mean > 0 and mean > z * se)
+
+
+def within(a: list[float], b: list[float], delta: float, confidence: float) -> bool:
+    """Is a at most `delta` better than b on the same tasks, with one-sided `confidence` (the paired t upper
+    bound of a - b below delta)? Never on a single task. The indifference zone of ranking and selection:
+    a gap below delta is not worth the budget it takes to resolve."""
+    from scipy import stats
+
+    if len(a) < 2:
+        return False
+    mean, se = paired_mean_se(a, b)
+    return bool(mean + stats.t.ppf(confidence, len(a) - 1) * se < delta)

@@ -1,8 +1,8 @@
 """The race: candidates scored on the same tasks rung by rung, the clearly worse dropped, the answer
 decided by paired evidence (metaaug.search.paired) and the tie rule (the gentlest).
 
-`race_candidates` races one bracket; `bracket` builds one (the initialisation, the fixed
-baselines' points, explorers) and records its answer; the `race` method is one bracket.
+`race_candidates` races one bracket of candidates; the `race` method races the references,
+then refines the answer round by round with local moves, within the budget (docs/search.md).
 """
 
 from __future__ import annotations
@@ -13,120 +13,223 @@ import numpy as np
 import torch
 
 from metaaug.config import MetatrainConfig
-from metaaug.search.paired import SEPARATED, clearly_better, clearly_worse, futile, paired_interval
+from metaaug.search.budget import Budget
+from metaaug.search.paired import SEPARATED, clearly_better, clearly_worse, futile, paired_interval, within
 from metaaug.search.registry import Context, register
 from metaaug.search.scoring import Scorer, image_change
-from metaaug.search.space import SearchSpace, anchor_points, explorer_points, policy_summary
+from metaaug.search.space import SearchSpace, anchor_points, moves, policy_key, policy_summary
 from metaaug.search.state import SearchState
 
 
 @register("race")
 def race(ctx: Context) -> None:
-    """TA-Wide, the anchors and one-move explorers around TA-Wide, raced once (see the module docstring)."""
-    while ctx.state.generation < 1:
-        bracket(ctx)
-        next_generation(ctx)
+    """Round 0 races the references (TA-Wide and the anchors' points); each later round races the
+    local moves from the answer so far (`moves`) against it, on the same tasks, and an explorer
+    replaces it only on clear evidence (`decide`). Refinement stops when a round replaces nothing,
+    when every move has been raced, or when the budget cannot pay for a round's first rung."""
+    state = ctx.state
+    if state.generation == 0:
+        references_round(ctx)
+    while not state.done:
+        moves_round(ctx)
 
 
-def bracket(ctx: Context) -> None:
-    """Race one generation's candidates around `state.mean` and record the answer in `state.best`.
+def references_round(ctx: Context) -> None:
+    """Race TA-Wide and the anchors' points; the answer becomes the incumbent."""
+    space, state = ctx.space, ctx.state
+    named = [("trivialaugment", space.initial()), *anchor_points(space, ctx.cfg.anchors)]
+    ctx.budget.require(len(named), f"the {len(named)} references scored on one task each")
+    ranked, _ = race_candidates(space, [p for _, p in named], list(range(len(ctx.scorer.tasks))), ctx.cfg, ctx.scorer,
+                                state, ctx.checkpoint, ctx.log, references=len(named),
+                                names=[name for name, _ in named], budget=ctx.budget)
+    chosen = next(i for i, (_, p) in enumerate(named) if np.array_equal(p, ranked[0]))
+    end_round(ctx, chosen, [policy_key(space, p) for _, p in named])
 
-    Generation 0 offers the initialisation, the anchors' points and the pure moves; a later
-    (CEM) generation offers its mean, the initialisation and random-step explorers.
-    """
-    space, cfg, state = ctx.space, ctx.cfg, ctx.state
-    init = space.initial()
-    rng = np.random.default_rng([ctx.seed, state.generation])
-    mean, std = np.array(state.mean), np.array(state.std)
-    # generation 0 starts at the initialisation; later ones keep it in the race
-    named = (anchor_points(space, cfg.anchors) if state.generation == 0 else
-             [("trivialaugment", init)])[:cfg.candidates - 1]
-    fixed = [point for _, point in named]
-    first = state.generation == 0
-    explorers = explorer_points(mean, std, cfg.candidates - 1 - len(fixed), space, rng, moves_first=first,
-                                origin="TA-Wide" if first else "CEM mean")
-    ranked, _ = race_candidates(space, [mean, *fixed, *(point for _, point in explorers)],  # mean first
-                                task_ids_for_generation(len(ctx.scorer.tasks), state.generation, cfg),
-                                cfg, ctx.scorer, state, ctx.checkpoint, ctx.log, references=1 + len(fixed),
-                                names=[("trivialaugment" if first else None), *(name for name, _ in named)],
-                                labels=[label for label, _ in explorers])
-    state.best = list(map(float, ranked[0]))
+
+def moves_round(ctx: Context) -> None:
+    """Race the moves from the incumbent not raced before; an accepted one becomes the incumbent."""
+    space, state, cfg = ctx.space, ctx.state, ctx.cfg
+    inc = state.incumbent
+    theta = np.array(inc["theta"])
+    points = [(label, p) for label, p in moves(space, theta) if policy_key(space, p) not in state.tried]
+    points = list({policy_key(space, p): (label, p) for label, p in points}.values())  # the same policy once
+    first_rung = sum(max(0, min(cfg.race_step, cfg.race_tasks) - (len(inc["scores"]) if i == 0 else 0))
+                     for i in range(len(points) + 1))
+    if not state.candidates and (not points or ctx.budget.left(state.trainings) < first_rung):
+        state.done = ("every local move from the answer has been raced" if not points else
+                      f"the budget left ({ctx.budget.left(state.trainings)} proxy trainings) cannot pay for the "
+                      f"next round's first rung ({first_rung})")
+        ctx.checkpoint()
+        return
+    ranked, _ = race_candidates(space, [theta, *(p for _, p in points)], list(range(len(ctx.scorer.tasks))), cfg,
+                                ctx.scorer, state, ctx.checkpoint, ctx.log, references=1, names=[inc["baseline"]],
+                                labels=[f"{label}, from {inc['label']}" for label, _ in points], budget=ctx.budget,
+                                carried=inc["scores"])
+    chosen = next(i for i, t in enumerate(state.candidates) if np.array_equal(t, ranked[0]))
+    tried = [policy_key(space, p) for _, p in points]
+    if chosen == 0:
+        state.done = f"round {state.generation} replaced nothing: no move clearly better than the answer"
+    end_round(ctx, chosen, tried)
+
+
+def end_round(ctx: Context, chosen: int, tried: list[str]) -> None:
+    """Make the round's answer the incumbent, note the round, and start the next (checkpointed)."""
+    state = ctx.state
+    f = state.finalists[0]
+    state.incumbent = {"theta": state.candidates[chosen], "scores": state.scores[chosen],
+                       "label": f["candidate"], "baseline": f["baseline"]}
+    state.best = list(map(float, state.candidates[chosen]))
+    state.tried += [k for k in tried if k not in state.tried]
+    state.rounds.append({"round": state.generation, "candidates": len(state.candidates), "chosen": f["candidate"],
+                         "decision": f["decision"], "trainings": state.trainings, "spent": state.spent})
+    next_generation(ctx)
 
 
 def next_generation(ctx: Context) -> None:
-    """Close a generation: the next starts with no candidates (its tasks are fresh), checkpointed."""
+    """Close a generation (a round): the next starts with no candidates, checkpointed."""
     ctx.state.generation += 1
-    ctx.state.rung, ctx.state.candidates, ctx.state.scores = 0, [], []
+    ctx.state.rung, ctx.state.candidates, ctx.state.scores, ctx.state.rung_tasks = 0, [], [], []
     ctx.checkpoint()
 
 
 def race_candidates(space: SearchSpace, thetas: list[np.ndarray], task_ids: list[int], cfg: MetatrainConfig,
                     scorer: Scorer, state: SearchState, checkpoint: Callable[[], None],
                     log: Callable[[dict], None], references: int = 1, names: list[str | None] | None = None,
-                    labels: list[str] | None = None) -> tuple[list[np.ndarray], list[float]]:
+                    labels: list[str] | None = None, budget: Budget | None = None,
+                    carried: list[float] | None = None) -> tuple[list[np.ndarray], list[float]]:
     """Race every candidate on the same tasks; returns the candidates, the chosen one first.
 
     Rung r scores every candidate still in the race on the first `race_step * (r + 1)` tasks (at
-    most `race_tasks`), so all differences are paired. The first `references` candidates are the
-    incumbent and the fixed baselines' points (named by `names`), the rest explorers (described by
-    `labels`). After each rung any candidate clearly worse than the best reference (`clearly_worse`)
-    is dropped: a reference because a better one is known, an explorer because it can no longer
-    replace the reference; so is an explorer that trails the track to `accept_z` (`futile`).
-    Explorers are not pruned against each other in the race: on `position` a close rival dropped
-    on 4 tasks' luck changed the answer between seeds; `decide` compares them at the end, on all
-    the tasks. The race ends at `race_tasks`, when one candidate is left, or
-    when the references are decided and the one left leads every explorer (nothing to accept).
+    most `race_tasks`), so all differences are paired; a rung the `budget` cannot pay for in full
+    is cut to the whole tasks it pays for, and the race ends when it pays for none. The first
+    `references` candidates are the incumbent (its scores so far `carried` over, not paid again)
+    and the fixed baselines' points (named by `names`), the rest explorers (described by `labels`).
+    After each rung a candidate clearly worse than the best reference is dropped (`prune`), and so
+    is an explorer that cannot beat it by the indifference margin or trails the track to `accept_z`.
+    Explorers are not pruned against each other: on `position` a close rival dropped on 4 tasks'
+    luck changed the answer between seeds; `decide` compares them at the end, on all the tasks.
+    The race ends at `race_tasks`, when one candidate is left, when the references left are all
+    within the margin of the best (`settled`), or when the references are decided and the one left
+    leads every explorer (nothing to accept).
     """
     if not state.candidates:
         state.candidates = [list(map(float, t)) for t in thetas]
-        state.scores = [[] for _ in thetas]
+        state.scores = [list(carried or [])] + [[] for _ in thetas[1:]]
     names = list(names or []) + [None] * (len(state.candidates) - len(names or []))
     labels = candidate_labels(names, references, labels or [])
     refs = list(range(min(references, len(state.candidates))))
     explorers = list(range(len(refs), len(state.candidates)))
     cap = min(cfg.race_tasks, len(task_ids))
     dropped: dict[int, tuple[int, str]] = {}  # candidate -> (tasks it had when it was dropped, why)
-    rung = 0
+    rung, n, stop = 0, 0, ""
     while True:
-        n = min(cap, cfg.race_step * (rung + 1))
-        jobs = [(i, t) for i in refs + explorers for t in range(len(state.scores[i]), n)]
-        results = scorer.map([(space.policy(np.array(state.candidates[i])), task_ids[t]) for i, t in jobs])
-        for (i, _), (value, seconds) in zip(jobs, results):
-            state.scores[i].append(value)
-            state.seconds += seconds
-            state.trainings += 1
-        best_ref, leader = (max(group, key=lambda i: (np.mean(state.scores[i][:n]), -i))
-                            for group in (refs, refs + explorers))
-        for group in (refs, explorers):
-            for i in [i for i in group if i != best_ref]:
-                mine, best = state.scores[i][:n], state.scores[best_ref][:n]
-                if clearly_worse(mine, best, cfg.race_confidence):
-                    dropped[i] = (n, f"clearly worse than the best reference (one-sided {cfg.race_confidence:g} "
-                                     "paired t-bound below 0)")
-                elif group is explorers and futile(mine, best, cap, cfg.accept_z, cfg.futility):
-                    dropped[i] = (n, f"futile: its paired z against the best reference trails the track to "
-                                     f"accept_z = {cfg.accept_z:g} by more than {cfg.futility:g}")
-                else:
-                    continue
-                group.remove(i)
-        if rung >= state.rung:
-            entry = {"rung": len(state.history), "best_score": float(np.mean(state.scores[leader][:n])), "tasks": n,
-                     "references_left": len(refs), "explorers_left": len(explorers),
-                     "trainings": state.trainings, **space.describe(np.array(state.candidates[leader]))}
-            state.history.append(entry)
-            state.rung = rung + 1
-            log(entry)
-            checkpoint()
+        wanted = rung_tasks(rung, refs + explorers, state, cap, cfg, budget)
+        if wanted <= n:
+            stop = f"budget spent after {n} tasks"
+            break
+        n = wanted
+        score_rung(space, scorer, state, [(i, t) for i in refs + explorers for t in range(len(state.scores[i]), n)],
+                   task_ids, budget)
+        best_ref, leader = prune(refs, explorers, state, n, cap, cfg, dropped)
+        record_rung(space, state, rung, n, leader, len(refs), len(explorers), log, checkpoint)
         rung += 1
         if n >= cap or len(refs) + len(explorers) == 1 or (len(refs) == 1 and leader in refs):
             break
-    chosen, rule, eligible = decide(space, refs, explorers, state, scorer, task_ids, labels, cfg)
+        if not explorers and settled(refs, best_ref, state, n, cfg):
+            stop = f"the references left are within the indifference margin of the best on {n} tasks"
+            break
+    if n == 0:
+        raise RuntimeError("race_candidates: the budget paid for no task")
+    chosen, rule, eligible = decide(space, refs, explorers, state, scorer, task_ids, labels, cfg, n, stop)
     if references == 1 and chosen == 0:
-        rule = "the only reference (nothing to race)"
+        rule = "the only reference (nothing to race)" if len(state.candidates) == 1 else (
+            f"kept: no explorer beat it by accept_z = {cfg.accept_z:g} paired standard errors ({len(explorers)} "
+            f"raced to {n} tasks, {len(dropped)} dropped on the way)")
     state.finalists = finalist_entries(space, state, chosen, rule, references, dropped, eligible, names, labels, cfg)
     order = [chosen] + sorted((i for i in range(len(state.candidates)) if i != chosen and state.scores[i]),
                               key=lambda i: -np.mean(state.scores[i]))
     return [np.array(state.candidates[i]) for i in order], [float(np.mean(state.scores[i])) for i in order]
+
+
+def rung_tasks(rung: int, alive: list[int], state: SearchState, cap: int, cfg: MetatrainConfig,
+               budget: Budget | None) -> int:
+    """How many tasks rung `rung` races on: `race_step` more (at most `race_tasks`), fewer when the budget
+    pays for fewer (whole tasks for every candidate alive, so every difference stays paired). A rung
+    already scored (a resumed search replays its rungs) keeps the count it was scored with."""
+    if rung < len(state.rung_tasks):
+        return state.rung_tasks[rung]
+    n = min(cap, cfg.race_step * (rung + 1))
+    if budget is not None:
+        left = budget.left(state.trainings)
+        while n > 0 and sum(max(0, n - len(state.scores[i])) for i in alive) > left:
+            n -= 1
+    state.rung_tasks.append(n)
+    return n
+
+
+def score_rung(space: SearchSpace, scorer: Scorer, state: SearchState, jobs: list[tuple[int, int]],
+               task_ids: list[int], budget: Budget | None) -> None:
+    """Score (candidate, task) jobs and add them to the state (the budget's guard checks the count)."""
+    results = scorer.map([(space.policy(np.array(state.candidates[i])), task_ids[t]) for i, t in jobs])
+    for (i, _), (value, seconds) in zip(jobs, results):
+        state.scores[i].append(value)
+        state.seconds += seconds
+        state.trainings += 1
+    if budget is not None:
+        budget.check(state.trainings)
+        state.spent = budget.spent(state.trainings)
+
+
+def prune(refs: list[int], explorers: list[int], state: SearchState, n: int, cap: int, cfg: MetatrainConfig,
+          dropped: dict[int, tuple[int, str]]) -> tuple[int, int]:
+    """Drop (in place) the candidates the evidence on `n` tasks rules out; returns the best reference and
+    the leader. A reference goes when clearly worse than the best reference, unless it is provably within
+    the indifference margin of it (then the tie rule may still keep it); an explorer also when its
+    one-sided bound cannot reach the best reference plus the indifference margin (even if it is better,
+    it is not better by enough to matter), or when it is `futile`."""
+    best_ref, leader = (max(group, key=lambda i: (np.mean(state.scores[i][:n]), -i))
+                        for group in (refs, refs + explorers))
+    delta = cfg.indifference / 100
+    for group in (refs, explorers):
+        for i in [i for i in group if i != best_ref]:
+            mine, best = state.scores[i][:n], state.scores[best_ref][:n]
+            if group is refs and within(best, mine, delta, cfg.race_confidence):
+                continue  # indifferent to the best: kept for the tie rule, however sure the (small) gap is
+            if clearly_worse(mine, best, cfg.race_confidence):
+                why = f"clearly worse than the best reference (one-sided {cfg.race_confidence:g} paired t-bound below 0)"
+            elif group is explorers and within(mine, best, delta, cfg.race_confidence):
+                why = (f"cannot beat the best reference by the indifference margin {cfg.indifference:g} point(s) "
+                       f"(one-sided {cfg.race_confidence:g} paired t-bound below it)")
+            elif group is explorers and futile(mine, best, cap, cfg.accept_z, cfg.futility):
+                why = (f"futile: its paired z against the best reference trails the track to accept_z = "
+                       f"{cfg.accept_z:g} by more than {cfg.futility:g}")
+            else:
+                continue
+            dropped[i] = (n, why)
+            group.remove(i)
+    return best_ref, leader
+
+
+def settled(refs: list[int], best: int, state: SearchState, n: int, cfg: MetatrainConfig) -> bool:
+    """Are all the references left within the indifference margin of the best (its one-sided bound over
+    each below the margin)? Then which of them is kept barely changes the result: stop paying to rank
+    them, and let the tie rule pick (indifference-zone selection)."""
+    return len(refs) > 1 and all(within(state.scores[best][:n], state.scores[i][:n], cfg.indifference / 100,
+                                         cfg.race_confidence) for i in refs if i != best)
+
+
+def record_rung(space: SearchSpace, state: SearchState, rung: int, n: int, leader: int, refs: int, explorers: int,
+                log: Callable[[dict], None], checkpoint: Callable[[], None]) -> None:
+    """A newly scored rung's entry in the history (the MLflow curve), then a checkpoint; a replayed one: nothing."""
+    if rung < state.rung:
+        return
+    entry = {"rung": len(state.history), "best_score": float(np.mean(state.scores[leader][:n])), "tasks": n,
+             "references_left": refs, "explorers_left": explorers, "trainings": state.trainings,
+             **space.describe(np.array(state.candidates[leader]))}
+    state.history.append(entry)
+    state.rung = rung + 1
+    log(entry)
+    checkpoint()
 
 
 def candidate_labels(names: list[str | None], references: int, explorers: list[str]) -> list[str]:
@@ -137,25 +240,32 @@ def candidate_labels(names: list[str | None], references: int, explorers: list[s
 
 
 def decide(space: SearchSpace, refs: list[int], explorers: list[int], state: SearchState, scorer: Scorer,
-           task_ids: list[int], labels: list[str], cfg: MetatrainConfig) -> tuple[int, str, list[int]]:
+           task_ids: list[int], labels: list[str], cfg: MetatrainConfig, n: int,
+           stop: str = "") -> tuple[int, str, list[int]]:
     """The race's answer, how it was reached, and the explorers that were eligible to replace the reference.
 
     The chosen reference is the one left, or, when several could not be separated, the gentlest of
-    them (TIE RULE: the policy that changes the meta-train support images least). Explorers replace
+    them (TIE RULE: the policy that changes the meta-train support images least): when the race
+    ended at `race_tasks` or with the ones left within the indifference margin. When the budget
+    ended it earlier, the evidence has not reached that zone and the best mean is kept instead (the
+    natural selection rule of ranking and selection: the best guess on the evidence there is). Explorers replace
     it only if the best explorer left beats it by more than `accept_z` paired standard errors; then
     the answer is the gentlest of the *eligible* explorers: above the reference on average and not
     separated from the best one (`SEPARATED`: its 95 % interval reaches 0) — the tie rule again.
     Which explorer is best by a hair is noise; whether the best clears the reference is evidence.
     """
+    mean = {i: float(np.mean(state.scores[i][:n])) for i in refs + explorers}
     chosen, change = gentlest(space, refs, state, scorer, task_ids)
-    n = len(state.scores[chosen])
     if len(refs) == 1:
         rule = "separated: every other reference was clearly worse (paired race)"
+    elif stop.startswith("budget"):
+        chosen = max(refs, key=lambda i: (mean[i], -i))
+        rule = (f"{stop}: {len(refs)} references not separated nor within the indifference margin; the best mean "
+                "kept (" + ", ".join(f"{labels[i]} {100 * mean[i]:.2f} %" for i in refs) + ")")
     else:
         tied = ", ".join(f"{labels[i]} {change[i]:.3f}" for i in refs)
-        rule = (f"tie rule: {len(refs)} references not separated on {n} tasks; the gentlest kept "
-                f"(mean absolute pixel change on meta-train support images: {tied})")
-    mean = {i: float(np.mean(state.scores[i][:n])) for i in refs + explorers}
+        rule = (f"tie rule: {len(refs)} references not separated on {n} tasks{f' ({stop})' if stop else ''}; "
+                f"the gentlest kept (mean absolute pixel change on meta-train support images: {tied})")
     best = max(explorers, key=lambda i: (mean[i], -i), default=None)
     if best is None or not clearly_better(state.scores[best][:n], state.scores[chosen][:n], cfg.accept_z):
         return chosen, rule, []
@@ -215,10 +325,3 @@ def finalist_entries(space: SearchSpace, state: SearchState, chosen: int, rule: 
                     "diff_to_chosen": diff, "ci_low": low, "ci_high": high, "status": status,
                     **({"decision": rule} if i == chosen else {})})
     return out
-
-
-def task_ids_for_generation(n_tasks: int, generation: int, cfg: MetatrainConfig) -> list[int]:
-    """Fresh tasks for each CEM generation (so elites are not fitted to one task sample)."""
-    start = (generation * cfg.race_tasks) % max(1, n_tasks - cfg.race_tasks + 1)
-    return list(range(start, min(n_tasks, start + cfg.race_tasks)))
-

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from metaaug.config import MetatrainConfig
+from metaaug.search.budget import Budget
 from metaaug.search.scoring import Scorer
 from metaaug.search.space import SearchSpace
 from metaaug.search.state import SearchState
@@ -29,6 +30,7 @@ class Context:
     seed: int
     checkpoint: Callable[[], None]
     log: Callable[[dict], None]
+    budget: Budget  # race_candidates keeps to it; a method that scores on its own must check `budget.left`
 
 
 @dataclass(frozen=True)

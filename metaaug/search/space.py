@@ -167,3 +167,32 @@ def policy_summary(policy: Policy) -> str:
     return ", ".join(f"{policy.ops[i]} {100 * policy.weights[i]:.0f}% ≤{policy.mag_high[i]:.2f}" for i in order[:6])
 
 
+
+
+CAP_RAISE = 1.5  # a refinement move that raises every magnitude cap multiplies it by this (at most 1)
+
+
+def moves(space: SearchSpace, theta: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """The local moves refinement races from a point: the pure moves of `explore` (each group given
+    SHARE of the mass, every cap halved, the depth changed), each group that is on switched off (while
+    another stays on), and every cap raised by CAP_RAISE. Deterministic: the same point gives the same
+    moves on every seed, so seeds differ only in their tasks."""
+    k, zero = len(space.groups), np.zeros(space.dim)
+    out = [(move_name(theta, c, space), explore(theta, zero, c, space, np.random.default_rng(0)))
+           for c in range(k + 2)]
+    mass = space.masses(theta)
+    for g, group in enumerate(space.groups):
+        if mass[g] > 0 and (mass > 0).sum() > 1:
+            point = np.array(theta, float)
+            point[g] = np.delete(point[:k], g).max() + OFF
+            out.append((f"{group} ops off", point))
+    raised = np.array(theta, float)
+    raised[k:2 * k] = np.minimum(1.0, CAP_RAISE * space.caps(theta))
+    out.append((f"magnitude caps raised x{CAP_RAISE:g} (at most 1)", raised))
+    return out
+
+
+def policy_key(space: SearchSpace, theta: np.ndarray) -> str:
+    """The policy a point stands for, rounded: two points with the same key are the same candidate."""
+    p = space.policy(np.asarray(theta, float))
+    return repr((p.ops, np.round(p.weights, 4).tolist(), np.round(p.mag_high, 4).tolist(), p.layers))

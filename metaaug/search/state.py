@@ -26,6 +26,14 @@ class SearchState:
     finalists: list[dict] = field(default_factory=list)
     trainings: int = 0
     seconds: float = 0.0
+    spent: float = 0.0  # trainings in units of one downstream training (metaaug.search.budget)
+    rung_tasks: list[int] = field(default_factory=list)  # tasks per rung of the bracket under way
+    # race: the answer so far (theta, its scores on tasks 0.., label, baseline), the policies already raced
+    # (never raced twice), one summary per round, and whether refinement has stopped (and why)
+    incumbent: dict | None = None
+    tried: list[str] = field(default_factory=list)
+    rounds: list[dict] = field(default_factory=list)
+    done: str = ""
 
     def save(self, path: Path) -> None:
         write_json(path, self.__dict__)
