@@ -28,7 +28,8 @@ from metaaug.search.space import SearchSpace, anchor_points, explore, explorer_p
 from metaaug.search.state import SearchState
 from metaaug.search.tasks import Task, meta_train_tasks, sample_tasks
 
-__all__ = ["METHODS", "Budget", "Context", "downstream_flops", "Scorer", "SearchSpace", "SearchState", "Task", "anchor_points", "explore",
+__all__ = ["METHODS", "Budget", "Context", "downstream_flops", "Scorer", "SearchSpace", "SearchState", "Task",
+           "anchor_points", "explore",
            "explorer_points", "meta_train_tasks", "policy_summary", "populations", "register", "sample_tasks",
            "score", "score_population", "search", "tasks_needed"]
 

@@ -18,7 +18,8 @@ def cem(ctx: Context) -> None:
     floored at 0.1."""
     cfg, state = ctx.cfg, ctx.state
     ctx.budget.require(cfg.candidates, f"the first generation's {cfg.candidates} candidates on one task each")
-    while state.generation < cfg.generations and (state.candidates or ctx.budget.left(state.trainings) >= cfg.candidates):
+    affordable = lambda: ctx.budget.left(state.trainings) >= cfg.candidates  # noqa: E731  a first rung: one task each
+    while state.generation < cfg.generations and (state.candidates or affordable()):
         bracket(ctx)
         n_elite = max(2, int(round(cfg.elite_fraction * cfg.candidates)))
         elites = np.array([state.candidates[i] for i in np.argsort(

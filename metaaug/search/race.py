@@ -63,8 +63,8 @@ def moves_round(ctx: Context) -> None:
         return
     ranked, _ = race_candidates(space, [theta, *(p for _, p in points)], list(range(len(ctx.scorer.tasks))), cfg,
                                 ctx.scorer, state, ctx.checkpoint, ctx.log, references=1, names=[inc["baseline"]],
-                                labels=[f"{label}, from {inc['label']}" for label, _ in points], budget=ctx.budget,
-                                carried=inc["scores"])
+                                labels=[f"{inc['label']} + {label}" for label, _ in points], budget=ctx.budget,
+                                carried=inc["scores"], incumbent=inc["label"])
     chosen = next(i for i, t in enumerate(state.candidates) if np.array_equal(t, ranked[0]))
     tried = [policy_key(space, p) for _, p in points]
     if chosen == 0:
@@ -77,7 +77,7 @@ def end_round(ctx: Context, chosen: int, tried: list[str]) -> None:
     state = ctx.state
     f = state.finalists[0]
     state.incumbent = {"theta": state.candidates[chosen], "scores": state.scores[chosen],
-                       "label": f["candidate"], "baseline": f["baseline"]}
+                       "label": f["candidate"].removeprefix("explorer: "), "baseline": f["baseline"]}
     state.best = list(map(float, state.candidates[chosen]))
     state.tried += [k for k in tried if k not in state.tried]
     state.rounds.append({"round": state.generation, "candidates": len(state.candidates), "chosen": f["candidate"],
@@ -96,7 +96,8 @@ def race_candidates(space: SearchSpace, thetas: list[np.ndarray], task_ids: list
                     scorer: Scorer, state: SearchState, checkpoint: Callable[[], None],
                     log: Callable[[dict], None], references: int = 1, names: list[str | None] | None = None,
                     labels: list[str] | None = None, budget: Budget | None = None,
-                    carried: list[float] | None = None) -> tuple[list[np.ndarray], list[float]]:
+                    carried: list[float] | None = None,
+                    incumbent: str | None = None) -> tuple[list[np.ndarray], list[float]]:
     """Race every candidate on the same tasks; returns the candidates, the chosen one first.
 
     Rung r scores every candidate still in the race on the first `race_step * (r + 1)` tasks (at
@@ -117,6 +118,7 @@ def race_candidates(space: SearchSpace, thetas: list[np.ndarray], task_ids: list
         state.scores = [list(carried or [])] + [[] for _ in thetas[1:]]
     names = list(names or []) + [None] * (len(state.candidates) - len(names or []))
     labels = candidate_labels(names, references, labels or [])
+    labels[0] = incumbent or labels[0]
     refs = list(range(min(references, len(state.candidates))))
     explorers = list(range(len(refs), len(state.candidates)))
     cap = min(cfg.race_tasks, len(task_ids))
@@ -196,7 +198,8 @@ def prune(refs: list[int], explorers: list[int], state: SearchState, n: int, cap
             if group is refs and within(best, mine, delta, cfg.race_confidence):
                 continue  # indifferent to the best: kept for the tie rule, however sure the (small) gap is
             if clearly_worse(mine, best, cfg.race_confidence):
-                why = f"clearly worse than the best reference (one-sided {cfg.race_confidence:g} paired t-bound below 0)"
+                why = (f"clearly worse than the best reference (one-sided {cfg.race_confidence:g} paired t-bound "
+                       "below 0)")
             elif group is explorers and within(mine, best, delta, cfg.race_confidence):
                 why = (f"cannot beat the best reference by the indifference margin {cfg.indifference:g} point(s) "
                        f"(one-sided {cfg.race_confidence:g} paired t-bound below it)")
@@ -247,8 +250,9 @@ def decide(space: SearchSpace, refs: list[int], explorers: list[int], state: Sea
     The chosen reference is the one left, or, when several could not be separated, the gentlest of
     them (TIE RULE: the policy that changes the meta-train support images least): when the race
     ended at `race_tasks` or with the ones left within the indifference margin. When the budget
-    ended it earlier, the evidence has not reached that zone and the best mean is kept instead (the
-    natural selection rule of ranking and selection: the best guess on the evidence there is). Explorers replace
+    ended it earlier (on 2 tasks or more), the evidence has not reached that zone and the best mean is
+    kept instead (the natural selection rule of ranking and selection: the best guess on the evidence
+    there is); on a single task there is no spread to judge a mean by, and the tie rule applies. Explorers replace
     it only if the best explorer left beats it by more than `accept_z` paired standard errors; then
     the answer is the gentlest of the *eligible* explorers: above the reference on average and not
     separated from the best one (`SEPARATED`: its 95 % interval reaches 0) — the tie rule again.
@@ -258,7 +262,7 @@ def decide(space: SearchSpace, refs: list[int], explorers: list[int], state: Sea
     chosen, change = gentlest(space, refs, state, scorer, task_ids)
     if len(refs) == 1:
         rule = "separated: every other reference was clearly worse (paired race)"
-    elif stop.startswith("budget"):
+    elif stop.startswith("budget") and n >= 2:
         chosen = max(refs, key=lambda i: (mean[i], -i))
         rule = (f"{stop}: {len(refs)} references not separated nor within the indifference margin; the best mean "
                 "kept (" + ", ".join(f"{labels[i]} {100 * mean[i]:.2f} %" for i in refs) + ")")

@@ -95,7 +95,8 @@ def run(params: Params, prepared_dir: Path, out: Path, timing: Path | None = Non
 def one_downstream_training(prepared, params: Params) -> int:
     """Floating-point operations of one downstream training on a target split: the budget's unit."""
     images = prepared.target_images
-    return downstream_flops(params.train, images.shape[-1], images.shape[1], len(prepared.manifest["target"]["classes"]),
+    classes = len(prepared.manifest["target"]["classes"])
+    return downstream_flops(params.train, images.shape[-1], images.shape[1], classes,
                             len(prepared.manifest["splits"][0]["support"]))
 
 
