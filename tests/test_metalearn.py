@@ -157,8 +157,9 @@ def session_members(session: int) -> list[int]:
 @pytest.mark.slow
 def test_metatrain_resumes_after_being_killed(tmp_path):
     """SIGKILL metatrain after its first checkpoint; the rerun resumes and ends as an uninterrupted run does."""
-    params = tiny_params(**{"metatrain.candidates": 4, "metatrain.race_tasks": 6, "metatrain.race_step": 2,
-                            "metatrain.proxy_epochs": 30})
+    # proxies of 30 epochs cost ~2 of tiny_params' 4-epoch downstream trainings: a budget for a few rounds
+    params = tiny_params(**{"metatrain.race_tasks": 6, "metatrain.race_step": 2, "metatrain.proxy_epochs": 30,
+                            "metatrain.budget": 120.0})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     cmd = [sys.executable, "-m", "metaaug"]
     subprocess.run([*cmd, "prepare"], cwd=tmp_path, check=True, capture_output=True)
