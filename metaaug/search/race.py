@@ -316,7 +316,8 @@ def finalist_entries(space: SearchSpace, state: SearchState, chosen: int, rule: 
             status = f"dropped after {dropped[i][0]} tasks: {dropped[i][1]}"
         elif reference:
             status = ("reference, beaten by the accepted explorer" if chosen >= references else
-                      "not separated from the chosen reference (tie rule)")
+                      "not separated from the chosen reference (the budget ended the race: best mean kept)"
+                      if rule.startswith("budget") else "not separated from the chosen reference (tie rule)")
         elif i in eligible:
             status = "explorer above the reference, not separated from the best one, not the gentlest (tie rule)"
         elif chosen >= references:
