@@ -1,12 +1,17 @@
 """The `metaaug` command line (Typer): one command per pipeline stage, plus `results`.
 
 Each stage's command lives in its module (metaaug/stages/<stage>.py); this app only
-gathers them. Bad input never shows a traceback: a MetaaugError or a file-system error
-(OSError) becomes one line on stderr and exit code 2 (metaaug.stages.one_line_errors).
+gathers them, and imports a stage only to run it: a stage imports torch, MLflow and
+Albumentations (seconds), which `metaaug --help` and `--version` never wait for.
+Bad input never shows a traceback: a MetaaugError or a file-system error (OSError)
+becomes one line on stderr and exit code 2 (metaaug.stages.one_line_errors).
 """
 
 from __future__ import annotations
 
+import ast
+import importlib
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -14,12 +19,30 @@ import typer
 
 from metaaug import __version__
 from metaaug.errors import MetaaugError
-from metaaug.stages import augment, evaluate, metatrain, one_line_errors, prepare, train
+from metaaug.stages import NAMES, one_line_errors, run_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Meta-learn image augmentation policies and prove the gain (DVC + MLflow).")
-for stage in (prepare, metatrain, augment, train, evaluate):
-    app.command(stage.__name__.rsplit(".", 1)[-1])(one_line_errors(stage.command))
+
+
+def command_help(stage: str) -> str:
+    """The docstring of a stage's `command()`, read from its source without importing the module."""
+    source = Path(importlib.util.find_spec(f"metaaug.stages.{stage}").origin).read_text()
+    return next(ast.get_docstring(node) for node in ast.parse(source).body
+                if isinstance(node, ast.FunctionDef) and node.name == "command")
+
+
+def add_stage(stage: str) -> None:
+    """`metaaug <stage> ARGS`: the stage's own command with ARGS (its options and its --help)."""
+
+    @app.command(stage, help=command_help(stage), add_help_option=False,
+                 context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def forward(context: typer.Context) -> None:
+        run_command(importlib.import_module(f"metaaug.stages.{stage}").command, context.args, f"metaaug {stage}")
+
+
+for name in NAMES:
+    add_stage(name)
 
 
 @app.command("results")

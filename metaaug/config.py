@@ -11,6 +11,7 @@ stages later (an empty arm list, a seed torch cannot take, CUDA where there is n
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple, get_args, get_origin
 
@@ -164,6 +165,14 @@ class AugmentConfig(Section):
 
 class TrackingConfig(Section):
     experiment: Annotated[str, Field(min_length=1)] = "metaaug"
+    # The MLflow registered model metatrain registers each policy under (null: `<experiment>-policy`);
+    # alias `current` moves to its newest version (metaaug/tracking.py, register_policy).
+    policy_model: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[\w.\-]+$")] | None = None
+
+    @property
+    def policy_model_name(self) -> str:
+        """The registered model's name: policy_model, or the experiment's name made one MLflow takes + `-policy`."""
+        return self.policy_model or re.sub(r"[^\w.\-]", "_", self.experiment)[:193] + "-policy"
 
 
 class Params(Section):
@@ -219,6 +228,8 @@ def describe_error(error: dict) -> str:
         return f"{key} {error['msg']}" + ("" if "expected" in error["msg"] else f"; expected {expected(field)}")
     if any(isinstance(part, int) for part in error["loc"]):  # an item of a list
         return f"{key} contains {value!r}; expected items from {list(spec(field).choices)}"
+    if kind in ("string_pattern_mismatch", "string_too_long"):  # a name MLflow would refuse
+        return f"{key} = {value!r} is not a name MLflow takes; expected 1-200 letters, digits, `_`, `.` or `-`"
     if kind in ("greater_than_equal", "less_than_equal", "literal_error", "too_short"):
         return f"{key} = {value!r} is out of range; expected {expected(field)}"
     return f"{key} = {value!r} has the wrong type; expected {expected(field)}"

@@ -108,12 +108,16 @@ BASELINE_TITLES = {"none": "no augmentation", "handcrafted": "the handcrafted po
                    "trivialaugment": "TrivialAugment-Wide"}
 
 
+def what_it_is(baseline: str | None) -> str:
+    """A policy named by what it is: a fixed baseline's point in the search space, or a searched one."""
+    return (f"{BASELINE_TITLES[baseline]}'s point in the search space" if baseline
+            else "a searched policy (no fixed baseline's point)")
+
+
 def describe(policy: Policy, baseline: str | None = None) -> list[str]:
     """The whole policy in lines a person reads: what it is, its depth, then every op that is ever drawn
     with its share of the draws and its magnitude range (1 = the op's maximum)."""
-    what = (f"{BASELINE_TITLES[baseline]}'s point in the search space" if baseline
-            else "a searched policy (no fixed baseline's point)")
-    lines = [f"{what}; {policy.layers} op(s) per image"]
+    lines = [f"{what_it_is(baseline)}; {policy.layers} op(s) per image"]
     order = sorted(range(len(policy.ops)), key=lambda k: -policy.weights[k])
     for k in (k for k in order if policy.weights[k] > 0):
         magnitude = "no magnitude" if not OPS[policy.ops[k]].has_magnitude else \

@@ -22,9 +22,9 @@ import torch  # noqa: E402
 
 from metaaug.arms import arm_augmenter  # noqa: E402
 from metaaug.io import write_json  # noqa: E402
-from metaaug.plots import show_image  # noqa: E402
-from metaaug.policies import BASELINE_TITLES, Policy, load_policy  # noqa: E402
-from metaaug.stats import BOOTSTRAP_FROM  # noqa: E402
+from metaaug.plots import policy_figure, show_image  # noqa: E402
+from metaaug.policies import BASELINE_TITLES, load_policy, what_it_is  # noqa: E402
+from metaaug.stats import BOOTSTRAP_FROM, best_fixed  # noqa: E402
 from metaaug.training import to_tensor  # noqa: E402
 
 SAMPLE_IMAGES = 8  # support images shown per arm
@@ -43,18 +43,36 @@ def mean_ci(summary: dict) -> tuple[float, float]:
 
 
 def accuracy_figure(metrics: dict, accuracy: dict[str, np.ndarray]):
-    """Bars: mean test accuracy per arm with its 95 % CI; dots: the individual splits."""
+    """Left: mean test accuracy per arm, bars from 0 (a bar's length is its value) with the 95 % CI and a dot
+    per split. Right: what decides, the learned arm's paired difference to each other arm with its 95 % CI,
+    around a line at 0; the gaps are read there, on their own scale, not from clipped bars."""
     arms = list(metrics["arms"])
-    fig, ax = plt.subplots(figsize=(6, 0.6 * len(arms) + 1.2))
+    pairs = {p.removeprefix("learned-"): d for p, d in metrics["paired"].items() if p.startswith("learned-")}
+    fig, axes = plt.subplots(1, 2 if pairs else 1, figsize=(11 if pairs else 6, 0.6 * len(arms) + 1.6),
+                             squeeze=False)
+    left = axes[0][0]
     for y, arm in enumerate(arms):
         mean, half = mean_ci(metrics["arms"][arm])
-        ax.barh(y, mean, xerr=half, color="C0", alpha=0.6, capsize=4)
+        left.barh(y, mean, xerr=half, color="C0", alpha=0.6, capsize=4)
         points = 100 * np.asarray(accuracy[arm])
-        ax.plot(points, y + np.linspace(-0.25, 0.25, len(points)), ".", color="k", alpha=0.5, ms=3)
-    low = min(100 * float(np.min(a)) for a in accuracy.values())
-    ax.set_xlim(max(0.0, low - 5), 100)
-    ax.set_yticks(range(len(arms)), arms)
-    ax.set_xlabel("test accuracy (%): mean, 95 % CI (t), one dot per split")
+        left.plot(points, y + np.linspace(-0.25, 0.25, len(points)), ".", color="k", alpha=0.5, ms=3)
+    left.set_xlim(0, 100)
+    left.set_yticks(range(len(arms)), arms)
+    left.invert_yaxis()
+    left.set_title("test accuracy per arm", fontsize=10)
+    left.set_xlabel("test accuracy (%): mean, 95 % CI (t), a dot per split")
+    if pairs:
+        right = axes[0][1]
+        names = list(pairs)
+        for y, arm in enumerate(names):
+            d = pairs[arm]
+            right.errorbar(d["mean"], y, xerr=[[d["mean"] - d["ci_low"]], [d["ci_high"] - d["mean"]]], fmt="o",
+                           color="C3" if d["ci_high"] < 0 else "C2" if d["ci_low"] > 0 else "C7", capsize=4)
+        right.axvline(0, color="k", lw=0.8)
+        right.set_yticks(range(len(names)), [f"learned − {a}" for a in names])
+        right.invert_yaxis()
+        right.set_title("learned − each arm: green better, red worse, grey tied", fontsize=10)
+        right.set_xlabel("paired difference (points), 95 % CI over the splits")
     fig.tight_layout()
     return fig
 
@@ -70,29 +88,6 @@ def curves_figure(results: dict):
     for ax in axes:
         ax.set_xlabel("epoch")
     axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def policy_figure(policy: Policy, baseline: str | None = None):
-    """Per op: probability of being drawn (and applied), and its normalised magnitude range."""
-    ops = list(policy.ops)
-    y = np.arange(len(ops))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 0.3 * len(ops) + 1.4), sharey=True)
-    left.barh(y, np.multiply(policy.weights, policy.prob), color="C1", label="drawn and applied")
-    if min(policy.prob) < 1:
-        left.barh(y, policy.weights, color="C1", alpha=0.35, label="drawn")
-        left.legend(fontsize=8, loc="lower right")
-    left.set_xlabel(f"probability per layer ({policy.layers} layer{'s' * (policy.layers > 1)})")
-    width = np.maximum(np.subtract(policy.mag_high, policy.mag_low), 0.01)  # a fixed magnitude stays visible
-    colours = [(0.17, 0.63, 0.17, 1.0 if w > 0 else 0.2) for w in policy.weights]  # faint: an op never drawn
-    right.barh(y, width, left=policy.mag_low, color=colours, height=0.5)
-    right.set_xlim(0, 1.01)
-    right.set_xlabel("magnitude range (1 = the op's maximum)")
-    left.set_yticks(y, ops)
-    left.invert_yaxis()
-    fig.suptitle("learned policy: " + (f"{BASELINE_TITLES[baseline]}'s point in the search space" if baseline
-                                        else "a searched policy (no fixed baseline's point)"))
     fig.tight_layout()
     return fig
 
@@ -207,13 +202,12 @@ def verdict(metrics: dict, baseline: str | None, search: dict | None) -> str:
     generated from the metrics (report, evaluate run description, `metaaug results`)."""
     arms, paired = metrics["arms"], metrics["paired"]
     n = next(iter(arms.values()))["n"]
-    fixed = sorted((a for a in arms if a != "learned"), key=lambda a: -arms[a]["mean"])
-    if "learned" not in arms or not fixed:
+    best = best_fixed(arms)
+    if "learned" not in arms or best is None:
         best = max(arms, key=lambda a: arms[a]["mean"])
         return (f"**Verdict:** {best} has the highest mean test accuracy, {arms[best]['mean']:.2f} % over {n} "
                 "splits (the learned arm and a fixed arm are needed for a recommendation).")
-    best, learned = fixed[0], ("the learned policy" + (f" ({BASELINE_TITLES[baseline]}'s point in the search "
-                                                        "space)" if baseline else ""))
+    learned = "the learned policy" + (f" ({what_it_is(baseline)})" if baseline else "")
     d = paired[f"learned-{best}"]
     if d["ci_high"] < 0:
         use = f"use {best}: it beats {learned} by {-d['mean']:.2f} points [{-d['ci_high']:.2f}, {-d['ci_low']:.2f}]"
@@ -274,7 +268,8 @@ def write_report(out: Path, metrics: dict, summary: str, accuracy: dict[str, np.
     save(confusion_figure(confusion, classes, extremes), out / "confusion.png")
     has_policy = policy_dir is not None and (policy_dir / "policy.json").exists()
     if has_policy:
-        save(policy_figure(load_policy(policy_dir / "policy.json"), baseline), out / "policy.png")
+        save(policy_figure(load_policy(policy_dir / "policy.json"), "learned policy: " + what_it_is(baseline)),
+             out / "policy.png")
     write_json(out / "evaluation.json", {**metrics, "verdict": summary})
     lines = ["# metaaug report", "",
              f"Target classes {', '.join(classes)} ({manifest['target']['source']}), "

@@ -36,7 +36,8 @@ def make_project(root: Path, params: dict) -> Path:
     bin_dir = Path(sys.executable).parent
     sh("git", "init", "-q", cwd=root)
     sh(str(bin_dir / "dvc"), "init", "-q", cwd=root)
-    shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")  # dvc.yaml's plot templates
+    shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")  # dvc.yaml's plot templates and the page
+    shutil.copy(REPO / ".dvc" / "config", root / ".dvc" / "config")  # plots.html_template: the offline page
     sh("git", "add", "-A", cwd=root)
     sh("git", "commit", "-qm", "init", cwd=root)
     return root

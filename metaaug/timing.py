@@ -1,11 +1,11 @@
 """Wall times, and the machine they were taken on.
 
-Timings differ run to run and machine to machine, so they never enter a stage's
-deterministic outputs (or the MLflow-derived values of one): each timed stage
-writes them to its own small JSON file, which dvc.yaml declares as an uncached
-DVC metric (`timings/metatrain.json`, `timings/train.json`). `dvc metrics show`
-lists them, and `metaaug results` turns them into the search cost: metatrain's
-wall time as a multiple of one downstream training.
+Timings differ run to run and machine to machine, so they never enter a git- or
+DVC-tracked file (a fresh clone's `dvc repro` must leave `git status` clean): each
+timed stage logs them to its MLflow run and writes them to its own small JSON file
+in the git-ignored `timings/` (`timings/metatrain.json`, `timings/train.json`), which
+dvc.yaml does not declare. `metaaug results` turns them into the search cost:
+metatrain's wall time as a multiple of one downstream training.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from metaaug.policies import fixed_policy, save_policy
 
 def test_readme_example_runs():
     readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## Python API"):readme.index("## Your own data")]
+    section = readme.split("## Python API", 1)[1].split("\n## ", 1)[0]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     exec(compile(code, "README.md (Python API)", "exec"), {"__name__": "readme"})
 

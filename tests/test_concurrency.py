@@ -102,4 +102,4 @@ def test_queued_experiments_log_every_run_to_one_sqlite_store(baseline, tmp_path
             epochs = int(train.data.params["train.epochs"])
             assert len(client.get_metric_history(child.info.run_id, "loss")) == epochs
         evaluate = [e for e in stages["evaluate"] if e.data.tags["upstream.train"] == train.info.run_id]
-        assert len(evaluate) == 1 and "arms.none.mean" in evaluate[0].data.metrics
+        assert len(evaluate) == 1 and "gain" in evaluate[0].data.metrics

@@ -22,7 +22,7 @@ def test_dvc_repro_end_to_end(tmp_path, monkeypatch):
     assert (root / "data/prepared/manifest.json").exists()
     assert (root / "models/downstream/results.json").exists()
     metrics = yaml.safe_load((root / "metrics.json").read_text())
-    assert set(metrics["arms"]) == {"none", "trivialaugment", "learned"}
+    assert set(metrics) == {"none", "trivialaugment", "learned", "gain", "gain_low", "gain_high"}
     evaluation = json.loads((root / "reports/evaluation.json").read_text())  # every pair; metrics.json: learned's
     assert {"learned-none", "learned-trivialaugment", "trivialaugment-none"} <= set(evaluation["paired"])
     assert evaluation["verdict"].startswith("**Verdict")
@@ -34,23 +34,30 @@ def test_dvc_repro_end_to_end(tmp_path, monkeypatch):
     assert results.returncode == 0 and "one downstream training run" in results.stdout, results.stderr
     assert (root / "models/policy/policy.json").exists() and (root / "models/policy/policy_albumentations.json").exists()
     assert (root / "data/augmented/images.npy").exists()
-    none = metrics["arms"]["none"]
-    assert 0 <= none["ci_low"] <= none["mean"] <= none["ci_high"] <= 100 and evaluation["arms"]["none"]["n"] == 2
+    assert metrics["gain_low"] <= metrics["gain"] <= metrics["gain_high"] and evaluation["arms"]["none"]["n"] == 2
+    assert metrics["none"] == round(evaluation["arms"]["none"]["mean"], 2)
 
     assert "(accuracy.png)" in (root / "reports/report.md").read_text()
     shown = json.loads(dvc(root, "metrics", "show", "--json").stdout)  # keyed by revision, "" = workspace
-    assert shown[""]["data"]["metrics.json"]["data"]["arms"]["none"] == metrics["arms"]["none"]
+    assert shown[""]["data"] == {"metrics.json": {"data": metrics}}  # wall times are no DVC metric
+    table = dvc(root, "metrics", "show").stdout  # plain, as a user types it: one row, readable at 120 columns
+    assert max(map(len, table.splitlines())) <= 120, table
     plots = json.loads(dvc(root, "plots", "show", "--json").stdout)
     assert not plots.get("errors"), plots["errors"]
-    assert {"accuracy", "learning curves", "plots/confusion/none.json"} <= set(plots["data"])
+    assert {"accuracy", "learning curves", "plots/confusion/none.csv"} <= set(plots["data"])
     # the rendered accuracy plot: one point per arm x split, in percent, on one panel with a tick at each mean
     accuracy = plots["data"]["accuracy"][0]["content"]
     points = accuracy["data"]["values"]
-    assert len(points) == 3 * 2 and all(0 <= p["accuracy"] <= 100 for p in points)
+    assert len(points) == 3 * 2 and all(0 <= float(p["accuracy"]) <= 100 for p in points)
     assert [layer["encoding"]["x"].get("aggregate") for layer in accuracy["layer"]] == [None, "mean"]
     curves = plots["data"]["learning curves"][0]["content"]  # every arm's curve on one panel
     assert {v["arm"] for v in curves["data"]["values"]} == {"none", "trivialaugment", "learned"}
-    assert set(json.loads((root / "metrics.json").read_text())["paired"]) == {"learned-none", "learned-trivialaugment"}
+    confusion = plots["data"]["plots/confusion/none.csv"][0]["content"]["data"]["values"]  # counts, not records
+    assert sum(int(v["count"]) for v in confusion) == len(json.loads((root / "data/prepared/manifest.json").read_text(
+    ))["test"]) * 2
+    html = dvc(root, "plots", "show")  # the page renders offline: Vega is in it, nothing from a CDN
+    page = (root / "dvc_plots" / "index.html").read_text()
+    assert html.returncode == 0 and "vega-embed" in page and "cdn.jsdelivr" not in page
 
     second = dvc(root, "repro")
     assert second.returncode == 0
@@ -84,14 +91,39 @@ def test_dvc_repro_end_to_end(tmp_path, monkeypatch):
     assert evaluate.data.tags["upstream.prepare"] == prepare.info.run_id
     assert evaluate.data.tags["upstream.metatrain"] == metatrain.info.run_id
     assert prepare.data.params["tasks.shots"] == "5"
-    assert evaluate.data.metrics["arms.none.mean"] == pytest.approx(metrics["arms"]["none"]["mean"])
+    assert evaluate.data.metrics == pytest.approx(metrics)
     assert all("test_accuracy" in c.data.metrics for c in client.search_runs(
         [client.get_experiment_by_name("metaaug-splits").experiment_id]))
     assert None not in by_stage  # the arm x split runs are in their own experiment, not among the stage runs
     children = client.search_runs([client.get_experiment_by_name("metaaug-splits").experiment_id])
     assert len(children) == 3 * 2  # arms x splits
     assert {c.data.tags["metaaug.arm"] for c in children} == {"none", "trivialaugment", "learned"}
+    assert all(c.info.end_time - c.info.start_time >= 1000 * c.data.metrics["seconds"] - 5 for c in children)
     history = client.get_metric_history(children[0].info.run_id, "loss")
     assert len(history) == 4  # one point per epoch
     artifacts = {a.path for a in client.list_artifacts(prepare.info.run_id)}
     assert "target_samples.png" in artifacts
+
+    # MLflow datasets: every stage's inputs and outputs, each under the md5 dvc.lock records for its path
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    recorded = {entry["path"]: entry["md5"] for stage in lock.values() for entry in stage.get("outs", [])}
+    logged = {(stage, d.dataset.name, {t.key: t.value for t in d.tags}["mlflow.data.context"]): d.dataset.digest
+              for stage, run in zip(("prepare", "metatrain", "augment", "train", "evaluate"),
+                                    (prepare, metatrain, augment, train, evaluate))
+              for d in client.get_run(run.info.run_id).inputs.dataset_inputs}
+    assert logged[("prepare", "data/prepared", "output")] == recorded["data/prepared"]
+    assert logged[("metatrain", "data/prepared", "input")] == recorded["data/prepared"]
+    assert {name for stage, name, context in logged if context == "output"} == set(recorded)
+    assert all(digest == recorded[name] for (_, name, _), digest in logged.items())
+    assert {(name, context) for stage, name, context in logged if stage == "train"} == {
+        ("data/prepared", "input"), ("models/policy", "input"), ("data/augmented", "input"),
+        ("models/downstream", "output")}
+
+    # the registered policy: metatrain's version, alias current, evaluate's verdict in its description
+    version = client.get_model_version_by_alias("metaaug-policy", "current")
+    assert version.run_id == metatrain.info.run_id and version.tags["dvc.md5"] == recorded["models/policy"]
+    assert version.description.endswith(evaluation["verdict"])
+    monkeypatch.chdir(root)  # the default store, sqlite:///mlflow.db, as a user in the repository reads it
+    import metaaug
+
+    assert metaaug.load_policy("models:/metaaug-policy@current") == metaaug.load_policy(root / "models/policy")

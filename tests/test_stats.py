@@ -36,12 +36,18 @@ def test_few_splits_get_an_honest_t_interval_not_a_degenerate_bootstrap():
     assert many["ci"] == "bootstrap"
 
 
-def test_headline_keeps_means_cis_and_learneds_pairs():
+def test_headline_is_each_arms_mean_and_learneds_gain_over_the_best_fixed_arm():
     from metaaug.stats import compare, headline
 
     rng = np.random.default_rng(0)
-    full = compare({arm: rng.uniform(0.8, 0.9, 12) for arm in ("none", "trivialaugment", "learned")})
+    accuracy = {"none": rng.uniform(0.80, 0.85, 12), "trivialaugment": rng.uniform(0.86, 0.9, 12),
+                "learned": rng.uniform(0.85, 0.9, 12)}
+    full = compare(accuracy)
     short = headline(full)
-    assert set(short["paired"]) == {"learned-none", "learned-trivialaugment"}
-    assert set(short["arms"]["none"]) == {"mean", "ci_low", "ci_high"}
-    assert short["arms"]["none"]["mean"] == full["arms"]["none"]["mean"]
+    assert set(short) == {"none", "trivialaugment", "learned", "gain", "gain_low", "gain_high"}
+    assert short["none"] == round(full["arms"]["none"]["mean"], 2)
+    best = full["paired"]["learned-trivialaugment"]  # trivialaugment is the best fixed arm here
+    assert (short["gain"], short["gain_low"], short["gain_high"]) == (
+        round(best["mean"], 2), round(best["ci_low"], 2), round(best["ci_high"], 2))
+    assert all(isinstance(v, float) for v in short.values())  # numbers only: DVC shows no strings as metrics
+    assert set(headline(compare({"none": accuracy["none"]}))) == {"none"}  # no learned arm: no gain

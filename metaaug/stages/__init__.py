@@ -2,20 +2,47 @@
 atomically and logs one MLflow run; `command()` is its command line (`metaaug <stage>`, or
 `python stages/<stage>.py`, the entry dvc.yaml runs).
 
-Shared here: the command-line options that name the stages' directories, and the rule that bad
-input is one `error:` line and exit code 2, never a traceback.
+Shared here: the CPU kernels every stage runs with (pin_cpu_kernels, before any stage imports torch), the
+command-line options that name the stages' directories, and the rule that bad input is one `error:` line and
+exit code 2, never a traceback.
 """
 
 from __future__ import annotations
 
 import errno
 import functools
+import os
+import platform
 import sys
 from pathlib import Path
 
-import typer
+# On x86-64, torch (ATen), oneDNN and MKL pick their kernels by the CPU's instruction set, and an AVX-512 kernel
+# rounds differently from an AVX2 one: the same params would give other bytes (another dvc.lock) on another CPU.
+PINNED_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
 
-from metaaug.errors import MetaaugError
+
+def pin_cpu_kernels() -> dict[str, str]:
+    """Pin torch's, oneDNN's and MKL's CPU kernels to AVX2 on x86-64 CPUs that have it, so that every such CPU
+    computes the pipeline's outputs bit for bit alike (dvc.lock's hashes). Environment variables the user set
+    win, and nothing changes on other CPUs, or once torch is imported (the libraries read them at load).
+    Returns what was set."""
+    if "torch" in sys.modules or platform.machine().lower() not in ("x86_64", "amd64"):
+        return {}
+    try:
+        with open("/proc/cpuinfo") as fh:
+            has_avx2 = any(line.startswith("flags") and " avx2" in line for line in fh)
+    except OSError:
+        has_avx2 = False
+    pinned = {k: v for k, v in PINNED_KERNELS.items() if has_avx2 and k not in os.environ}
+    os.environ.update(pinned)
+    return pinned
+
+
+pin_cpu_kernels()
+
+import typer  # noqa: E402
+
+from metaaug.errors import MetaaugError  # noqa: E402
 
 NAMES = ("prepare", "metatrain", "augment", "train", "evaluate")
 
@@ -67,8 +94,9 @@ def one_line_errors(fn):
     return wrapper
 
 
-def run_command(command, argv: list[str] | None = None) -> None:
-    """Run one stage's command as a program (`python stages/<stage>.py ...`)."""
+def run_command(command, argv: list[str] | None = None, prog_name: str | None = None) -> None:
+    """Run one stage's command as a program (`python stages/<stage>.py ...`, `metaaug <stage> ...`)."""
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command()(one_line_errors(command))
-    app(args=sys.argv[1:] if argv is None else argv, prog_name=f"stages/{command.__module__.rsplit('.', 1)[-1]}.py")
+    app(args=sys.argv[1:] if argv is None else argv,
+        prog_name=prog_name or f"stages/{command.__module__.rsplit('.', 1)[-1]}.py")

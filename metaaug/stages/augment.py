@@ -22,7 +22,7 @@ from metaaug.preview import preview_grid
 from metaaug.progress import progress
 from metaaug.stages import AUGMENTED, PARAMS, POLICY, PREPARED, pipeline_facts
 from metaaug.tasks import load_prepared
-from metaaug.training import pick_device, to_tensor
+from metaaug.training import pick_device, set_threads, to_tensor
 
 
 def run(params: Params, prepared_dir: Path, policy_dir: Path, out: Path) -> None:
@@ -32,6 +32,7 @@ def run(params: Params, prepared_dir: Path, policy_dir: Path, out: Path) -> None
     pool = np.array([i for i in range(len(prepared.target_labels)) if i not in test])
     copies = params.augment.copies
     device = pick_device(params.train.device)
+    set_threads(prepared.target_images.shape[1])
     upstream = {"prepare": prepared_dir, "metatrain": policy_dir}
     logged = {"augment": params.augment.model_dump(), "seed": params.seed, "train.device": params.train.device}
     with tracking.stage_run("augment", logged, params.tracking.experiment, upstream, output=out):
@@ -54,6 +55,7 @@ def run(params: Params, prepared_dir: Path, policy_dir: Path, out: Path) -> None
             tracking.log_artifacts(Path(d) / "augment_preview.png")
         tracking.log_metrics({"augment.images_per_second": copies * len(pool) / max(seconds, 1e-9)})
         tracking.set_tags({"augment.sha256": digest})
+        tracking.log_datasets("augment", upstream, [out])
         print(f"augment: {copies} copies of {len(pool)} images -> {out} (sha256 {digest[:12]})")
 
 

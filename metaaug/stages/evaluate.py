@@ -22,7 +22,7 @@ from metaaug.report import verdict, write_report
 from metaaug.stages import DOWNSTREAM, PARAMS, POLICY, PREPARED, pipeline_facts
 from metaaug.stats import compare, headline
 from metaaug.tasks import Prepared, load_prepared
-from metaaug.training import predict, to_tensor
+from metaaug.training import predict, set_threads, to_tensor
 
 
 def test_accuracies(prepared: Prepared, downstream_dir: Path, arms: list[str]) -> tuple[dict, dict]:
@@ -46,6 +46,7 @@ def run(params: Params, prepared_dir: Path, downstream_dir: Path, metrics_path: 
         policy_dir: Path | None = None, reports_dir: Path | None = None) -> dict:
     io.verify_input(downstream_dir, "train", {"prepare": prepared_dir})
     prepared = load_prepared(prepared_dir)
+    set_threads(prepared.target_images.shape[1])
     results = read_json(downstream_dir / "results.json")
     arms = list(results["arms"])
     upstream = {"prepare": prepared_dir, "train": downstream_dir}
@@ -68,7 +69,7 @@ def run(params: Params, prepared_dir: Path, downstream_dir: Path, metrics_path: 
         with atomic_dir(plots_dir, "evaluate.plots", upstream) as tmp:
             write_dvc_plots(tmp, accuracy, results, confusion, prepared.manifest["target"]["classes"])
         write_json(metrics_path, headline(metrics), kind="evaluate.metrics")
-        tracking.log_metrics(metrics)
+        tracking.log_metrics(headline(metrics))  # the run list's columns; the rest is in report/evaluation.json
         tracking.log_artifacts(metrics_path)
         tracking.log_artifacts(plots_dir, "plots")
         if reports_dir is not None:
@@ -76,6 +77,9 @@ def run(params: Params, prepared_dir: Path, downstream_dir: Path, metrics_path: 
         tracking.log_split_accuracies(run_.data.tags.get("upstream.train", "unknown"),
                                       {(arm, i): 100 * a for arm, accs in accuracy.items() for i, a in enumerate(accs)})
         tracking.describe_evaluate_run(run_, summary)
+        tracking.log_datasets("evaluate", upstream, [metrics_path, plots_dir, reports_dir])
+        tracking.describe_policy_verdict(params.tracking.policy_model_name, run_.data.tags.get("upstream.metatrain",
+                                                                                              "unknown"), summary)
         for arm, s in metrics["arms"].items():
             print(f"evaluate: {arm:15s} {s['mean']:.2f} ± {s['std']:.2f} (n={s['n']})")
         for pair, d in metrics["paired"].items():

@@ -21,7 +21,8 @@ from metaaug.config import Params, load_params
 from metaaug.io import atomic_dir, write_json
 from metaaug.search import SearchSpace, downstream_flops, meta_train_tasks, search, tasks_needed
 from metaaug.ops import OP_NAMES
-from metaaug.policies import Policy, describe, export_albumentations, save_policy
+from metaaug.plots import policy_figure
+from metaaug.policies import Policy, describe, export_albumentations, save_policy, what_it_is
 from metaaug.stages import PARAMS, POLICY, PREPARED, pipeline_facts
 from metaaug.tasks import load_prepared
 from metaaug.timing import write_timing
@@ -51,7 +52,6 @@ def run(params: Params, prepared_dir: Path, out: Path, timing: Path | None = Non
         tasks = meta_train_tasks(prepared, params.tasks.shots, cfg, tasks_needed(cfg), params.seed)
         ckpt = checkpoint_path(out, params, prepared_dir)
         state = search(space, tasks, cfg, params.train, params.seed, ckpt,
-                       log=lambda entry: tracking.log_metrics(rung_metrics(entry), step=entry["rung"]),
                        downstream=one_downstream_training(prepared, params))
         seconds = time.perf_counter() - start
         policy = space.policy(np.array(state.best))
@@ -75,9 +75,11 @@ def run(params: Params, prepared_dir: Path, out: Path, timing: Path | None = Non
                               "search.workers": workers, "search.trainings": state.trainings,
                               "search.budget": cfg.budget, "search.spent": state.spent})
         write_timing(timing, TIMING_KIND, search_seconds=seconds, proxy_seconds=state.seconds, workers=workers)
-        log_chosen_policy(policy, baseline)
-        log_evidence(state.finalists)
+        log_answer(policy, baseline, state.finalists)
         tracking.log_artifacts(out, "policy")
+        tracking.log_datasets("metatrain", {"prepare": prepared_dir}, [out])
+        name = params.tracking.policy_model_name
+        version = tracking.register_policy(out, name, policy_description(policy, baseline, provenance))
         print(f"metatrain: {cfg.method}, {state.trainings} proxy trainings in {seconds:.1f} s; spent {state.spent:.2f} "
               f"of a budget of {cfg.budget:g} downstream trainings (counted in operations)")
         for r in state.rounds:
@@ -87,7 +89,8 @@ def run(params: Params, prepared_dir: Path, out: Path, timing: Path | None = Non
             print(f"metatrain: refinement stopped: {state.done}")
         for line in evidence_lines(state.finalists):
             print(f"metatrain: {line}")
-        print("metatrain: chosen policy -> " + str(out / "policy.json"))
+        print(f"metatrain: chosen policy -> {out / 'policy.json'}; registered as models:/{name}/{version} "
+              f"(models:/{name}@{tracking.POLICY_ALIAS})")
         for line in describe(policy, baseline):
             print(f"metatrain:   {line}")
 
@@ -100,11 +103,16 @@ def one_downstream_training(prepared, params: Params) -> int:
                             len(prepared.manifest["splits"][0]["support"]))
 
 
-def rung_metrics(entry: dict) -> dict:
-    """A rung's record for MLflow, under names that say it is the rung's best candidate, not the answer."""
-    return {"rung_best": {("score" if k == "best_score" else k): v for k, v in entry.items()
-                          if k not in ("rung", "trainings")},
-            "trainings": entry["trainings"]}
+def policy_description(policy: Policy, baseline: str | None, provenance: dict) -> str:
+    """What the policy is, for its model registry version (Markdown): the description `metaaug metatrain`
+    prints (metaaug.policies.describe), then where it was searched."""
+    what, *ops = describe(policy, baseline)
+    lines = [what[0].upper() + what[1:] + ".", ""] + [f"- {' '.join(line.split())}" for line in ops]
+    classes = ", ".join(map(str, provenance["meta_classes"]))
+    lines += ["", f"Searched by `{provenance['method']}` on {provenance['meta_source']} classes [{classes}], "
+                  f"{provenance['trainings']} proxy trainings; the files are `policy.json`, "
+                  "`policy_albumentations.json` and `search.json` (the evidence) under `artifacts/`."]
+    return "\n".join(lines)
 
 
 def evidence_lines(finalists: list[dict]) -> list[str]:
@@ -122,25 +130,23 @@ def evidence_lines(finalists: list[dict]) -> list[str]:
     return lines
 
 
-def log_evidence(finalists: list[dict]) -> None:
-    """The finalists' paired differences to the chosen policy as metrics, the decision as tags."""
-    tracking.log_dict({"finalists": finalists}, "search_finalists.json")
-    for k, f in enumerate(finalists):
-        if f["status"] != "chosen" and f["ci_low"] is not None:
-            tracking.log_metrics({"finalist": {f["baseline"] or f"explorer{k}": {
-                "diff_to_chosen_points": f["diff_to_chosen"], "ci95_low_points": f["ci_low"],
-                "ci95_high_points": f["ci_high"], "paired_tasks": f["paired_tasks"]}}})
+def log_answer(policy: Policy, baseline: str | None, finalists: list[dict]) -> None:
+    """The answer where MLflow shows it first: the run's description says what was chosen and why (with every
+    finalist's evidence), a figure draws the policy, tags name it; the finalists in full as an artifact."""
+    lines = [f"**Chosen policy: {what_it_is(baseline)}.**", ""]
     if finalists:
-        tracking.set_tags({"search.decision": finalists[0]["decision"][:5000],
-                           "search.chosen": finalists[0]["candidate"]})
-
-
-def log_chosen_policy(policy: Policy, baseline: str | None) -> None:
-    """The answer as the run's final metrics: every op's weight and magnitude range, the depth, and the
-    baseline it is the point of (tag `metaaug.policy`)."""
-    tracking.log_metrics({"policy": {"layers": policy.layers, **{
-        field: dict(zip(policy.ops, getattr(policy, field))) for field in ("weights", "mag_low", "mag_high")}}})
-    tracking.set_tags({"metaaug.policy": f"{baseline} point" if baseline else "searched"})
+        lines += [f"How it was decided: {finalists[0]['decision']}", "", "Evidence on the meta-train tasks "
+                  "(proxy learners; paired differences to the chosen policy, points, 95 % CI):", ""]
+        lines += [f"- {line.strip()}" for line in evidence_lines(finalists)[1:]]
+    lines += ["", "The policy, op by op (share of draws, magnitude range; 1 = the op's maximum):", ""]
+    lines += [f"- {line}" for line in describe(policy, baseline)[1:]]
+    lines += ["", "Files: `policy/policy.json` (the policy), `policy/policy_albumentations.json` (the same policy "
+              "for Albumentations), `policy/search.json` (the race), `search_finalists.json`."]
+    tracking.set_description("\n".join(lines))
+    tracking.log_figure(policy_figure(policy, "chosen policy: " + what_it_is(baseline)), "policy.png")
+    tracking.log_dict({"finalists": finalists}, "search_finalists.json")
+    tracking.set_tags({"metaaug.policy": f"{baseline} point" if baseline else "searched",
+                       **({"search.chosen": finalists[0]["candidate"]} if finalists else {})})
 
 
 def command(params: Path = PARAMS, prepared: Path = PREPARED, out: Path = POLICY,

@@ -21,15 +21,18 @@ def run(params: Params, out: Path) -> None:
             manifest = prepare(params.data, params.tasks, params.seed, tmp)
         tracking.name_run("prepare", pipeline_facts(manifest))
         prepared = load_prepared(out)
-        for part in ("meta", "target"):
-            tracking.log_metrics({part: {"count": dict(zip(manifest[part]["classes"], manifest[part]["counts"]))}})
-        tracking.log_metrics({"target.test_images": len(manifest["test"]), "meta.val_images": manifest["meta"]["val_count"]})
+        # a few totals as metrics (the run list's columns); per-class counts, one per class, as an artifact
+        tracking.log_dict({part: dict(zip(manifest[part]["classes"], manifest[part]["counts"]))
+                           for part in ("meta", "target")}, "class_counts.json")
+        tracking.log_metrics({"meta.images": len(prepared.meta_labels), "meta.val_images": manifest["meta"]["val_count"],
+                              "target.images": len(prepared.target_labels), "target.test_images": len(manifest["test"])})
         tracking.set_tags({"data.meta_source": manifest["meta"]["source"],
                            "data.target_source": manifest["target"]["source"]})
         tracking.log_figure(class_grid(prepared.target_images, prepared.target_labels, manifest["target"]["classes"]),
                             "target_samples.png")
         tracking.log_figure(class_grid(prepared.meta_images, prepared.meta_labels, manifest["meta"]["classes"]),
                             "meta_samples.png")
+        tracking.log_datasets("prepare", {}, [out])
         print(f"prepare: {len(prepared.meta_labels)} meta-train images, {len(prepared.target_labels)} target images, "
               f"{len(manifest['splits'])} splits -> {out} (mlflow run {run_.info.run_id})")
 

@@ -51,11 +51,12 @@ def run(params: Params, prepared_dir: Path, out: Path, policy_dir: Path | None =
         def train_one(job: tuple[str, int]) -> dict:
             arm, i = job
             support = np.asarray(splits[i]["support"])
-            start = time.perf_counter()
+            start, start_ms = time.perf_counter(), int(time.time() * 1000)
             model, curves = train_learner(x_all[support], y_all[support], n_classes, cfg, splits[i]["seed"],
                                           augmenters[arm](support), world.device, ddp=world.mode == "ddp")
             return {"state": {k: v.cpu() for k, v in model.state_dict().items()},
-                    "seconds": time.perf_counter() - start, "curves": curves}
+                    "seconds": time.perf_counter() - start, "curves": curves,
+                    "start_ms": start_ms, "end_ms": int(time.time() * 1000)}
 
         jobs = [(arm, i) for arm in cfg.arms for i in range(len(splits))]
         logged = {"train": cfg.model_dump(), "train.ranks": world.size, "tasks.shots": params.tasks.shots}
@@ -72,6 +73,7 @@ def run(params: Params, prepared_dir: Path, out: Path, policy_dir: Path | None =
                          "model": resolve_model(cfg.model, size)}  # evaluate rebuilds this learner
                 write_downstream(out, run_.info.run_id, model, jobs, done, splits, upstream)
                 write_timing(timing, TIMING_KIND, run_seconds=float(np.median([r["seconds"] for r in done])))
+                tracking.log_datasets("train", upstream, [out])
 
 
 def write_downstream(out: Path, run_id: str, model: dict, jobs: list[tuple[str, int]], done: list[dict],
@@ -89,6 +91,7 @@ def write_downstream(out: Path, run_id: str, model: dict, jobs: list[tuple[str, 
     tracking.log_split_runs(run_id, [
         {"name": f"{arm}/split{i}", "params": {"arm": arm, "split": i, "seed": splits[i]["seed"]},
          "tags": {"metaaug.arm": arm, "metaaug.split": str(i)}, "curves": r["curves"],
+         "start_ms": r["start_ms"], "end_ms": r["end_ms"],
          "final": {"seconds": r["seconds"], "final_loss": r["curves"]["loss"][-1]}}
         for (arm, i), r in zip(jobs, done)])
     tracking.log_metrics({"train.run_seconds": float(np.median([r["seconds"] for r in done]))})
