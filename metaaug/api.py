@@ -119,9 +119,10 @@ def learn_policy(images: np.ndarray, labels: np.ndarray, metatrain: MetatrainCon
     two classes, each with more than ``shots`` images). ``metatrain``: the params.yaml ``metatrain``
     section (dict or MetatrainConfig; unset keys take their defaults), ``train``: the learner recipe the
     proxy learners use (``train`` section), ``shots``: support images per class in a task. Deterministic
-    for a given seed. The checkpoint the stage keeps lives in a temporary directory here.
+    for a given seed. The checkpoint the stage keeps lives in a temporary directory here. ``metatrain.budget``
+    counts in trainings of the ``train`` recipe on one task's support images (docs/search.md).
     """
-    from metaaug.metalearn import SearchSpace, sample_tasks, search, tasks_needed
+    from metaaug.search import SearchSpace, sample_tasks, search, tasks_needed
     from metaaug.ops import OP_NAMES
     from metaaug.training import set_threads
 

@@ -24,7 +24,7 @@ from pydantic_core import PydanticCustomError
 from metaaug.errors import MetaaugError
 
 ARMS = ("none", "handcrafted", "randaugment", "trivialaugment", "learned")
-ANCHORS = ("none", "handcrafted", "randaugment")  # fixed baselines metatrain can start from (metalearn.anchors)
+ANCHORS = ("none", "handcrafted", "randaugment")  # fixed baselines metatrain can start from (metaaug.search.space.anchor_points)
 MAX_SEED = 2**63 - 1  # torch.manual_seed and numpy's SeedSequence both take it
 
 
@@ -138,6 +138,12 @@ class MetatrainConfig(Section):
     # an explorer is dropped as futile when its paired z against the best reference trails the track to
     # accept_z at race_tasks (accept_z * sqrt(tasks / race_tasks)) by more than this; 100 = never
     futility: Annotated[float, Ge(0.0), Le(100.0)] = 1.5
+    # the search's limit, in units of one downstream training (a proxy training's floating-point operations over
+    # one downstream training's: metaaug/search/budget.py); more budget refines the answer, on clear evidence only
+    budget: Annotated[float, Ge(0.01), Le(100000.0)] = 3.0
+    # indifference margin (points of meta-task query accuracy): candidates whose paired one-sided bound puts
+    # them within it of the best are not raced further; the tie rule picks among them (docs/search.md)
+    indifference: Annotated[float, Ge(0.0), Le(100.0)] = 1.0
     ways: Annotated[int, Ge(2), Le(1000)] = 5
     query_per_class: Annotated[int, Ge(1), Le(100000)] = 100
 
