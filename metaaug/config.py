@@ -139,8 +139,9 @@ class MetatrainConfig(Section):
     # accept_z at race_tasks (accept_z * sqrt(tasks / race_tasks)) by more than this; 100 = never
     futility: Annotated[float, Ge(0.0), Le(100.0)] = 1.5
     # the search's limit, in units of one downstream training (a proxy training's floating-point operations over
-    # one downstream training's: metaaug/search/budget.py); more budget refines the answer, on clear evidence only
-    budget: Annotated[float, Ge(0.01), Le(100000.0)] = 3.0
+    # one downstream training's: metaaug/search/budget.py); more budget refines the answer, on clear evidence only.
+    # 10 by default: at 3 the references are not always separated on the digits (docs/search.md, the frontier)
+    budget: Annotated[float, Ge(0.01), Le(100000.0)] = 10.0
     # indifference margin (points of meta-task query accuracy): candidates whose paired one-sided bound puts
     # them within it of the best are not raced further; the tie rule picks among them (docs/search.md)
     indifference: Annotated[float, Ge(0.0), Le(100.0)] = 1.0

@@ -65,7 +65,7 @@ def test_every_explored_direction_moves_the_policy():
 
 def test_parallel_scoring_gives_the_same_search_as_one_process(digits, tmp_path):
     tasks = sample_tasks(*digits, shots=3, ways=3, query_per_class=5, n_tasks=2, seed=0)
-    cfg = MetatrainConfig(candidates=3, race_tasks=2, race_step=2, proxy_epochs=2, workers=1)
+    cfg = MetatrainConfig(candidates=3, race_tasks=2, race_step=2, proxy_epochs=2, workers=1, budget=3.0)
     one = search(SearchSpace(OP_NAMES), tasks, cfg, TrainConfig(epochs=2), 0, tmp_path / "one.json")
     two = search(SearchSpace(OP_NAMES), tasks, cfg.model_copy(update={"workers": 2}), TrainConfig(epochs=2), 0, tmp_path / "two.json")
     assert one.history == two.history and one.best == two.best and one.trainings == two.trainings
@@ -282,7 +282,7 @@ def race(table, n_refs: int, names=None, explorers=None, labels=None, **cfg_kwar
         explorers = [init + 0.3 * rng.standard_normal(space.dim) for _ in range(len(table) - n_refs)]
     thetas = refs + list(explorers)
     scorer = FakeScorer(space, thetas, table)
-    cfg = MetatrainConfig(**{"race_tasks": 16, "race_step": 4, "race_confidence": 0.9, **cfg_kwargs})
+    cfg = MetatrainConfig(**{"race_tasks": 16, "race_step": 4, "race_confidence": 0.9, "budget": 3.0, **cfg_kwargs})
     state = SearchState("race")
     ranked, _ = race_candidates(space, thetas, list(range(32)), cfg, scorer, state, lambda: None,
                                 lambda e: None, references=n_refs,
