@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from metaaug.config import load_params
-from metaaug.metalearn import SearchSpace, policy_summary, sample_tasks, score, search, tasks_needed
+from metaaug.search import SearchSpace, policy_summary, sample_tasks, score, search, tasks_needed
 from metaaug.ops import OP_NAMES
 from metaaug.timing import machine_description
 from metaaug.policies import fixed_policy
@@ -111,7 +111,7 @@ def stability(args) -> None:
     import collections
     import json
 
-    from metaaug import metalearn
+    from metaaug import search
 
     params, images, labels, is_val, val_tasks = meta_val(args)
     settings, shots, mp = params.train, params.tasks.shots, params.metatrain
@@ -119,7 +119,7 @@ def stability(args) -> None:
     channels = images.shape[-1]
     space = SearchSpace(tuple(mp.ops or OP_NAMES), channels=channels)
     names = {json.dumps(space.policy(p).__dict__, sort_keys=True, default=str): name
-             for name, p in [("trivialaugment", space.initial()), *metalearn.anchor_points(space, mp.anchors)]}
+             for name, p in [("trivialaugment", space.initial()), *search.anchor_points(space, mp.anchors)]}
     fixed = {"none": None, **{n: fixed_policy(n, image_channels=channels)
                               for n in ("handcrafted", "randaugment", "trivialaugment")}}
     val = {n: np.array([score(p, t, settings) for t in val_tasks]) for n, p in fixed.items()}
@@ -137,10 +137,10 @@ def stability(args) -> None:
             cfg = mp.model_copy(update={"method": name, **({"anchors": []} if variant == "no-anchors" else {}),
                                         **{k: type(getattr(mp, k))(v) for k, v in overrides.items()}})
             tasks = sample_tasks(images[~is_val], labels[~is_val], shots, mp.ways, mp.query_per_class,
-                                 metalearn.tasks_needed(cfg), seed)
+                                 search.tasks_needed(cfg), seed)
             with tempfile.TemporaryDirectory() as d:
                 start = time.perf_counter()
-                state = metalearn.search(space, tasks, cfg, settings, seed, Path(d) / "ckpt.json")
+                state = search.search(space, tasks, cfg, settings, seed, Path(d) / "ckpt.json")
                 costs.append((time.perf_counter() - start, state.trainings))
             policy = space.policy(np.array(state.best))
             key = json.dumps(policy.__dict__, sort_keys=True, default=str)

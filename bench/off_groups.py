@@ -1,4 +1,4 @@
-"""Why op groups under metalearn.MIN_MASS are switched off exactly, not left at a tiny weight.
+"""Why op groups under metaaug.search.space.MIN_MASS are switched off exactly, not left at a tiny weight.
 
 On intensity-coded classes (bench/adaptivity.py's `intensity` task: the class is the
 stroke's brightness, so TrivialAugment-Wide's colour and histogram ops rewrite it),
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from adaptivity import digit_strokes
-from metaaug import metalearn
-from metaaug.metalearn import SearchSpace, sample_tasks, score
+from metaaug.search import space as search_space
+from metaaug.search import SearchSpace, sample_tasks, score
 from metaaug.ops import OP_NAMES
 from metaaug.timing import machine_description
 from metaaug.policies import fixed_policy
@@ -46,7 +46,7 @@ def main() -> None:
     keep = labels >= 5  # the target classes of bench/adaptivity.py
     tasks = sample_tasks(images[keep], labels[keep], 5, 5, 80, args.tasks, seed=3)
     space = SearchSpace(OP_NAMES, channels=1)
-    with mock.patch.object(metalearn, "MIN_MASS", 0.0):  # the cut-off off: e^-8 stays e^-8
+    with mock.patch.object(search_space, "MIN_MASS", 0.0):  # the cut-off off: e^-8 stays e^-8
         nearly_none = space.policy(space.project(fixed_policy("none")))
     arms = {"none": None, "identity only": fixed_policy("none"), "none's point without the cut-off": nearly_none}
     acc = {name: np.array([score(policy, t, TrainConfig()) for t in tasks]) for name, policy in arms.items()}

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from metaaug.data import load_source
-from metaaug.metalearn import SearchSpace, sample_tasks, score, score_population
+from metaaug.search import SearchSpace, sample_tasks, score, score_population
 from metaaug.ops import OP_NAMES
 from metaaug.config import TrainConfig
 from metaaug.timing import machine_description

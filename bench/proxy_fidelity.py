@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from metaaug.config import load_params
-from metaaug.metalearn import sample_tasks, score
+from metaaug.search import sample_tasks, score
 from metaaug.timing import machine_description
 from metaaug.policies import FIXED_POLICIES as ARMS, fixed_policy  # TrivialAugment-Wide last: the reference
 from metaaug.tasks import load_prepared

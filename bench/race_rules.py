@@ -4,7 +4,7 @@ For one of bench/adaptivity.py's tasks: prepare once (the base seed); for each s
 that seed's meta-train tasks exactly as `metatrain` does and score EVERY candidate the race offers
 (TA-Wide, the anchors' points, the one-move explorers) on every task once, with the search's proxy
 learner. Then replay each rule — a set of `metatrain` overrides — through the real
-`metalearn.race_candidates` on those scores, and print what each seed would choose, how it was
+`metaaug.search.race.race_candidates` on those scores, and print what each seed would choose, how it was
 decided and what it would have cost in proxy trainings. A score is a function of (policy, task)
 (common random numbers), so a replay chooses what a real search under that rule chooses. Only
 meta-train tasks are used, never the target.
@@ -29,8 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adaptivity import task_params  # noqa: E402  the task builders of the adaptivity benchmark
 
 from metaaug.config import MetatrainConfig, load_params  # noqa: E402
-from metaaug.metalearn import (Scorer, SearchSpace, SearchState, anchor_points, explorer_points,  # noqa: E402
-                               meta_train_tasks, race_candidates)
+from metaaug.search import (Scorer, SearchSpace, SearchState, anchor_points, explorer_points,  # noqa: E402
+                            meta_train_tasks)
+from metaaug.search.race import race_candidates  # noqa: E402
 from metaaug.ops import OP_NAMES  # noqa: E402
 from metaaug.stages import prepare  # noqa: E402
 from metaaug.tasks import load_prepared  # noqa: E402

@@ -97,6 +97,36 @@ def one_training(prepared: Path, params: dict, repeats: int = 3) -> float:
     return float(np.median(seconds[1:]))
 
 
+def fixed_accuracies(prepared: Path, params: dict, work: Path) -> tuple[dict[str, np.ndarray], float]:
+    """Every fixed arm's target test accuracy per split (`metaaug train` once), and one run's seconds
+    (the median the train stage reports)."""
+    fixed_params = {**params, "train": {**params["train"], "arms": list(FIXED_POLICIES)}}
+    stdout = cli("train", "--prepared", str(prepared), "--out", str(work / "downstream-fixed"),
+                 params=write_params(fixed_params, work / "params-fixed.yaml"))
+    one_run = float(np.median([float(s) for s in re.findall(r"splits, ([0-9.]+) s a run", stdout)]))
+    return test_accuracies(load_prepared(prepared), work / "downstream-fixed", list(FIXED_POLICIES))[0], one_run
+
+
+def target_accuracies(runs: list[dict], prepared: Path, params: dict, work: Path) -> None:
+    """Each run's chosen policy (`run["out"]`) trained on the target splits, sampled on the fly, its test
+    accuracy per split set as `run["accuracy"]`; a policy chosen by several runs (`run["key"]`) trained once."""
+    learned_params = {**params, "train": {**params["train"], "arms": ["learned"], "learned_source": "on_the_fly"}}
+    p = write_params(learned_params, work / "params-learned.yaml")
+    prep, distinct = load_prepared(prepared), {}
+    for run in runs:
+        if run["key"] not in distinct:
+            downstream = work / f"downstream-{run['out'].name}"
+            cli("train", "--prepared", str(prepared), "--policy", str(run["out"]), "--out", str(downstream), params=p)
+            distinct[run["key"]] = test_accuracies(prep, downstream, ["learned"])[0]["learned"]
+        run["accuracy"] = distinct[run["key"]]
+
+
+def policy_key(out: Path) -> str:
+    """The chosen policy's content (without its name and provenance): equal keys, the same policy."""
+    policy = json.loads((out / "policy.json").read_text())
+    return json.dumps({k: v for k, v in policy.items() if k not in ("provenance", "name")}, sort_keys=True)
+
+
 def decision_kind(decision: str) -> str:
     return decision.split(":")[0]
 
@@ -122,8 +152,7 @@ def run_task(name: str, base: dict, seeds: list[int], splits: int, work: Path) -
         search_seconds = float(re.search(r"proxy trainings in ([0-9.]+) s", stdout).group(1))
         beside = one_training(prepared, params)  # side by side: right after this seed's search, same load
         log = json.loads((out / "search.json").read_text())
-        policy = json.loads((out / "policy.json").read_text())
-        key = json.dumps({k: v for k, v in policy.items() if k not in ("provenance", "name")}, sort_keys=True)
+        key = policy_key(out)
         chosen = log["finalists"][0]
         runs.append({"seed": seed, "out": out, "key": key, "name": chosen["candidate"], "search": search_seconds,
                      "wall": wall, "trainings": log["trainings"],
@@ -132,22 +161,10 @@ def run_task(name: str, base: dict, seeds: list[int], splits: int, work: Path) -
               f"| {log['trainings']} | {search_seconds:.1f} ({search_seconds / beside:.1f}×) |", flush=True)
 
     # the fixed arms once, then each distinct chosen policy once, on the same target splits
-    fixed_params = {**params, "train": {**params["train"], "arms": list(FIXED_POLICIES)}}
-    stdout = cli("train", "--prepared", str(prepared), "--out", str(work / "downstream-fixed"),
-                 params=write_params(fixed_params, work / "params-fixed.yaml"))
-    one_run = float(np.median([float(s) for s in re.findall(r"splits, ([0-9.]+) s a run", stdout)]))
-    prep = load_prepared(prepared)
-    accuracy, _ = test_accuracies(prep, work / "downstream-fixed", list(FIXED_POLICIES))
+    accuracy, one_run = fixed_accuracies(prepared, params, work)
     best = max(FIXED_POLICIES, key=lambda a: accuracy[a].mean())
-    learned_params = {**params, "train": {**params["train"], "arms": ["learned"], "learned_source": "on_the_fly"}}
-    p = write_params(learned_params, work / "params-learned.yaml")
-    distinct: dict[str, np.ndarray] = {}
+    target_accuracies(runs, prepared, params, work)
     for run in runs:
-        if run["key"] not in distinct:
-            downstream = work / f"downstream-seed{run['seed']}"
-            cli("train", "--prepared", str(prepared), "--policy", str(run["out"]), "--out", str(downstream), params=p)
-            distinct[run["key"]] = test_accuracies(prep, downstream, ["learned"])[0]["learned"]
-        run["accuracy"] = distinct[run["key"]]
         run["regret"] = 100 * (run["accuracy"].mean() - accuracy[best].mean())
 
     counts = collections.Counter(run["key"] for run in runs)

@@ -2,7 +2,8 @@
 
 The same code the pipeline runs, without DVC or MLflow:
 
-* :func:`load_policy` reads a policy file (`models/policy/policy.json`, or its directory);
+* :func:`load_policy` reads a policy file (`models/policy/policy.json`, or its directory), or a registered
+  one (`models:/metaaug-policy@current`, MLflow imported only then);
 * :class:`PolicyTransform` applies it to one image, (C, H, W) uint8 or float, as a torch
   transform for your own ``Dataset``; :func:`augment_batch` to a batch (N, C, H, W) at once
   (the batched sampler the pipeline trains with, metaaug.policies.sample_apply);
@@ -32,7 +33,16 @@ __all__ = ["Policy", "load_policy", "PolicyTransform", "augment_batch", "albumen
 
 
 def load_policy(path: str | Path) -> Policy:
-    """A policy from metaaug's policy JSON, or from a directory holding `policy.json` (the metatrain output)."""
+    """A policy from metaaug's policy JSON, from a directory holding `policy.json` (the metatrain output), or
+    from MLflow's model registry: `models:/<name>@<alias>` (e.g. `models:/metaaug-policy@current`, the newest
+    policy metatrain registered) or `models:/<name>/<version>`, read from MLFLOW_TRACKING_URI (default
+    `sqlite:///mlflow.db`). Only a `models:/` URI imports MLflow (metaaug/tracking.py), so a core install
+    (without the `pipeline` extra) loads files and gets one line saying what to install for a URI."""
+    if str(path).startswith("models:/"):
+        from metaaug import tracking
+
+        with tempfile.TemporaryDirectory() as tmp:
+            return _load_policy_file(tracking.download_registered_policy(str(path), Path(tmp)))
     path = Path(path)
     return _load_policy_file(path / "policy.json" if path.is_dir() else path)
 
@@ -109,9 +119,10 @@ def learn_policy(images: np.ndarray, labels: np.ndarray, metatrain: MetatrainCon
     two classes, each with more than ``shots`` images). ``metatrain``: the params.yaml ``metatrain``
     section (dict or MetatrainConfig; unset keys take their defaults), ``train``: the learner recipe the
     proxy learners use (``train`` section), ``shots``: support images per class in a task. Deterministic
-    for a given seed. The checkpoint the stage keeps lives in a temporary directory here.
+    for a given seed. The checkpoint the stage keeps lives in a temporary directory here. ``metatrain.budget``
+    counts in trainings of the ``train`` recipe on one task's support images (docs/search.md).
     """
-    from metaaug.metalearn import SearchSpace, sample_tasks, search, tasks_needed
+    from metaaug.search import SearchSpace, sample_tasks, search, tasks_needed
     from metaaug.ops import OP_NAMES
     from metaaug.training import set_threads
 

@@ -11,6 +11,7 @@ stages later (an empty arm list, a seed torch cannot take, CUDA where there is n
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple, get_args, get_origin
 
@@ -23,7 +24,7 @@ from pydantic_core import PydanticCustomError
 from metaaug.errors import MetaaugError
 
 ARMS = ("none", "handcrafted", "randaugment", "trivialaugment", "learned")
-ANCHORS = ("none", "handcrafted", "randaugment")  # fixed baselines metatrain can start from (metalearn.anchors)
+ANCHORS = ("none", "handcrafted", "randaugment")  # fixed baselines metatrain can start from (metaaug.search.space.anchor_points)
 MAX_SEED = 2**63 - 1  # torch.manual_seed and numpy's SeedSequence both take it
 
 
@@ -137,6 +138,13 @@ class MetatrainConfig(Section):
     # an explorer is dropped as futile when its paired z against the best reference trails the track to
     # accept_z at race_tasks (accept_z * sqrt(tasks / race_tasks)) by more than this; 100 = never
     futility: Annotated[float, Ge(0.0), Le(100.0)] = 1.5
+    # the search's limit, in units of one downstream training (a proxy training's floating-point operations over
+    # one downstream training's: metaaug/search/budget.py); more budget refines the answer, on clear evidence only.
+    # 10 by default: at 3 the references are not always separated on the digits (docs/search.md, the frontier)
+    budget: Annotated[float, Ge(0.01), Le(100000.0)] = 10.0
+    # indifference margin (points of meta-task query accuracy): candidates whose paired one-sided bound puts
+    # them within it of the best are not raced further; the tie rule picks among them (docs/search.md)
+    indifference: Annotated[float, Ge(0.0), Le(100.0)] = 1.0
     ways: Annotated[int, Ge(2), Le(1000)] = 5
     query_per_class: Annotated[int, Ge(1), Le(100000)] = 100
 
@@ -158,6 +166,14 @@ class AugmentConfig(Section):
 
 class TrackingConfig(Section):
     experiment: Annotated[str, Field(min_length=1)] = "metaaug"
+    # The MLflow registered model metatrain registers each policy under (null: `<experiment>-policy`);
+    # alias `current` moves to its newest version (metaaug/tracking.py, register_policy).
+    policy_model: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[\w.\-]+$")] | None = None
+
+    @property
+    def policy_model_name(self) -> str:
+        """The registered model's name: policy_model, or the experiment's name made one MLflow takes + `-policy`."""
+        return self.policy_model or re.sub(r"[^\w.\-]", "_", self.experiment)[:193] + "-policy"
 
 
 class Params(Section):
@@ -213,6 +229,8 @@ def describe_error(error: dict) -> str:
         return f"{key} {error['msg']}" + ("" if "expected" in error["msg"] else f"; expected {expected(field)}")
     if any(isinstance(part, int) for part in error["loc"]):  # an item of a list
         return f"{key} contains {value!r}; expected items from {list(spec(field).choices)}"
+    if kind in ("string_pattern_mismatch", "string_too_long"):  # a name MLflow would refuse
+        return f"{key} = {value!r} is not a name MLflow takes; expected 1-200 letters, digits, `_`, `.` or `-`"
     if kind in ("greater_than_equal", "less_than_equal", "literal_error", "too_short"):
         return f"{key} = {value!r} is out of range; expected {expected(field)}"
     return f"{key} = {value!r} has the wrong type; expected {expected(field)}"

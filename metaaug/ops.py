@@ -73,7 +73,7 @@ class Op:
     ``torch_fn(images, values, generator)`` applies the op with one value per image;
     ``albumentations_fn(value_low, value_high)`` builds the Albumentations transform (p=1)
     that draws the value uniformly from [low, high] (both of one sign for signed ops).
-    ``group`` is the family the policy search moves as one (metaaug.metalearn.SearchSpace):
+    ``group`` is the family the policy search moves as one (metaaug.search.SearchSpace):
     every op of the table belongs to one, so a new op joins the search with its row.
     """
 
@@ -410,7 +410,7 @@ OPS: dict[str, Op] = {op.name: op for op in [
                                                                      keep_ratio=True)),
 ]}
 OP_NAMES: tuple[str, ...] = tuple(OPS)
-# The op groups in the order the policy search lays them out (metaaug.metalearn.SearchSpace).
+# The op groups in the order the policy search lays them out (metaaug.search.SearchSpace).
 GROUPS: tuple[str, ...] = ("geometric", "scale", "colour", "histogram", "cutout", "identity")
 assert {op.group for op in OPS.values()} <= set(GROUPS), "every op's group must be one of GROUPS"
 _IDENTITY = OP_NAMES.index("Identity")

@@ -268,6 +268,7 @@ class Stage:
         self._declared = {**{Path(p): (k, False) for p, k in outputs.items()},
                           **{Path(p): (k, True) for p, k in files.items()}}
         self.staged: dict[Path, io.Staged] = {}
+        self.published: list = []  # see after_publish
 
     def _staged(self, path: Path, file: bool) -> io.Staged:
         path = Path(path)
@@ -276,6 +277,12 @@ class Stage:
         if path not in self.staged:
             self.staged[path] = io.stage_output(path, self._declared[path][0], file=file)
         return self.staged[path]
+
+    def after_publish(self, record) -> None:
+        """Run `record()` once the outputs are in place, before the run ends: only for what must read the
+        published path itself (its DVC digest for MLflow's dataset inputs, the registered policy's source);
+        should it fail, the run ends FAILED with the outputs already published."""
+        self.published.append(record)
 
     def output(self, path: Path) -> Path:
         """The folder to write output `path` into (its temp, published when the stage succeeded)."""
@@ -336,6 +343,9 @@ def stage_run(stage: str, params: dict, experiment: str, upstream: dict[str, Pat
                 mlflow.set_tag(DIGEST_TAG, marked[Path(output)])
         for s in body.staged.values():
             io.publish(s)
+        with mlflow_errors(uri, experiment):
+            for record in body.published:
+                record()
     except BaseException as exc:
         for s in body.staged.values():
             io.discard(s)
@@ -570,3 +580,187 @@ def log_artifacts(path: Path, artifact_path: str | None = None) -> None:
         mlflow.log_artifacts(str(path), artifact_path)
     else:
         mlflow.log_artifact(str(path), artifact_path)
+
+
+# Datasets: what each stage read and wrote, under the digest DVC records for it.
+
+def dvc_md5(path: str | Path) -> str:
+    """The `md5` dvc.lock records for `path` (DVC 3, `hash: md5`), computed here the way dvc-data does it.
+
+    A file: the MD5 of its bytes. A directory: DVC lists every file under it as `{"md5": <file md5>,
+    "relpath": <POSIX path>}`, sorted by relpath, serialises the list with `json.dumps(..., sort_keys=True)`
+    (Python's default separators), and records the MD5 of those UTF-8 bytes with `.dir` appended
+    (dvc_data.hashfile.tree.Tree.as_bytes and .digest). Hidden files (the outputs' `.metaaug-output.json`)
+    count; a `.dvcignore` would exclude paths, and metaaug's outputs have none. Computed, not imported, so
+    that a stage need not load DVC; tests/test_registry.py checks it against dvc-data's own hash, and
+    tests/test_pipeline_dvc.py against a real `dvc repro`'s dvc.lock.
+    """
+    path = Path(path)
+
+    def md5(file: Path) -> str:
+        h = hashlib.md5(usedforsecurity=False)
+        with open(file, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        return h.hexdigest()
+
+    if path.is_file():
+        return md5(path)
+    entries = sorted(({"md5": md5(f), "relpath": f.relative_to(path).as_posix()}
+                      for f in path.rglob("*") if f.is_file()), key=lambda e: e["relpath"])
+    return hashlib.md5(json.dumps(entries, sort_keys=True).encode(), usedforsecurity=False).hexdigest() + ".dir"
+
+
+def _dataset_name(path: Path) -> str:
+    """A path as dvc.yaml names it: relative to the working directory (the repository root under DVC) when
+    inside it, else absolute."""
+    path = Path(path).resolve()
+    return path.relative_to(Path.cwd().resolve()).as_posix() if path.is_relative_to(Path.cwd().resolve()) \
+        else str(path)
+
+
+def log_datasets(stage: str, inputs: dict[str, Path | None], outputs: list[Path | None]) -> None:
+    """The active stage run's DVC-tracked inputs and outputs as MLflow datasets (the run list's Dataset column).
+
+    `inputs` maps the stage that wrote an input to its path; `outputs` are this stage's. Each is logged with
+    context `input` or `output`, named by its path as dvc.yaml names it, with the digest dvc.lock records for
+    it (dvc_md5: `<md5>.dir` for a directory, 36 characters, what MLflow's digest column holds), its absolute
+    path as source, and tag `dvc.stage` (the stage whose output it is), so a run and a dvc.lock entry are
+    matched by digest. Called after the outputs are written; a missing path is left out.
+    """
+    mlflow = _import_mlflow()
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    entries = [("input", by, path) for by, path in inputs.items()] + [("output", stage, path) for path in outputs]
+    datasets, contexts, tags = [], [], []
+    for context, by, path in entries:
+        if path is None or not Path(path).exists():
+            continue
+        with _quiet_mlflow():  # it warns that two registered local sources both take a file URI
+            source = resolve_dataset_source(Path(path).resolve().as_uri())
+        datasets.append(MetaDataset(source, name=_dataset_name(path), digest=dvc_md5(path)))
+        contexts.append(context)
+        tags.append({"dvc.stage": by, "dvc.hash": "md5"})
+    for attempt in range(3) if datasets else ():
+        try:  # a dataset is stored once per experiment: two stages (`dvc queue start -j 2`) logging the same
+            mlflow.log_inputs(datasets=datasets, contexts=contexts, tags_list=tags)  # new one may collide
+            return
+        except Exception as exc:
+            if attempt == 2 or type(exc).__module__.split(".")[0] not in MLFLOW_MODULES:
+                raise
+            time.sleep(0.5)  # then the other's row is committed, and this one links to it
+
+
+# The policy in MLflow's model registry: a pyfunc model (metaaug/policy_model.py), one version per metatrain.
+
+POLICY_ALIAS = "current"  # moves to the newest version: models:/<name>@current is "the current policy"
+POLICY_ARTIFACTS = {"policy": "policy.json", "albumentations": "policy_albumentations.json", "search": "search.json"}
+VERDICT_HEADING = "\n\n#### Evaluate's verdict\n\n"  # a version's description: what the policy is, then this
+NOT_EVALUATED = "Not evaluated yet: the evaluate stage writes its verdict here."
+
+
+def _policy_signature():
+    """uint8 (N, H, W, C) in, the same out; param `seed`."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
+
+    images = Schema([TensorSpec(np.dtype("uint8"), (-1, -1, -1, -1))])
+    return ModelSignature(inputs=images, outputs=images, params=ParamSchema([ParamSpec("seed", "long", 0)]))
+
+
+@contextlib.contextmanager
+def _quiet_mlflow() -> Iterator[None]:
+    """No download progress bars and no advice about type hints or input examples in a stage's log."""
+    import warnings
+
+    previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"mlflow(\.|$)")
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
+
+
+def register_policy(policy_dir: Path, name: str, description: str) -> str:
+    """Log the policy in `policy_dir` (metatrain's output, already written) as a pyfunc model of the active run,
+    register it as a new version of model `name`, describe it and move alias `current` to it; returns the
+    version. The version is tagged with the run, the pipeline and the DVC digest of `policy_dir`, so it is
+    matched with its dvc.lock entry; nothing is written back to the DVC output. A failure is one line naming
+    the store and the model (the output stays written: `dvc repro` reruns the stage)."""
+    mlflow = _import_mlflow()
+    from metaaug import __version__
+
+    artifacts = {key: str(Path(policy_dir) / file) for key, file in POLICY_ARTIFACTS.items()
+                 if (Path(policy_dir) / file).is_file()}
+    run = mlflow.active_run()
+    try:
+        with _quiet_mlflow():
+            info = mlflow.pyfunc.log_model(
+                name="policy_model", python_model=str(Path(__file__).with_name("policy_model.py")),
+                artifacts=artifacts, signature=_policy_signature(), pip_requirements=[f"metaaug=={__version__}"],
+                registered_model_name=name)
+        version = str(info.registered_model_version)
+        client = mlflow.MlflowClient()
+        client.update_model_version(name, version, description=f"{description}{VERDICT_HEADING}{NOT_EVALUATED}")
+        for key, value in {"metaaug.run": run.info.run_id, PIPELINE_TAG: run.data.tags.get(PIPELINE_TAG, "unknown"),
+                           "dvc.md5": dvc_md5(policy_dir)}.items():
+            client.set_model_version_tag(name, version, key, value)
+        client.set_registered_model_alias(name, POLICY_ALIAS, version)
+    except Exception as exc:
+        if type(exc).__module__.split(".")[0] not in MLFLOW_MODULES:
+            raise
+        raise MetaaugError(f"MLflow store {tracking_uri()}: registering the policy as a version of model {name!r} "
+                           f"failed ({_first_line(exc)}); expected a store with a model registry (check "
+                           "MLFLOW_TRACKING_URI and tracking.policy_model)") from None
+    mlflow.set_tags({"metaaug.policy_model": f"models:/{name}/{version}"})
+    return version
+
+
+def describe_policy_verdict(name: str, metatrain_run_id: str, verdict: str) -> list[str]:
+    """Put evaluate's verdict into the description of every version of `name` that metatrain run
+    `metatrain_run_id` registered (the policy evaluate judged), replacing an earlier verdict; returns
+    the versions updated (none when the run is unknown or registered nothing)."""
+    if metatrain_run_id == "unknown":
+        return []
+    client = _import_mlflow().MlflowClient()
+    updated = []
+    for version in client.search_model_versions(f"name = '{name}' and run_id = '{metatrain_run_id}'"):
+        what = (version.description or "").split(VERDICT_HEADING)[0]
+        client.update_model_version(name, version.version, description=f"{what}{VERDICT_HEADING}{verdict}")
+        updated.append(str(version.version))
+    return updated
+
+
+def download_registered_policy(uri: str, destination: Path) -> Path:
+    """The `policy.json` of a registered model version (`models:/<name>@<alias>` or `models:/<name>/<version>`),
+    downloaded into `destination` from the store the stages log to (MLFLOW_TRACKING_URI, else
+    sqlite:///mlflow.db in the working directory). MLflow is imported only here: a core install (no
+    `pipeline` extra) gets one line saying what to install."""
+    try:
+        mlflow = _import_mlflow()
+    except ImportError:
+        raise MetaaugError(f"load_policy({uri!r}): MLflow is not installed; expected `pip install "
+                           "\"metaaug[pipeline]\"` (or mlflow) to load a registered policy") from None
+    store = tracking_uri()
+    check_reachable(store)
+    expected = f"a registered model version in {store} (MLFLOW_TRACKING_URI), e.g. models:/metaaug-policy@current"
+    with _quiet_mlflow():
+        try:
+            where = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(destination),
+                                                        tracking_uri=store)
+        except Exception as exc:
+            if type(exc).__module__.split(".")[0] not in MLFLOW_MODULES:
+                raise
+            raise MetaaugError(f"load_policy({uri!r}): {_first_line(exc)}; expected {expected}") from None
+    policy_file = Path(where) / "artifacts" / POLICY_ARTIFACTS["policy"]
+    if not policy_file.is_file():
+        raise MetaaugError(f"load_policy({uri!r}): the model has no artifacts/policy.json; expected a policy "
+                           "registered by `metaaug metatrain`")
+    return policy_file

@@ -28,7 +28,7 @@ def tiny_params(**overrides) -> dict:
     params["tasks"]["splits"] = 2
     params["train"]["epochs"] = 4
     params["train"]["arms"] = ["none", "trivialaugment", "learned"]
-    params["metatrain"].update(candidates=2, race_tasks=1, race_step=1, proxy_epochs=2, query_per_class=20)
+    params["metatrain"].update(candidates=2, race_tasks=1, race_step=1, proxy_epochs=2, query_per_class=20, budget=3.0)
     params["augment"]["copies"] = 2
     for dotted, value in overrides.items():
         section, key = dotted.split(".")

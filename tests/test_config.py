@@ -47,6 +47,7 @@ def test_partial_file_is_merged_over_defaults(tmp_path):
     ({"metatrain": {"ops": ["Warp"]}}, "metatrain.ops names unknown op 'Warp'; expected ops from"),
     ({"metatrain": {"anchors": ["cutmix"]}}, "metatrain.anchors contains 'cutmix'; expected items from"),
     ({"tracking": {"experiment": ""}}, "tracking.experiment is empty"),
+    ({"tracking": {"policy_model": "team/policy"}}, "tracking.policy_model = 'team/policy' is not a name MLflow"),
     ({"tasks": {"target_classes": ["5", "5"]}}, "tasks.target_classes lists an item twice"),
 ])
 def test_bad_values_name_the_key_in_one_line(raw, fragment):

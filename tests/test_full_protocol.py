@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import tiny_config, tiny_params
-from metaaug import metalearn
+from metaaug.search import scoring
 from metaaug.cli import main
 from metaaug.errors import MetaaugError
 from metaaug.io import atomic_dir, read_json
@@ -70,7 +70,7 @@ def test_test_images_never_reach_metatrain(tmp_path, monkeypatch):
     test = {im.tobytes() for im in np.asarray(p.target_images)[p.manifest["test"]]}
     train = {im.tobytes() for im in np.asarray(p.meta_images)}
     seen = set()
-    train_population, predict = metalearn.train_population, metalearn.predict
+    train_population, predict = scoring.train_population, scoring.predict
 
     def spy_train(xs, *args, **kwargs):
         for x in xs:
@@ -81,8 +81,8 @@ def test_test_images_never_reach_metatrain(tmp_path, monkeypatch):
         seen.update(as_bytes(x))
         return predict(model, x, *args, **kwargs)
 
-    monkeypatch.setattr(metalearn, "train_population", spy_train)
-    monkeypatch.setattr(metalearn, "predict", spy_predict)
+    monkeypatch.setattr(scoring, "train_population", spy_train)
+    monkeypatch.setattr(scoring, "predict", spy_predict)
     metatrain.run(params, tmp_path / "prepared", tmp_path / "policy", tmp_path / "timing.json")
     assert (tmp_path / "policy" / "policy.json").exists()
     assert seen and seen <= train and not seen & test

@@ -1,5 +1,6 @@
 """Meta-learning: the objective ranks policies sensibly, the search finds a known answer, it resumes."""
 
+import math
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import yaml
 from conftest import tiny_params
 from metaaug.data import load_source
 from metaaug.config import ANCHORS, MetatrainConfig, TrainConfig
-from metaaug.metalearn import SearchSpace, Task, policy_summary, sample_tasks, score, search
+from metaaug.search import SearchSpace, Task, policy_summary, sample_tasks, score, search
 from metaaug.ops import OP_NAMES, OPS, apply_ops
 from metaaug.policies import Policy
 from metaaug.training import to_tensor
@@ -50,7 +51,7 @@ def test_space_initialisation_is_trivialaugment_wide():
 
 def test_every_explored_direction_moves_the_policy():
     """Boosting a group (even one that starts off), halving caps and changing depth each change the policy."""
-    from metaaug.metalearn import explore
+    from metaaug.search import explore
 
     space = SearchSpace(OP_NAMES, channels=1)
     init, k = space.initial(), len(space.groups)
@@ -64,11 +65,11 @@ def test_every_explored_direction_moves_the_policy():
 
 def test_parallel_scoring_gives_the_same_search_as_one_process(digits, tmp_path):
     tasks = sample_tasks(*digits, shots=3, ways=3, query_per_class=5, n_tasks=2, seed=0)
-    cfg = MetatrainConfig(candidates=3, race_tasks=2, race_step=2, proxy_epochs=2, workers=1)
+    cfg = MetatrainConfig(candidates=3, race_tasks=2, race_step=2, proxy_epochs=2, workers=1, budget=3.0)
     one = search(SearchSpace(OP_NAMES), tasks, cfg, TrainConfig(epochs=2), 0, tmp_path / "one.json")
     two = search(SearchSpace(OP_NAMES), tasks, cfg.model_copy(update={"workers": 2}), TrainConfig(epochs=2), 0, tmp_path / "two.json")
     assert one.history == two.history and one.best == two.best and one.trainings == two.trainings
-    assert one.trainings == 3 * 2  # three references (TA-Wide, 2 anchors), raced on both tasks there are
+    assert one.trainings == 4 * 2  # the four references (TA-Wide, 3 anchors), raced on both tasks there are
 
 
 def test_user_op_space_is_respected():
@@ -109,23 +110,21 @@ def test_search_learns_geometry_when_queries_are_rotated_and_shifted(digits, tmp
     space = SearchSpace(("Identity", "Rotate", "TranslateX", "TranslateY", "Brightness", "Contrast", "Sharpness"),
                         channels=1)
     # accept_z=0: this checks where the search moves; the guard against noise is tested on its own below.
-    cfg = MetatrainConfig(method="race", candidates=8, race_tasks=8, race_step=4, proxy_epochs=40, accept_z=0.0,
-                          workers=2)
+    cfg = MetatrainConfig(method="race", race_tasks=8, race_step=4, proxy_epochs=40, accept_z=0.0, workers=2,
+                          budget=40.0)
     state = search(space, shifted_query_tasks(digits, 8), cfg, SETTINGS, 0, tmp_path / "ckpt.json")
     policy = space.policy(np.array(state.best))
     weight = dict(zip(policy.ops, policy.weights))
     geometric = np.mean([weight[op] for op in ("Rotate", "TranslateX", "TranslateY")])
     colour = np.mean([weight[op] for op in ("Brightness", "Contrast", "Sharpness")])
     assert geometric > 3 * colour, (geometric, colour)
-    # rung 1: all 8 candidates (4 references, 4 one-move explorers) on the same 4 tasks; rung 2: those not
-    # clearly worse on 4 more (the race ends at the 8 tasks there are)
-    left = sum(f["tasks"] == 8 for f in state.finalists)
-    assert 1 <= left <= 8 and state.trainings == 8 * 4 + left * 4 and len(state.finalists) == 8
-    assert len(state.history) == 2
+    # round 0: the 4 references on 4 tasks, then those not clearly worse on 4 more; then rounds of moves
+    assert state.rounds[0]["candidates"] == 4 and len(state.rounds) >= 2 and state.done
+    assert state.spent <= cfg.budget and len(state.history) >= 2
 
 
 def test_incumbent_is_kept_unless_clearly_beaten():
-    from metaaug.metalearn import clearly_better
+    from metaaug.search.paired import clearly_better
 
     noisy = [0.10, -0.08, 0.05, -0.04]  # mean +0.0075, standard error ~0.04
     assert not clearly_better([0.6 + d for d in noisy], [0.6] * 4, z=1.0)
@@ -136,7 +135,7 @@ def test_incumbent_is_kept_unless_clearly_beaten():
 def test_cem_runs_generations_and_keeps_initialisation_in_the_race(digits, tmp_path):
     tasks = sample_tasks(*digits, shots=3, ways=3, query_per_class=5, n_tasks=4, seed=0)
     cfg = MetatrainConfig(method="cem", candidates=4, generations=2, proxy_epochs=2, race_tasks=2, race_step=2,
-                          workers=1)
+                          workers=1, budget=100.0)
     state = search(SearchSpace(OP_NAMES), tasks, cfg, TrainConfig(epochs=2), 0, tmp_path / "ckpt.json")
     assert state.generation == 2 and state.trainings == 2 * 4 * 2
     assert len(state.best) == SearchSpace(OP_NAMES).dim
@@ -158,8 +157,9 @@ def session_members(session: int) -> list[int]:
 @pytest.mark.slow
 def test_metatrain_resumes_after_being_killed(tmp_path):
     """SIGKILL metatrain after its first checkpoint; the rerun resumes and ends as an uninterrupted run does."""
-    params = tiny_params(**{"metatrain.candidates": 4, "metatrain.race_tasks": 6, "metatrain.race_step": 2,
-                            "metatrain.proxy_epochs": 30})
+    # proxies of 30 epochs cost ~2 of tiny_params' 4-epoch downstream trainings: a budget for a few rounds
+    params = tiny_params(**{"metatrain.race_tasks": 6, "metatrain.race_step": 2, "metatrain.proxy_epochs": 30,
+                            "metatrain.budget": 120.0})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     cmd = [sys.executable, "-m", "metaaug"]
     subprocess.run([*cmd, "prepare"], cwd=tmp_path, check=True, capture_output=True)
@@ -196,7 +196,7 @@ def test_metatrain_resumes_after_being_killed(tmp_path):
 
 
 def test_baselines_project_to_their_points_in_the_space():
-    from metaaug.metalearn import anchor_points
+    from metaaug.search import anchor_points
     from metaaug.policies import fixed_policy
 
     space = SearchSpace(OP_NAMES, channels=1)
@@ -226,13 +226,18 @@ def test_search_drops_the_ops_that_rewrite_the_label_cue(tmp_path):
     images = np.clip(strokes * (0.1 + 0.09 * labels)[:, None, None] + rng.normal(0, 0.01, strokes.shape), 0, 1)
     tasks = sample_tasks((images[..., None] * 255).round().astype(np.uint8), labels, shots=5, ways=5,
                          query_per_class=20, n_tasks=4, seed=0)
-    cfg = MetatrainConfig(candidates=4, race_tasks=4, race_step=4, proxy_epochs=40, workers=2)
+    from metaaug.search.budget import task_flops
+
+    # a budget that pays for the 4 references on the 4 tasks (16 proxy trainings) and no round of moves
+    per_training = task_flops(tasks[0], 40, 16, "auto") / task_flops(tasks[0], SETTINGS.epochs, SETTINGS.width, "auto")
+    cfg = MetatrainConfig(race_tasks=4, race_step=4, proxy_epochs=40, workers=2, budget=16.5 * per_training)
     space = SearchSpace(OP_NAMES, channels=1)
     state = search(space, tasks, cfg, SETTINGS, 0, tmp_path / "ckpt.json")
     policy = space.policy(np.array(state.best))
     weight = dict(zip(policy.ops, policy.weights))
     # the search log shows the final rung: all four references on the same 4 tasks, the answer first
     assert [f["reference"] for f in state.finalists] == [True] * 4 and {f["tasks"] for f in state.finalists} == {4}
+    assert state.trainings == 16 and state.done.startswith("the budget left (0 proxy trainings)")
     assert state.finalists[0]["policy"] == policy_summary(policy)
     assert state.finalists[0]["score"] == max(f["score"] for f in state.finalists)
     assert sum(w for op, w in weight.items() if OPS[op].group in ("colour", "histogram")) < 0.1, \
@@ -266,7 +271,8 @@ class FakeScorer:
 def race(table, n_refs: int, names=None, explorers=None, labels=None, **cfg_kwargs):
     """Run race_candidates on candidates 0..len(table)-1 (the first n_refs references, then `explorers`,
     random points by default) with fake scores."""
-    from metaaug.metalearn import SearchState, anchor_points, race_candidates
+    from metaaug.search import SearchState, anchor_points
+    from metaaug.search.race import race_candidates
 
     space = SearchSpace(OP_NAMES, channels=1)
     init = space.initial()
@@ -276,7 +282,7 @@ def race(table, n_refs: int, names=None, explorers=None, labels=None, **cfg_kwar
         explorers = [init + 0.3 * rng.standard_normal(space.dim) for _ in range(len(table) - n_refs)]
     thetas = refs + list(explorers)
     scorer = FakeScorer(space, thetas, table)
-    cfg = MetatrainConfig(**{"race_tasks": 16, "race_step": 4, "race_confidence": 0.9, **cfg_kwargs})
+    cfg = MetatrainConfig(**{"race_tasks": 16, "race_step": 4, "race_confidence": 0.9, "budget": 3.0, **cfg_kwargs})
     state = SearchState("race")
     ranked, _ = race_candidates(space, thetas, list(range(32)), cfg, scorer, state, lambda: None,
                                 lambda e: None, references=n_refs,
@@ -384,19 +390,19 @@ def test_explorers_no_better_than_the_references_are_rarely_accepted_at_the_defa
     paired difference of ~2 points): the best explorer is tested on the tasks it was selected on, so
     accept_z = 1 lets about one in four through; the default keeps it near 5 %."""
     default_z = MetatrainConfig().accept_z
-    accepted = {1.0: 0, default_z: 0}
+    accepted = {1.0: 0, default_z: 0}  # (indifference 0: explorers reach the accept test, the rule under test)
     for rep in range(60):
         rng = np.random.default_rng(rep)
         task, own = rng.normal(0, 0.05, 64), rng.normal(0, 0.015, (10, 64))
         table = [lambda t, k=k: 0.9 + task[t] + own[k, t] for k in range(10)]
         for z in accepted:
-            accepted[z] += race(table, n_refs=4, accept_z=z)[0] >= 4
+            accepted[z] += race(table, n_refs=4, accept_z=z, indifference=0.0)[0] >= 4
     assert accepted[default_z] <= 6 < accepted[1.0], accepted
 
 
 def test_explorers_are_the_same_moves_for_every_seed():
     """What is raced does not depend on the seed (only the tasks do); extra explorers add a random step."""
-    from metaaug.metalearn import explorer_points
+    from metaaug.search import explorer_points
 
     space = SearchSpace(OP_NAMES, channels=1)
     init, moves = space.initial(), len(space.groups) + 2
@@ -412,7 +418,8 @@ def test_explorers_are_the_same_moves_for_every_seed():
 def test_close_explorers_are_decided_by_the_tie_rule_not_by_the_luckier_mean():
     """Two explorers equally good (3 points above the reference): whichever has the higher mean on a
     seed's tasks, the gentler one is the answer, and neither was dropped against the other on 4 tasks."""
-    from metaaug.metalearn import explorer_points, image_change
+    from metaaug.search import explorer_points
+    from metaaug.search.scoring import image_change
 
     space = SearchSpace(OP_NAMES, channels=1)
     labels, points = zip(*explorer_points(space.initial(), np.zeros(space.dim), 8, space,
@@ -450,7 +457,138 @@ def test_an_explorer_that_cannot_reach_accept_z_is_dropped_as_futile():
     but far off the track to accept_z, so it is not raced to the end."""
     task = noise(1, 0.05)
     table = [lambda t: 0.90 + task(t), lambda t: 0.899 + task(t) + noise(7, 0.01)(t)]
-    chosen, state, _ = race(table, n_refs=1, names=["trivialaugment"])
+    chosen, state, _ = race(table, n_refs=1, names=["trivialaugment"], indifference=0.0)  # the rule on its own
     explorer = state.finalists[1]
     assert chosen == 0 and explorer["tasks"] < 16, explorer
     assert explorer["status"].startswith(f"dropped after {explorer['tasks']} tasks: futile"), explorer["status"]
+
+
+# --- the budget, with a fake scorer whose scores are a known function of the policy ---------------------------
+
+class LandscapeScorer:
+    """Scores any policy: a shared task effect, the policy's true value (`value(policy)`), and per-(policy, task)
+    noise of `sd`; counts every training it is asked for."""
+
+    def __init__(self, value, sd: float = 0.01, n_tasks: int = 18):
+        import zlib
+
+        self.value, self.sd, self.crc, self.calls = value, sd, zlib.crc32, []
+        self.tasks = [Task(torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(t)), torch.zeros(6),
+                           torch.zeros(1, 1, 8, 8), np.zeros(1), 2, t) for t in range(n_tasks)]
+        self.effect = np.random.default_rng(0).normal(0, 0.05, n_tasks)
+
+    def map(self, jobs):
+        out = []
+        for policy, t in jobs:
+            self.calls.append((FakeScorer.policy_key(policy), t))
+            key = self.crc(repr(FakeScorer.policy_key(policy)).encode())
+            out.append((0.9 + self.effect[t] + self.value(policy) + self.sd * np.random.default_rng([key, t]).normal(),
+                        0.0))
+        return out
+
+
+def geometric_value(policy: Policy) -> float:
+    """Geometric ops help (4 points at full mass), Identity is neutral, every other op hurts as much:
+    handcrafted's point (3/4 geometric, 1/4 Scale) is the best reference, worth 2 points."""
+    weight = dict(zip(policy.ops, policy.weights))
+    geometric = sum(weight.get(op, 0.0) for op in ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate"))
+    return 0.04 * geometric - 0.04 * (1 - geometric - weight.get("Identity", 0.0))
+
+
+def run_race(scorer, budget: float, per_training: float = 0.18, state=None, checkpoint=lambda: None, **cfg):
+    """The race method on a fake scorer, `budget` units at `per_training` units a proxy training."""
+    from metaaug.search import METHODS, Budget, Context, SearchState
+
+    space = SearchSpace(OP_NAMES, channels=1)
+    state = state or SearchState("race")
+    config = MetatrainConfig(budget=budget, **cfg)
+    METHODS["race"].run(Context(space, config, scorer, state, 0, checkpoint, lambda e: None,
+                                Budget(budget, per_training)))
+    return space, state
+
+
+def test_the_search_never_spends_more_than_its_budget():
+    """Every budget, from barely enough for the references to plenty: the trainings scored (counted by the
+    scorer) cost at most the budget, and the state's accounting agrees with the scorer's count."""
+    for budget in (0.8, 1, 3, 10, 30):
+        scorer = LandscapeScorer(geometric_value)
+        _, state = run_race(scorer, budget)
+        assert len(scorer.calls) == state.trainings == len(set(scorer.calls))
+        assert state.trainings <= math.floor(budget / 0.18 + 1e-9) and state.spent <= budget + 1e-9, budget
+        assert state.spent == pytest.approx(state.trainings * 0.18) and state.done
+
+
+def test_a_budget_too_small_for_the_references_is_a_one_line_config_error():
+    from metaaug.errors import MetaaugError
+
+    with pytest.raises(MetaaugError, match=r"^params.yaml: metatrain.budget = 0.5 pays for 2 proxy trainings.*"
+                                           r"expected at least 4 .*metatrain.budget >= 0.72$"):
+        run_race(LandscapeScorer(geometric_value), 0.5)
+
+
+def test_more_budget_moves_the_answer_only_uphill():
+    """Geometric ops are worth up to 4 points: the references alone cannot find that; refinement from the
+    answer (local moves, accepted on clear evidence) climbs, and more budget never ends lower."""
+    truth = []
+    for budget in (3, 10, 30, 100):
+        space, state = run_race(LandscapeScorer(geometric_value), budget)
+        truth.append(geometric_value(space.policy(np.array(state.best))))
+    assert truth == sorted(truth) and truth[0] == pytest.approx(0.02) and truth[-1] > 0.035, truth
+
+
+def test_references_within_the_indifference_margin_stop_early_and_go_to_the_tie_rule():
+    """All policies equal up to tiny noise: the references are settled (within 1 point) long before
+    race_tasks, the gentlest (none) is kept, and the budget is not spent on the tie."""
+    _, state = run_race(LandscapeScorer(lambda p: 0.0, sd=0.001), 30, race_step=3, race_tasks=18)
+    first = state.rounds[0]
+    assert first["chosen"] == "none's point" and "within the indifference margin" in first["decision"]
+    assert first["trainings"] == 4 * 3  # one rung: 4 references on 3 tasks
+    assert state.done.startswith("round 1 replaced nothing")
+
+
+def test_an_interrupted_budgeted_search_resumes_to_the_same_answer(tmp_path):
+    """Kill the search at each checkpoint in turn (a rung cut short by the budget included); the resumed
+    search ends with the same answer, trainings and rounds as the uninterrupted one."""
+    from metaaug.search import SearchState
+
+    _, whole = run_race(LandscapeScorer(geometric_value), 12)
+    path = tmp_path / "ckpt.json"
+    for stop_at in (1, 2, 3, 5):
+        saved = [0]
+
+        def checkpoint(state_ref=[None]):
+            saved[0] += 1
+            state_ref[0].save(path)
+            if saved[0] == stop_at:
+                raise KeyboardInterrupt
+        state = SearchState("race")
+        checkpoint.__defaults__[0][0] = state
+        try:
+            run_race(LandscapeScorer(geometric_value), 12, state=state, checkpoint=checkpoint)
+        except KeyboardInterrupt:
+            pass
+        resumed = SearchState.load(path)
+        _, resumed = run_race(LandscapeScorer(geometric_value), 12, state=resumed)
+        assert (resumed.best, resumed.trainings, resumed.rounds) == (whole.best, whole.trainings, whole.rounds)
+
+
+def test_every_registered_method_is_a_configurable_choice_and_a_new_one_plugs_in():
+    from typing import get_args
+
+    from metaaug.search import METHODS, register
+
+    assert set(get_args(MetatrainConfig.model_fields["method"].annotation)) == set(METHODS)
+
+    @register("fixed-trivialaugment", tasks=lambda cfg: 1)
+    def fixed(ctx):
+        ctx.state.best = list(map(float, ctx.space.initial()))
+    try:
+        space = SearchSpace(OP_NAMES, channels=1)
+        from metaaug.search import Budget, Context, SearchState
+
+        state = SearchState("fixed-trivialaugment")
+        METHODS["fixed-trivialaugment"].run(Context(space, MetatrainConfig(), None, state, 0, lambda: None,
+                                                    lambda e: None, Budget(3, 0.18)))
+        assert np.array_equal(state.best, space.initial()) and METHODS["fixed-trivialaugment"].tasks(None) == 1
+    finally:
+        del METHODS["fixed-trivialaugment"]

@@ -1,6 +1,6 @@
 """The MLflow UI in headless Chromium (Debian's package; `tests/run.sh` installs it): a finished pipeline's stage
-runs are listed on the experiment page, and the evaluate run's page shows its metrics with their values.
-Screenshots of both pages are kept in test-artifacts/.
+runs are listed on the experiment page, the evaluate run's page shows its metrics with their values, and the
+Models page lists the registered policy. Screenshots of the pages are kept in test-artifacts/.
 
 The UI is a React app that renders in the browser, so the page is read after Chromium has run its scripts
 (`--dump-dom` after `--virtual-time-budget`), not from the server's HTML.
@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import REPO
 from helpers import STAGES, served_pipeline, stage_runs  # noqa: F401  (session fixture)
@@ -47,6 +48,9 @@ def test_experiment_page_lists_the_stage_runs(served_pipeline, tmp_path):  # noq
                   tmp_path / "profile")
     assert "Run Name" in text and f"{len(everything)} matching runs" in text, text[:2000]
     assert set(re.findall(r"\b(" + "|".join(STAGES) + r")\b", text)) == set(STAGES), text[:2000]
+    # the Dataset column: what each run read or wrote, under the md5 dvc.lock records (tracking.log_datasets)
+    lock = yaml.safe_load((served_pipeline.project / "dvc.lock").read_text())["stages"]["prepare"]["outs"][0]
+    assert f"data/prepared ({lock['md5'][:12]}" in text, text[:2000]
 
 
 def as_in_the_ui(value: float) -> str | None:
@@ -66,3 +70,18 @@ def test_evaluate_run_page_shows_every_metric_with_its_value(served_pipeline, tm
     for key, value in metrics.items():
         shown = as_in_the_ui(value)
         assert f"{key} {shown}" in text if shown else key in text, (key, value)
+
+
+def test_models_page_lists_the_registered_policy(served_pipeline, tmp_path):  # noqa: F811
+    """metatrain registered the policy (through the server: registry and model artifacts); the UI's Models page
+    lists it with its newest version, and the version's page shows the description evaluate completed."""
+    import mlflow
+
+    client = mlflow.MlflowClient(served_pipeline.url)
+    version = client.get_model_version_by_alias("metaaug-policy", "current")
+    assert version.run_id == stage_runs(served_pipeline.url)["metatrain"].info.run_id
+    text = render(f"{served_pipeline.url}/#/models", ARTIFACTS / "mlflow_models.png", tmp_path / "profile")
+    assert "metaaug-policy" in text and f"Version {version.version}" in text, text[:2000]
+    page = render(f"{served_pipeline.url}/#/models/metaaug-policy/versions/{version.version}",
+                  ARTIFACTS / "mlflow_policy_version.png", tmp_path / "profile2")
+    assert "Evaluate's verdict" in page and "Verdict" in page.split("Evaluate's verdict", 1)[1], page[:3000]

@@ -204,7 +204,7 @@ def test_bad_inputs_raise_one_line_errors():
 
 def test_every_op_belongs_to_a_search_group():
     from metaaug.ops import GROUPS
-    from metaaug.metalearn import SearchSpace
+    from metaaug.search import SearchSpace
 
     assert {op.group for op in OPS.values()} <= set(GROUPS)
     space = SearchSpace(OP_NAMES, channels=3)  # a new op joins the search with its row: none is left out

@@ -103,3 +103,27 @@ def test_dvc_repro_end_to_end(tmp_path, monkeypatch):
     assert len(history) == 4  # one point per epoch
     artifacts = {a.path for a in client.list_artifacts(prepare.info.run_id)}
     assert "target_samples.png" in artifacts
+
+    # MLflow datasets: every stage's inputs and outputs, each under the md5 dvc.lock records for its path
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    recorded = {entry["path"]: entry["md5"] for stage in lock.values() for entry in stage.get("outs", [])}
+    logged = {(stage, d.dataset.name, {t.key: t.value for t in d.tags}["mlflow.data.context"]): d.dataset.digest
+              for stage, run in zip(("prepare", "metatrain", "augment", "train", "evaluate"),
+                                    (prepare, metatrain, augment, train, evaluate))
+              for d in client.get_run(run.info.run_id).inputs.dataset_inputs}
+    assert logged[("prepare", "data/prepared", "output")] == recorded["data/prepared"]
+    assert logged[("metatrain", "data/prepared", "input")] == recorded["data/prepared"]
+    assert {name for stage, name, context in logged if context == "output"} == set(recorded)
+    assert all(digest == recorded[name] for (_, name, _), digest in logged.items())
+    assert {(name, context) for stage, name, context in logged if stage == "train"} == {
+        ("data/prepared", "input"), ("models/policy", "input"), ("data/augmented", "input"),
+        ("models/downstream", "output")}
+
+    # the registered policy: metatrain's version, alias current, evaluate's verdict in its description
+    version = client.get_model_version_by_alias("metaaug-policy", "current")
+    assert version.run_id == metatrain.info.run_id and version.tags["dvc.md5"] == recorded["models/policy"]
+    assert version.description.endswith(evaluation["verdict"])
+    monkeypatch.chdir(root)  # the default store, sqlite:///mlflow.db, as a user in the repository reads it
+    import metaaug
+
+    assert metaaug.load_policy("models:/metaaug-policy@current") == metaaug.load_policy(root / "models/policy")

@@ -90,7 +90,8 @@ def test_report_and_lineage_in_mlflow(pipeline):
     # metatrain: the answer first; its description says what was chosen and why, a figure draws it
     metatrain = stages["metatrain"]
     assert set(metatrain.data.metrics) == {"search.seconds", "search.proxy_seconds", "search.workers",
-                                           "search.trainings"}
+                                           "search.trainings", "search.budget", "search.spent"}
+    assert 0 < metatrain.data.metrics["search.spent"] <= metatrain.data.metrics["search.budget"]
     note = metatrain.data.tags["mlflow.note.content"]
     assert note.startswith("**Chosen policy: ") and "How it was decided: " in note
     assert {"policy.png", "search_finalists.json", "policy"} <= {a.path for a in client.list_artifacts(

@@ -1,6 +1,7 @@
 """Shared infrastructure, locally: the pipeline logs to a real `mlflow server` (SQLite backend, artifacts
 served into its own directory) instead of a local file, and DVC versions the data in a remote (a local
-directory): `dvc push`, then `dvc pull` into a fresh clone restores `data/augmented/` byte for byte.
+directory): `dvc push`, then `dvc pull` into a fresh clone restores `data/augmented/` byte for byte, and
+`dvc artifacts get <clone> policy` (dvc.yaml's `artifacts:`) fetches the policy by name from the remote.
 
 `served_pipeline` is session-wide and also used by test_mlflow_ui.py: one server, one pipeline run
 (test_pipeline_dvc.py covers `dvc repro` itself).
@@ -48,3 +49,17 @@ def test_dvc_push_then_pull_into_a_fresh_clone_restores_augmented_data(served_pi
     assert all((project / p).read_bytes() == (clone / p).read_bytes() for p in original)
     status = dvc(clone, "status")
     assert "up to date" in status.stdout, status.stdout
+
+    # dvc.yaml's `artifacts:` name the policy, and a git tag in GTO's format (`<artifact>@v<semver>`, DVC's
+    # model registry convention) makes this commit its version v0.1.0: `dvc artifacts get` fetches the
+    # newest version by name from a fresh clone, whose workspace and cache hold nothing: from the remote
+    sh("git", "tag", "-a", "policy@v0.1.0", "-m", "the learned policy", cwd=project)
+    fresh = tmp_path / "fresh"
+    sh("git", "clone", "-q", str(project), str(fresh), cwd=tmp_path)
+    got = dvc(tmp_path, "artifacts", "get", str(fresh), "policy", "-o", str(tmp_path / "got"))
+    assert got.returncode == 0, got.stdout + got.stderr
+    policy = sorted(p.relative_to(project / "models/policy") for p in (project / "models/policy").rglob("*")
+                    if p.is_file())
+    assert policy == sorted(p.relative_to(tmp_path / "got") for p in (tmp_path / "got").rglob("*") if p.is_file())
+    assert all((project / "models/policy" / p).read_bytes() == (tmp_path / "got" / p).read_bytes() for p in policy)
+    assert not (fresh / ".dvc" / "cache").exists() or not any((fresh / ".dvc" / "cache").rglob("*.dir"))

@@ -59,6 +59,7 @@ def run(params: Params, prepared_dir: Path, policy_dir: Path, out: Path) -> None
             tracking.log_artifacts(Path(d) / "augment_preview.png")
         tracking.log_metrics({"augment.images_per_second": copies * len(pool) / max(seconds, 1e-9)})
         tracking.set_tags({"augment.sha256": digest})
+        stage.after_publish(lambda: tracking.log_datasets("augment", upstream, [out]))
         print(f"augment: {copies} copies of {len(pool)} images -> {out} (sha256 {digest[:12]})")
 
 

@@ -97,6 +97,9 @@ def run(params: Params, prepared_dir: Path, downstream_dir: Path, metrics_path: 
         tracking.log_split_accuracies(run_.data.tags.get("upstream.train", "unknown"),
                                       {(arm, i): 100 * a for arm, accs in accuracy.items() for i, a in enumerate(accs)})
         tracking.describe_evaluate_run(run_, summary)
+        stage.after_publish(lambda: tracking.log_datasets("evaluate", upstream, [metrics_path, plots_dir, reports_dir]))
+        tracking.describe_policy_verdict(params.tracking.policy_model_name, run_.data.tags.get("upstream.metatrain",
+                                                                                              "unknown"), summary)
         for arm, s in metrics["arms"].items():
             print(f"evaluate: {arm:15s} {s['mean']:.2f} ± {s['std']:.2f} (n={s['n']})")
         for pair, d in metrics["paired"].items():

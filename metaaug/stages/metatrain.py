@@ -19,7 +19,7 @@ import typer
 from metaaug import tracking
 from metaaug.config import Params, load_params
 from metaaug.io import output_path, write_json
-from metaaug.metalearn import SearchSpace, meta_train_tasks, search, tasks_needed
+from metaaug.search import SearchSpace, downstream_flops, meta_train_tasks, search, tasks_needed
 from metaaug.ops import OP_NAMES
 from metaaug.plots import policy_figure
 from metaaug.policies import Policy, describe, export_albumentations, save_policy, what_it_is
@@ -53,7 +53,8 @@ def run(params: Params, prepared_dir: Path, out: Path, timing: Path | None = Non
         start = time.perf_counter()
         tasks = meta_train_tasks(prepared, params.tasks.shots, cfg, tasks_needed(cfg), params.seed)
         ckpt = checkpoint_path(out, params, stage.inputs["prepare"])
-        state = search(space, tasks, cfg, params.train, params.seed, ckpt)
+        state = search(space, tasks, cfg, params.train, params.seed, ckpt,
+                       downstream=one_downstream_training(prepared, params))
         seconds = time.perf_counter() - start
         policy = space.policy(np.array(state.best))
         baseline = state.finalists[0]["baseline"] if state.finalists else None  # a fixed baseline's point?
@@ -65,22 +66,57 @@ def run(params: Params, prepared_dir: Path, out: Path, timing: Path | None = Non
         export_albumentations(policy, tmp / "policy_albumentations.json")
         write_json(tmp / "checkpoint.json", {k: v for k, v in state.__dict__.items() if k != "seconds"})
         write_json(tmp / "search.json", {"method": cfg.method, "trainings": state.trainings,
+                                         "budget": cfg.budget, "spent": state.spent, "rounds": state.rounds,
+                                         "stopped": state.done,
                                          "proxy_epochs": cfg.proxy_epochs, "proxy_width": cfg.proxy_width,
                                          "history": state.history, "finalists": state.finalists,
                                          "theta": state.best})
         workers = cfg.workers or os.cpu_count() or 1
         tracking.log_metrics({"search.seconds": seconds, "search.proxy_seconds": state.seconds,
-                              "search.workers": workers, "search.trainings": state.trainings})
+                              "search.workers": workers, "search.trainings": state.trainings,
+                              "search.budget": cfg.budget, "search.spent": state.spent})
         stage.write_json(timing, timing_doc(search_seconds=seconds, proxy_seconds=state.seconds, workers=workers))
         log_answer(policy, baseline, state.finalists)
         tracking.log_artifacts(tmp, "policy")
-        print(f"metatrain: {cfg.method}, {state.trainings} proxy trainings in {seconds:.1f} s")
+        name = params.tracking.policy_model_name
+        registered = {}
+        stage.after_publish(lambda: tracking.log_datasets("metatrain", {"prepare": prepared_dir}, [out]))
+        stage.after_publish(lambda: registered.update(version=tracking.register_policy(
+            out, name, policy_description(policy, baseline, provenance))))
+        print(f"metatrain: {cfg.method}, {state.trainings} proxy trainings in {seconds:.1f} s; spent {state.spent:.2f} "
+              f"of a budget of {cfg.budget:g} downstream trainings (counted in operations)")
+        for r in state.rounds:
+            print(f"metatrain: round {r['round']}: {r['candidates']} candidates, {r['chosen']} kept "
+                  f"({r['trainings']} trainings, {r['spent']:.2f} spent so far)")
+        if state.done:
+            print(f"metatrain: refinement stopped: {state.done}")
         for line in evidence_lines(state.finalists):
             print(f"metatrain: {line}")
-        print("metatrain: chosen policy -> " + str(out / "policy.json"))
         for line in describe(policy, baseline):
             print(f"metatrain:   {line}")
     ckpt.unlink(missing_ok=True)  # the search is published: nothing left to resume
+    print(f"metatrain: chosen policy -> {out / 'policy.json'}; registered as models:/{name}/{registered['version']} "
+          f"(models:/{name}@{tracking.POLICY_ALIAS})")
+
+
+def one_downstream_training(prepared, params: Params) -> int:
+    """Floating-point operations of one downstream training on a target split: the budget's unit."""
+    images = prepared.target_images
+    classes = len(prepared.manifest["target"]["classes"])
+    return downstream_flops(params.train, images.shape[-1], images.shape[1], classes,
+                            len(prepared.manifest["splits"][0]["support"]))
+
+
+def policy_description(policy: Policy, baseline: str | None, provenance: dict) -> str:
+    """What the policy is, for its model registry version (Markdown): the description `metaaug metatrain`
+    prints (metaaug.policies.describe), then where it was searched."""
+    what, *ops = describe(policy, baseline)
+    lines = [what[0].upper() + what[1:] + ".", ""] + [f"- {' '.join(line.split())}" for line in ops]
+    classes = ", ".join(map(str, provenance["meta_classes"]))
+    lines += ["", f"Searched by `{provenance['method']}` on {provenance['meta_source']} classes [{classes}], "
+                  f"{provenance['trainings']} proxy trainings; the files are `policy.json`, "
+                  "`policy_albumentations.json` and `search.json` (the evidence) under `artifacts/`."]
+    return "\n".join(lines)
 
 
 def evidence_lines(finalists: list[dict]) -> list[str]:

@@ -34,6 +34,7 @@ def run(params: Params, out: Path) -> None:
                             "target_samples.png")
         tracking.log_figure(class_grid(prepared.meta_images, prepared.meta_labels, manifest["meta"]["classes"]),
                             "meta_samples.png")
+        stage.after_publish(lambda: tracking.log_datasets("prepare", {}, [out]))
         print(f"prepare: {len(prepared.meta_labels)} meta-train images, {len(prepared.target_labels)} target images, "
               f"{len(manifest['splits'])} splits -> {out} (mlflow run {stage.run.info.run_id})")
 

@@ -73,6 +73,7 @@ def run(params: Params, prepared_dir: Path, out: Path, policy_dir: Path | None =
                          "model": resolve_model(cfg.model, size)}  # evaluate rebuilds this learner
                 write_downstream(run_.output(out), run_.run.info.run_id, model, jobs, done, splits)
                 run_.write_json(timing, timing_doc(run_seconds=float(np.median([r["seconds"] for r in done]))))
+                run_.after_publish(lambda: tracking.log_datasets("train", upstream, [out]))
 
 
 def write_downstream(tmp: Path, run_id: str, model: dict, jobs: list[tuple[str, int]], done: list[dict],
