@@ -13,7 +13,7 @@ each in its own process tree, measuring:
 Then one no-op `dvc repro` (nothing may run), and metatrain's cost as a multiple
 of one downstream training (timings/: search seconds / median training run,
 and the metatrain stage's wall time / the same). Prints a markdown table.
-Targets (issue 5): full default pipeline <= 10 min and <= 2 GiB peak RSS on
+Targets: full default pipeline <= 10 min and <= 2 GiB peak RSS on
 2 CPU cores; no-op `dvc repro` <= 5 s.
 
     python bench/pipeline.py [--params params.yaml] [--keep DIR]

@@ -96,7 +96,7 @@ class TrainConfig(Section):
     # the learner: auto (small_cnn below 32 px, resnet from 32 px), small_cnn or resnet (metaaug/models.py)
     model: Literal["auto", "small_cnn", "resnet"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # under torchrun: shard the arm x split runs over ranks, or one DDP learner over all ranks (README)
+    # under torchrun: shard the arm x split runs over ranks, or one DDP learner over all ranks (docs/scaling.md)
     distributed: Literal["none", "shard", "ddp"] = "none"
     # learned arm: draw from data/augmented/ (the versioned copies) or sample the policy on the fly
     learned_source: Literal["augmented", "on_the_fly"] = "augmented"

@@ -2,7 +2,7 @@
 expected, exit code 2, and nothing written (not even a hidden temp directory).
 
 test_sources.py, test_config.py and test_policies.py check the messages of the library calls in detail; this
-file checks the contract a user meets, one parametrised case per row of README's "Reliability" table.
+file checks the contract a user meets, one parametrised case per row of the tables in docs/reliability.md.
 """
 
 import io

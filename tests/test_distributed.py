@@ -50,7 +50,7 @@ def tracking_uri(root: Path) -> str:
 
 
 def torchrun(root: Path, mode: str, out: Path) -> None:
-    """`torchrun --nproc_per_node=2 stages/train.py ...`, the README's command."""
+    """`torchrun --nproc_per_node=2 stages/train.py ...`, the command in docs/scaling.md."""
     params_file = root / f"{mode}.yaml"
     params_file.write_text(yaml.safe_dump(params_for(mode)))
     torchrun_bin = Path(sys.executable).parent / "torchrun"

@@ -365,7 +365,7 @@ def test_explorer_with_clear_evidence_replaces_the_reference():
 
 def test_race_with_anchors_and_explorers_stays_within_its_training_budget():
     """Default shape (4 references, 8 explorers): a clearly worse `none` is dropped early; the count of
-    trainings is what the README's cost figures assume."""
+    trainings is what docs/method.md's cost figures assume."""
     task = noise(1, 0.05)
     table = [lambda t: 0.90 + task(t) + noise(2, 0.01)(t), lambda t: 0.80 + task(t) + noise(3, 0.01)(t),
              lambda t: 0.88 + task(t) + noise(4, 0.01)(t), lambda t: 0.913 + task(t) + noise(5, 0.01)(t)] \

@@ -28,7 +28,7 @@ def paired_interval(a: list[float], b: list[float]) -> tuple[float, float | None
 def futile(explorer: list[float], reference: list[float], cap: int, accept_z: float, margin: float) -> bool:
     """Can this explorer no longer be accepted? Its paired z against the reference trails the track to
     `accept_z` at `cap` tasks (z grows with the square root of the tasks: `accept_z * sqrt(n / cap)`) by
-    more than `margin` (metatrain.futility; the README's replays of bench/race_rules.py). Without it an
+    more than `margin` (metatrain.futility; docs/method.md's replays of bench/race_rules.py). Without it an
     explorer level with the reference raced all `race_tasks` tasks, and the default search's cost had
     a tail to 14x one training, every time for the same answer."""
     n = len(explorer)
