@@ -30,9 +30,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from adaptivity import task_params  # noqa: E402
-from search_stability import (cli, fixed_accuracies, one_training, policy_key, target_accuracies,  # noqa: E402
-                              write_params)
+from search_stability import (fixed_accuracies, one_training, policy_key, prepare_task,  # noqa: E402
+                              target_accuracies)
 
 from metaaug.config import load_params, validate  # noqa: E402
 from metaaug.stages import metatrain  # noqa: E402
@@ -62,11 +61,7 @@ def search_runs(prepared: Path, params: dict, budgets: list[float], seeds: list[
 
 def run_task(name: str, base, budgets: list[float], seeds: list[int], splits: int, work: Path) -> list[dict]:
     """One task's rows: per budget, the modal choice, learned − best fixed, the cost spent."""
-    work.mkdir(parents=True, exist_ok=True)
-    params = task_params(base, name, work, splits).model_dump()
-    params["tracking"]["experiment"] = "metaaug-search-frontier"
-    prepared = work / "prepared"
-    cli("prepare", "--out", str(prepared), params=write_params(params, work / "params.yaml"))
+    params, prepared = prepare_task(name, base, splits, work, "metaaug-search-frontier")
     print(f"\n## {name}", flush=True)
     runs = search_runs(prepared, params, budgets, seeds, work)
     one_run = one_training(prepared, params)  # after the searches, at the same load

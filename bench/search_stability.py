@@ -131,12 +131,18 @@ def decision_kind(decision: str) -> str:
     return decision.split(":")[0]
 
 
-def run_task(name: str, base: dict, seeds: list[int], splits: int, work: Path) -> dict:
+def prepare_task(name: str, base, splits: int, work: Path, experiment: str) -> tuple[dict, Path]:
+    """A task's params (as a params.yaml mapping, runs logged to `experiment`) and its prepared folder."""
     work.mkdir(parents=True, exist_ok=True)
     params = task_params(base, name, work, splits).model_dump()
-    params["tracking"]["experiment"] = "metaaug-search-stability"
+    params["tracking"]["experiment"] = experiment
     prepared = work / "prepared"
     cli("prepare", "--out", str(prepared), params=write_params(params, work / "params.yaml"))
+    return params, prepared
+
+
+def run_task(name: str, base: dict, seeds: list[int], splits: int, work: Path) -> dict:
+    params, prepared = prepare_task(name, base, splits, work, "metaaug-search-stability")
 
     print(f"\n## {name}: metatrain under {len(seeds)} search seeds (prepared once, seed {params['seed']})", flush=True)
     print("| seed | chosen | decision | margin over the runner-up (points, 95 % CI) | trainings | search s (× one "

@@ -438,7 +438,7 @@ def publish(staged: Staged) -> None:
     """Move a finished output into place in one rename (checked again first: nothing may have appeared
     there meanwhile), then delete the previous output; on failure nothing at `path` has changed."""
     path = staged.path
-    try:
+    with discarded_on_failure(staged):
         if staged.kind is not None or not staged.file:
             check_output(path, staged.kind, file=staged.file, shown=staged.shown)
         _kill_hook(path)
@@ -448,12 +448,6 @@ def publish(staged: Staged) -> None:
             if os.path.lexists(path):
                 os.replace(path, staged.temp / "previous")
             os.replace(staged.content, path)
-    except OSError as exc:
-        discard(staged)
-        raise _named(exc, staged.shown) from None
-    except BaseException:
-        discard(staged)
-        raise
     discard(staged)
 
 
@@ -479,20 +473,27 @@ def discard(staged: Staged) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path, kind: str | None = None, inputs: dict | None = None) -> Iterator[Path]:
-    """Yield an empty folder that replaces `path` (marked as `kind`, made from `inputs`) only if the block
-    succeeds. A stage's outputs go through `tracking.stage_run` instead, which publishes them only once
-    their MLflow run has its record."""
-    staged = stage_output(path, kind)
+def discarded_on_failure(staged: Staged) -> Iterator[None]:
+    """On any failure in the block the staged temp goes, and an OSError names the output (see _named)."""
     try:
-        yield staged.content
-        finish(staged, inputs)
+        yield
     except OSError as exc:
         discard(staged)
         raise _named(exc, staged.shown) from None
     except BaseException:
         discard(staged)
         raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path, kind: str | None = None, inputs: dict | None = None) -> Iterator[Path]:
+    """Yield an empty folder that replaces `path` (marked as `kind`, made from `inputs`) only if the block
+    succeeds. A stage's outputs go through `tracking.stage_run` instead, which publishes them only once
+    their MLflow run has its record."""
+    staged = stage_output(path, kind)
+    with discarded_on_failure(staged):
+        yield staged.content
+        finish(staged, inputs)
     publish(staged)
 
 
@@ -502,14 +503,8 @@ def atomic_file(path: str | Path, kind: str | None = None) -> Iterator[Path]:
     file) `path` must pass `check_output` first; without it (files inside a fresh temp output, metaaug's own
     checkpoints) nothing is checked."""
     staged = stage_output(path, kind, file=True)
-    try:
+    with discarded_on_failure(staged):
         yield staged.content
-    except OSError as exc:
-        discard(staged)
-        raise _named(exc, staged.shown) from None
-    except BaseException:
-        discard(staged)
-        raise
     publish(staged)
 
 

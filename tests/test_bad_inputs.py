@@ -815,13 +815,6 @@ INPUT_ROWS = {  # (damage, stage and args, names): an input whose files differ f
 }
 
 
-@pytest.mark.parametrize("row", INPUT_ROWS, ids=str)
-def test_inputs_are_verified_by_content(row, project, capsys):
-    damage, args, names = INPUT_ROWS[row]
-    damage(project)
-    refused(capsys, project, *args, names=names)
-
-
 def legacy(root, out):
     from metaaug.io import MARKER
 
@@ -855,9 +848,10 @@ LEGACY_ROWS = {  # outputs from before markers (nothing vouches for them): damag
 }
 
 
-@pytest.mark.parametrize("row", LEGACY_ROWS, ids=str)
-def test_damaged_legacy_inputs_stop_in_one_line(row, project, capsys):
-    damage, args, names = LEGACY_ROWS[row]
+@pytest.mark.parametrize("row", [*INPUT_ROWS, *(f"legacy_{k}" for k in LEGACY_ROWS)], ids=str)
+def test_inputs_are_verified_by_content_and_damage_stops_in_one_line(row, project, capsys):
+    """Marked inputs are hashed against their markers; inputs from before markers are read defensively."""
+    damage, args, names = INPUT_ROWS[row] if row in INPUT_ROWS else LEGACY_ROWS[row.removeprefix("legacy_")]
     damage(project)
     refused(capsys, project, *args, names=names)
 
