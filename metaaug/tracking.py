@@ -752,9 +752,16 @@ def download_registered_policy(uri: str, destination: Path) -> Path:
     check_reachable(store)
     expected = f"a registered model version in {store} (MLFLOW_TRACKING_URI), e.g. models:/metaaug-policy@current"
     with _quiet_mlflow():
-        try:
-            where = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(destination),
-                                                        tracking_uri=store)
+        try:  # a client bound to the store for the registry too: never a registry URI set earlier in the process
+            client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+            name, _, alias = uri.removeprefix("models:/").partition("@")
+            if alias:
+                version = client.get_model_version_by_alias(name, alias).version
+            else:
+                name, _, version = name.rpartition("/")
+            where = mlflow.artifacts.download_artifacts(
+                artifact_uri=client.get_model_version_download_uri(name, version), dst_path=str(destination),
+                tracking_uri=store)
         except Exception as exc:
             if type(exc).__module__.split(".")[0] not in MLFLOW_MODULES:
                 raise
