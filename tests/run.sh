@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test suite from nothing (README, quick start command 2; .ci/run runs exactly this): the browser that
-# tests/test_mlflow_ui.py drives, the virtual environment, then pytest. About 12 minutes on 2 cores.
+# tests/test_mlflow_ui.py drives, the virtual environment, then pytest. About 10 minutes on 2 cores.
 # Arguments go to pytest: `bash tests/run.sh -m "not slow"` is the fast subset.
 set -euo pipefail
 cd "$(dirname "$0")/.."
