@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from metaaug.io import read_json, write_json
+from metaaug.io import read_json
 
 
 def machine_description() -> str:
@@ -34,13 +34,6 @@ def machine_description() -> str:
 def timing_doc(**figures: float) -> dict:
     """One stage's wall times (seconds) with the machine they were taken on."""
     return {**figures, "machine": machine_description()}
-
-
-def write_timing(path: Path | None, kind: str, **figures: float) -> None:
-    """`timing_doc` written to `path` (nothing when None) outside a stage run. `kind` (e.g.
-    "metatrain.timing"): the file is replaced only where metaaug wrote it as that kind (see io.check_output)."""
-    if path is not None:
-        write_json(path, timing_doc(**figures), kind=kind)
 
 
 def search_cost(timings: Path) -> dict | None:

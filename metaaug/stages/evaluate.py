@@ -88,8 +88,9 @@ def run(params: Params, prepared_dir: Path, downstream_dir: Path, metrics_path: 
                          policy_dir, baseline, search)
         plots = stage.output(plots_dir)
         write_dvc_plots(plots, accuracy, results, confusion, prepared.manifest["target"]["classes"])
-        metrics_file = stage.write_json(metrics_path, headline(metrics))
-        tracking.log_metrics(headline(metrics))  # the run list's columns; the rest is in report/evaluation.json
+        numbers = headline(metrics)
+        metrics_file = stage.write_json(metrics_path, numbers)
+        tracking.log_metrics(numbers)  # the run list's columns; the rest is in report/evaluation.json
         tracking.log_artifacts(metrics_file)
         tracking.log_artifacts(plots, "plots")
         if reports_dir is not None:
