@@ -16,7 +16,10 @@ and the metatrain stage's wall time / the same). Prints a markdown table.
 Targets: full default pipeline <= 10 min and <= 2 GiB peak RSS on
 2 CPU cores; no-op `dvc repro` <= 5 s.
 
-    python bench/pipeline.py [--params params.yaml] [--keep DIR]
+    python bench/pipeline.py [--params params.yaml] [--keep DIR] [--source rgb32]
+
+`--source rgb32` runs the given params on a 32 px RGB source of 1,797 images instead of their data.source
+(bench/coloured_digits.py: the digits resized and coloured), where `auto` picks the ResNet.
 """
 
 from __future__ import annotations
@@ -31,8 +34,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import yaml
+from coloured_digits import coloured_digits  # bench/coloured_digits.py
 
 from metaaug.testing import REPO, make_project
 from metaaug.timing import machine_description, search_cost
@@ -145,6 +150,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml", help="params file to run with")
     parser.add_argument("--keep", type=Path, help="build the project here and keep it (default: a temp dir)")
+    parser.add_argument("--source", choices=["rgb32"], help="replace data.source by this bench source")
     args = parser.parse_args()
     if args.keep is not None and args.keep.exists():
         raise SystemExit(f"--keep {args.keep}: already exists; expected a new directory for the project")
@@ -155,7 +161,13 @@ def main() -> None:
     os.environ["DVC_NO_ANALYTICS"] = "1"  # no analytics daemon in the measured process trees
     root = args.keep or Path(tempfile.mkdtemp(prefix="metaaug-bench-"))
     try:
-        project = make_project(root / "project", yaml.safe_load(args.params.read_text()))
+        params = yaml.safe_load(args.params.read_text())
+        if args.source == "rgb32":
+            root.mkdir(parents=True, exist_ok=True)
+            images, labels = coloured_digits(32)
+            np.savez(root / "rgb32.npz", images=images, labels=labels)
+            params["data"] = {**params.get("data", {}), "source": f"npz:{root / 'rgb32.npz'}"}
+        project = make_project(root / "project", params)
         load = os.getloadavg()[0]
         results = run(project)
         print(table(*results))

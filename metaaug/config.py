@@ -98,6 +98,9 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # under torchrun: shard the arm x split runs over ranks, or one DDP learner over all ranks (docs/scaling.md)
     distributed: Literal["none", "shard", "ddp"] = "none"
+    workers: Annotated[int, Ge(0), Le(1024)] = 0  # training processes, one thread each; 0 = one per CPU core
+    # learners trained at once as one grouped network; 0 = 9 where a learner is dispatch-bound, else 1
+    population: Annotated[int, Ge(0), Le(4096)] = 0
     # learned arm: draw from data/augmented/ (the versioned copies) or sample the policy on the fly
     learned_source: Literal["augmented", "on_the_fly"] = "augmented"
 
@@ -126,7 +129,10 @@ class MetatrainConfig(Section):
     proxy_epochs: Annotated[int, Ge(1), Le(100000)] = 100  # learner epochs when scoring a candidate
     proxy_width: Annotated[int, Ge(1), Le(1024)] = 16  # learner width when scoring a candidate
     workers: Annotated[int, Ge(0), Le(1024)] = 0  # scoring processes, one thread each; 0 = one per CPU core
-    population: Annotated[int, Ge(1), Le(4096)] = 9  # proxy learners trained at once as one grouped network
+    # proxy learners trained at once as one grouped network; 0 = 9 where a learner is dispatch-bound, else 1
+    population: Annotated[int, Ge(0), Le(4096)] = 0
+    # under torchrun: share every rung's proxy trainings among the ranks (docs/scaling.md)
+    distributed: Literal["none", "shard"] = "none"
     # a challenger replaces the incumbent policy only if better by this many standard errors (paired)
     accept_z: Annotated[float, Ge(0.0), Le(10.0)] = 2.0
     # every candidate is raced: scored on race_step more tasks per rung, up to race_tasks, and dropped once

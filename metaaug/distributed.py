@@ -1,5 +1,9 @@
-"""The train stage on several processes started by `torchrun`: the process group, who trains what, and
-the data-parallel learner.
+"""The train and metatrain stages on several processes started by `torchrun`: the process group, who
+trains what, and the data-parallel learner.
+
+metatrain's `metatrain.distributed: shard` shares each rung's populations of proxy trainings among the
+ranks (metaaug.search.scoring.Scorer): rank 0 runs the search, broadcasts a rung's work, scores its share
+and gathers the rest; the other ranks only score.
 
 `train.distributed` picks the form:
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -52,32 +57,64 @@ class World:
         if self.mode != "shard":
             return done if self.is_main else None
         gathered = [None] * self.size if self.is_main else None
-        dist.gather_object(done, gathered, dst=0)
+        with peers_alive(self):
+            dist.gather_object(done, gathered, dst=0)
         return [gathered[i % self.size][i // self.size] for i in range(n_jobs)] if self.is_main else None
+
+    def broadcast(self, obj=None):
+        """Rank 0's `obj` on every rank (the work of the next round, or None: no more work)."""
+        box = [obj]
+        with peers_alive(self):
+            dist.broadcast_object_list(box, src=0)
+        return box[0]
 
 
 @contextlib.contextmanager
-def world(mode: str, device: torch.device) -> Iterator[World]:
-    """The process group `mode` asks for (none: a world of one), torn down on exit; CUDA: one GPU a rank."""
+def peers_alive(world: World) -> Iterator[None]:
+    """A collective that fails because a rank died (its connections closed, or the group timed out) is one
+    line naming what happened, not gloo's or NCCL's traceback."""
+    try:
+        yield
+    except RuntimeError as exc:  # gloo and NCCL failures (DistError is one)
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # torchrun's SIGTERM must not cut this report short
+        raise MetaaugError(f"rank {world.rank} of {world.size}: another rank stopped ({first[:200]}); expected "
+                           "every rank to run to the end (torchrun's report names the rank that failed)") from None
+
+
+@contextlib.contextmanager
+def world(mode: str, device: torch.device, stage: str = "train") -> Iterator[World]:
+    """The process group `mode` (`<stage>.distributed`) asks for (none: a world of one), torn down on exit;
+    CUDA: one GPU a rank."""
     if mode == "none":
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would write the outputs and log the runs
-            raise MetaaugError(f"params.yaml: train.distributed = none, but torchrun started "
-                               f"{os.environ['WORLD_SIZE']} processes; expected train.distributed: shard or ddp, "
-                               "or one process")
+            raise MetaaugError(f"params.yaml: {stage}.distributed = none, but torchrun started "
+                               f"{os.environ['WORLD_SIZE']} processes; expected {stage}.distributed: shard"
+                               f"{' or ddp' if stage == 'train' else ''}, or one process")
         yield World(mode, device=device)
         return
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        raise MetaaugError(f"params.yaml: train.distributed = {mode} needs processes started by torchrun "
-                           "(RANK, WORLD_SIZE unset); expected `torchrun --nproc_per_node=N stages/train.py ...` "
-                           "or train.distributed: none")
+        raise MetaaugError(f"params.yaml: {stage}.distributed = {mode} needs processes started by torchrun "
+                           f"(RANK, WORLD_SIZE unset); expected `torchrun --nproc_per_node=N stages/{stage}.py ...` "
+                           f"or {stage}.distributed: none")
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    previous = signal.signal(signal.SIGTERM, _stopped_by_torchrun)
     try:
         yield World(mode, dist.get_rank(), dist.get_world_size(), device)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         dist.destroy_process_group()
+
+
+def _stopped_by_torchrun(signum, frame) -> None:
+    """torchrun SIGTERMs every rank when one fails: end this one as a failure (temps removed, the MLflow run
+    FAILED, one line), within torchrun's 30 s before SIGKILL, instead of vanishing mid-write."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one report, not two
+    raise MetaaugError("stopped by SIGTERM: torchrun stops every rank when one fails (or the job was cancelled); "
+                       "expected every rank to run to the end (torchrun's report below names the rank that failed)")
 
 
 class CrossRankBatchNorm(nn.BatchNorm2d):

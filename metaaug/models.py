@@ -9,6 +9,8 @@ chooses one; `auto` takes the small CNN below 32 px and the ResNet from 32 px
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -82,3 +84,19 @@ def resolve_model(model: str, image_size: int) -> str:
 def build_model(in_channels: int, image_size: int, n_classes: int, width: int = 32, model: str = "auto") -> nn.Module:
     """The learner `model` (auto: SmallCNN below 32 px, ResNet from 32 px) for this input."""
     return MODELS[resolve_model(model, image_size)](in_channels, image_size, n_classes, width)
+
+
+@functools.lru_cache(maxsize=64)
+def per_image_flops(channels: int, image_size: int, n_classes: int, width: int, model: str) -> tuple[int, int]:
+    """(training step, forward pass) floating-point operations of this learner on one image."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.random.fork_rng(devices=[]):  # the caller's random state stays as it was
+        torch.manual_seed(0)
+        net = build_model(channels, image_size, n_classes, width, model)
+    x = torch.zeros(1, channels, image_size, image_size)
+    with FlopCounterMode(display=False) as train:
+        net(x).sum().backward()
+    with FlopCounterMode(display=False) as forward, torch.no_grad():
+        net.eval()(x)
+    return train.get_total_flops(), forward.get_total_flops()

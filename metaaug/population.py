@@ -15,9 +15,13 @@ elementwise, so the summed loss gives every member the gradient of its own loss.
 from __future__ import annotations
 
 import copy
+import math
 
+import numpy as np
 import torch
 from torch import nn
+
+from metaaug.models import per_image_flops
 
 
 class GroupedLinear(nn.Module):
@@ -76,3 +80,27 @@ def member(grouped: nn.Module, template: nn.Module, p: int) -> nn.Module:
                               grouped_state[name].reshape(-1, *value.shape)[p]
                               for name, value in template.state_dict().items()})
     return template
+
+
+def populations(n_jobs: int, size: int) -> list[range]:
+    """Consecutive near-equal slices of at most `size` jobs: a function of the jobs alone, so
+    results do not depend on how many processes or ranks share the work."""
+    n = math.ceil(n_jobs / size)
+    bounds = np.linspace(0, n_jobs, n + 1).round().astype(int)
+    return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+GROUPED = 9  # learners a population holds where grouping pays
+# A learner is dispatch-bound below about this many operations a training step on one image: grouping 9 ran the
+# 8 px small CNN (5.4 MFLOP) 1.7x faster a learner, but the 28 px one (33 MFLOP) and the 32 px ResNet (293 MFLOP)
+# 10-25 % slower (one thread; bench/train_populations.py).
+DISPATCH_BOUND_FLOPS = 16e6
+
+
+def population_size(requested: int, channels: int, image_size: int, n_classes: int, width: int, model: str) -> int:
+    """Learners per population: `requested`, or for 0 (automatic) GROUPED where this learner is dispatch-bound,
+    else 1."""
+    if requested:
+        return requested
+    step, _ = per_image_flops(channels, image_size, n_classes, width, model)
+    return GROUPED if step < DISPATCH_BOUND_FLOPS else 1

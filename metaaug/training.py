@@ -105,7 +105,7 @@ def train_population(xs: list[torch.Tensor], ys: list[torch.Tensor], n_classes: 
     gens = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
     x = torch.stack([to_device(xp, device) for xp in xs], 1)  # (images, learners, C, H, W)
     y = torch.stack([to_device(yp, device) for yp in ys], 1)
-    epochs = [augmented_epochs(x[:, p], settings.epochs, augments[p], gens[p], AUGMENT_CHUNK // size)
+    epochs = [augmented_epochs(x[:, p], settings.epochs, augments[p], gens[p], AUGMENT_CHUNK)
               for p in range(size)]
     learner = torch.arange(size, device=device)
     steps_per_epoch = math.ceil(len(x) / settings.batch_size)

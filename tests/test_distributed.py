@@ -17,7 +17,7 @@ from conftest import REPO, tiny_params
 from metaaug.errors import MetaaugError
 from metaaug.io import read_json
 from metaaug.config import validate
-from metaaug.stages import train
+from metaaug.stages import metatrain, train
 from metaaug.tasks import prepare
 from metaaug.config import TrainConfig
 from metaaug.training import predict, to_tensor, train_learner
@@ -137,3 +137,103 @@ def test_cuda_training_matches_cpu_within_mixed_precision_tolerance():
     gpu_model, gpu = train_learner(x, y, 10, settings, seed=1, device=torch.device("cuda"))
     assert gpu["loss"] == pytest.approx(cpu["loss"], rel=0.05)
     assert (predict(cpu_model, x) == predict(gpu_model, x)).mean() >= 0.9
+
+
+# metatrain under torchrun: rank 0 searches, every rank scores its share of each rung's populations.
+
+def metatrain_params(mode: str) -> dict:
+    """A search of several rungs whose populations (2 learners each) spread over both ranks."""
+    params = tiny_params(**{"metatrain.distributed": mode, "metatrain.race_tasks": 6, "metatrain.race_step": 2,
+                            "metatrain.population": 2, "metatrain.workers": 1, "metatrain.proxy_epochs": 30,
+                            "metatrain.budget": 2000.0})
+    params["tracking"]["experiment"] = f"meta-{mode}"
+    return params
+
+
+def torchrun_metatrain(root: Path, out: Path, env: dict | None = None, timeout: int = 300,
+                       wait: bool = True) -> subprocess.CompletedProcess | subprocess.Popen:
+    """`torchrun --nproc_per_node=2 stages/metatrain.py ...`, the command in docs/scaling.md."""
+    params_file = root / "meta-shard.yaml"
+    params_file.write_text(yaml.safe_dump(metatrain_params("shard")))
+    cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2",
+           str(REPO / "stages/metatrain.py"), "--params", str(params_file), "--prepared", str(root / "prepared"),
+           "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": tracking_uri(root), **(env or {})}
+    if not wait:
+        return subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def single_search(single):
+    """The search from one process (models/policy/ in `single/meta-single`)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", tracking_uri(single))
+        metatrain.run(validate(metatrain_params("none")), single / "prepared", single / "meta-single")
+    return single / "meta-single"
+
+
+def same_search(out: Path, reference: Path) -> None:
+    for name in ("policy.json", "search.json", "policy_albumentations.json"):
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+
+
+@pytest.mark.slow
+def test_metatrain_shard_over_two_ranks_writes_the_one_process_policy(single, single_search):
+    done = torchrun_metatrain(single, single / "meta-shard")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("metatrain: chosen policy") == 1, done.stdout  # rank 0 alone publishes
+    same_search(single / "meta-shard", single_search)
+    assert len(read_json(single_search / "search.json")["history"]) >= 2  # several rungs were shared
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri(single))
+    runs = client.search_runs([client.get_experiment_by_name("meta-shard").experiment_id])
+    assert [r.data.params["metatrain.ranks"] for r in runs] == ["2"]
+
+
+def rank_pid(marker: str, rank: int) -> int | None:
+    """The pid of the torchrun worker of `rank` whose environment carries `marker` (None while not started)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            env = (proc / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if marker.encode() in env and f"RANK={rank}".encode() in env and b"LOCAL_RANK=" + str(rank).encode() in env:
+            return int(proc.name)
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the rank's process through /proc")
+def test_a_dead_rank_fails_the_search_with_one_line_and_a_rerun_resumes_it(single, single_search):
+    import signal
+    import time
+
+    out, marker = single / "meta-killed", f"METAAUG_TEST_RUN={single.name}-killed"
+    running = torchrun_metatrain(single, out, env={"METAAUG_TEST_RUN": marker.split("=", 1)[1]}, wait=False)
+    deadline = time.monotonic() + 120
+    while not list(single.glob(".meta-killed.checkpoint-*.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the first rung is scored and checkpointed
+    pid = rank_pid(marker, 1)
+    assert pid is not None and running.poll() is None, "the search ended before a rank could be stopped"
+    os.kill(pid, signal.SIGKILL)
+    stdout, stderr = running.communicate(timeout=120)
+    assert running.returncode != 0 and not out.exists()
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and ("another rank stopped" in errors[0] or "torchrun stops every rank" in errors[0]) \
+        and "expected" in errors[0], stderr
+    ours = stderr.split("failed (exitcode")[0]  # what the ranks printed, before torchrun's own report
+    assert "Traceback" not in ours and errors[0] in ours, stderr
+    assert list(single.glob(".meta-killed.checkpoint-*.json")), "the scored rungs are kept for the rerun"
+    resumed = torchrun_metatrain(single, out)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    same_search(out, single_search)
+
+
+def test_metatrain_distributed_without_torchrun_stops_before_writing(single, monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(MetaaugError, match=r"metatrain.distributed = shard needs processes started by torchrun"):
+        metatrain.run(validate(metatrain_params("shard")), single / "prepared", single / "never")
+    assert not (single / "never").exists()

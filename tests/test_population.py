@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from metaaug.search import populations
+from metaaug.population import populations
 from metaaug.policies import fixed_policy, sample_apply
 from metaaug.config import TrainConfig
 from metaaug.training import predict, train_learner, train_population

@@ -14,16 +14,18 @@ over tasks from the meta-train classes. docs/search.md describes the method.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable
 
+from metaaug import workers
 from metaaug.config import MetatrainConfig, TrainConfig
+from metaaug.distributed import World
 from metaaug.errors import MetaaugError
+from metaaug.population import population_size, populations
 from metaaug.search import cem as _cem, race as _race  # noqa: F401  (register the methods)
 from metaaug.search.budget import Budget, downstream_flops, proxy_budget, task_flops
 from metaaug.search.registry import METHODS, Context, register
-from metaaug.search.scoring import Scorer, populations, score, score_population
+from metaaug.search.scoring import Scorer, score, score_population
 from metaaug.search.space import SearchSpace, anchor_points, explore, explorer_points, policy_summary
 from metaaug.search.state import SearchState
 from metaaug.search.tasks import Task, meta_train_tasks, sample_tasks
@@ -31,12 +33,12 @@ from metaaug.search.tasks import Task, meta_train_tasks, sample_tasks
 __all__ = ["METHODS", "Budget", "Context", "downstream_flops", "Scorer", "SearchSpace", "SearchState", "Task",
            "anchor_points", "explore",
            "explorer_points", "meta_train_tasks", "policy_summary", "populations", "register", "sample_tasks",
-           "score", "score_population", "search", "tasks_needed"]
+           "score", "score_population", "search", "serve", "tasks_needed"]
 
 
 def search(space: SearchSpace, tasks: list[Task], cfg: MetatrainConfig, settings: TrainConfig, seed: int,
            checkpoint_path: Path, log: Callable[[dict], None] = lambda entry: None,
-           downstream: int | None = None) -> SearchState:
+           downstream: int | None = None, world: World = World()) -> SearchState:
     """Run (or resume) the configured method; `state.best` is the chosen policy vector.
 
     It spends at most `metatrain.budget` units of one downstream training: `downstream` is the
@@ -50,17 +52,37 @@ def search(space: SearchSpace, tasks: list[Task], cfg: MetatrainConfig, settings
     """
     budget = proxy_budget(cfg.budget, task_flops(tasks[0], cfg.proxy_epochs, cfg.proxy_width, settings.model),
                           downstream or task_flops(tasks[0], settings.epochs, settings.width, settings.model))
-    settings = settings.model_copy(update={"epochs": cfg.proxy_epochs, "width": cfg.proxy_width})
+    settings = proxy_settings(cfg, settings)
     state = SearchState.load(checkpoint_path) if checkpoint_path.exists() else SearchState(cfg.method)
     if state.method != cfg.method:
         raise MetaaugError(f"{checkpoint_path}: checkpoint of method {state.method!r}, params ask for "
                            f"{cfg.method!r}; expected the same method (delete the checkpoint to restart)")
     if state.mean is None:
         state.mean, state.std = list(space.initial()), [cfg.init_std] * space.dim
-    with Scorer(tasks, settings, cfg.workers or os.cpu_count() or 1, cfg.population) as scorer:
-        METHODS[cfg.method].run(Context(space, cfg, scorer, state, seed, lambda: state.save(checkpoint_path), log,
+    with scorer(tasks, cfg, settings, world) as scorer_:
+        METHODS[cfg.method].run(Context(space, cfg, scorer_, state, seed, lambda: state.save(checkpoint_path), log,
                                         budget))
     return state
+
+
+def serve(tasks: list[Task], cfg: MetatrainConfig, settings: TrainConfig, world: World) -> None:
+    """A rank other than 0 under `metatrain.distributed: shard`: score its share of what rank 0's `search`
+    broadcasts, until the search ends."""
+    with scorer(tasks, cfg, proxy_settings(cfg, settings), world) as scorer_:
+        scorer_.serve()
+
+
+def scorer(tasks: list[Task], cfg: MetatrainConfig, proxy: TrainConfig, world: World) -> Scorer:
+    """The scorer of the `proxy` recipe's learners on `tasks`: `metatrain.population` learners a population
+    (auto: metaaug.population.population_size), `metatrain.workers` processes, the ranks of `world`."""
+    x = tasks[0].support_x
+    size = population_size(cfg.population, x.shape[1], x.shape[-1], tasks[0].n_classes, proxy.width, proxy.model)
+    return Scorer(tasks, proxy, workers.count(cfg.workers, world.device), size, world)
+
+
+def proxy_settings(cfg: MetatrainConfig, settings: TrainConfig) -> TrainConfig:
+    """The proxy learner's recipe: the downstream one at `proxy_epochs` and `proxy_width`."""
+    return settings.model_copy(update={"epochs": cfg.proxy_epochs, "width": cfg.proxy_width})
 
 
 def tasks_needed(cfg: MetatrainConfig) -> int:

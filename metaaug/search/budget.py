@@ -12,29 +12,11 @@ Counting CPU time would be honest about overheads but make the answer depend on 
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
-import torch
-
 from metaaug.errors import MetaaugError
-from metaaug.models import build_model
-
-
-@functools.lru_cache(maxsize=64)
-def per_image_flops(channels: int, image_size: int, n_classes: int, width: int, model: str) -> tuple[int, int]:
-    """(training step, forward pass) floating-point operations of this learner on one image."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    torch.manual_seed(0)
-    net = build_model(channels, image_size, n_classes, width, model)
-    x = torch.zeros(1, channels, image_size, image_size)
-    with FlopCounterMode(display=False) as train:
-        net(x).sum().backward()
-    with FlopCounterMode(display=False) as forward, torch.no_grad():
-        net.eval()(x)
-    return train.get_total_flops(), forward.get_total_flops()
+from metaaug.models import per_image_flops
 
 
 def training_flops(channels: int, image_size: int, n_classes: int, width: int, model: str, support: int,

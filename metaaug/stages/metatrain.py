@@ -1,14 +1,14 @@
 """Stage `metatrain`: search the augmentation policy on tasks from the meta-train classes (`models/policy/`).
 
-The output is byte-identical run to run (no run id, no timing in it); wall times go to the
-MLflow run and to `timings/metatrain.json`. A checkpoint beside the output, keyed by everything
+The output is byte-identical run to run (no run id, no timing in it), whatever the number of workers or of
+torchrun ranks (`metatrain.distributed: shard`: rank 0 searches and publishes, every rank scores its share
+of each rung); wall times go to the MLflow run and to `timings/metatrain.json`. A checkpoint beside the output, keyed by everything
 that determines the search, lets a killed run resume where it stopped.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import json
 import time
 from pathlib import Path
@@ -16,17 +16,18 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from metaaug import tracking
+from metaaug import distributed, io, tracking, workers
 from metaaug.config import Params, load_params
 from metaaug.io import output_path, write_json
-from metaaug.search import SearchSpace, downstream_flops, meta_train_tasks, search, tasks_needed
+from metaaug.errors import MetaaugError
+from metaaug.search import SearchSpace, downstream_flops, meta_train_tasks, search, serve, tasks_needed
 from metaaug.ops import OP_NAMES
 from metaaug.plots import policy_figure
 from metaaug.policies import Policy, describe, export_albumentations, save_policy, what_it_is
 from metaaug.stages import PARAMS, POLICY, PREPARED, pipeline_facts
 from metaaug.tasks import load_prepared
 from metaaug.timing import timing_doc
-from metaaug.training import RECIPE, set_threads
+from metaaug.training import RECIPE, pick_device
 
 TIMING_KIND = "metatrain.timing"
 
@@ -34,7 +35,8 @@ TIMING_KIND = "metatrain.timing"
 def checkpoint_path(out: Path, params: Params, prepared_digest: str) -> Path:
     """Beside the output (which is replaced atomically), keyed by everything that determines the search: the
     prepared set's digest (as the stage runner verified it) and the settings."""
-    settings = json.dumps({"metatrain": params.metatrain.model_dump(), "train": params.train.model_dump(include=RECIPE),
+    search_params = params.metatrain.model_dump(exclude={"workers", "distributed"})  # these never change the search
+    settings = json.dumps({"metatrain": search_params, "train": params.train.model_dump(include=RECIPE),
                            "shots": params.tasks.shots, "seed": params.seed}, sort_keys=True)
     key = prepared_digest[:12] + "-" + hashlib.sha256(settings.encode()).hexdigest()[:12]
     out = output_path(out)
@@ -42,11 +44,37 @@ def checkpoint_path(out: Path, params: Params, prepared_digest: str) -> Path:
 
 
 def run(params: Params, prepared_dir: Path, out: Path, timing: Path | None = None) -> None:
+    cfg = params.metatrain
+    with distributed.world(cfg.distributed, pick_device(params.train.device), "metatrain") as world:
+        if world.mode == "shard":
+            same_input_everywhere(world, prepared_dir)
+        if world.is_main:
+            search_and_publish(params, prepared_dir, out, timing, world)
+        else:
+            prepared = load_prepared(prepared_dir)
+            serve(meta_train_tasks(prepared, params.tasks.shots, cfg, tasks_needed(cfg), params.seed), cfg,
+                  params.train, world)
+
+
+def same_input_everywhere(world: distributed.World, prepared_dir: Path) -> None:
+    """Every rank checks its data/prepared by content (io.verify_inputs) and against rank 0's digest: on several
+    machines each reads its own copy, and a rank scoring other tasks would corrupt the search silently."""
+    mine = io.verify_inputs({"prepare": prepared_dir})["prepare"]
+    ours = world.broadcast(mine if world.is_main else None)
+    if mine != ours:
+        raise MetaaugError(f"rank {world.rank}: {prepared_dir} (md5 {mine[:12]}) differs from rank 0's (md5 "
+                           f"{ours[:12]}); expected the same prepared data on every machine (copy it, or share "
+                           "one file system)")
+
+
+def search_and_publish(params: Params, prepared_dir: Path, out: Path, timing: Path | None,
+                       world: distributed.World) -> None:
+    """Rank 0 (or the only process): search, write models/policy/, log and register it."""
     prepared = load_prepared(prepared_dir)
     cfg = params.metatrain
     space = SearchSpace(tuple(cfg.ops or OP_NAMES), channels=prepared.meta_images.shape[-1])
-    set_threads(prepared.meta_images.shape[1])
-    logged = {"metatrain": cfg.model_dump(), "seed": params.seed, "tasks.shots": params.tasks.shots}
+    logged = {"metatrain": cfg.model_dump(), "metatrain.ranks": world.size, "seed": params.seed,
+              "tasks.shots": params.tasks.shots}
     with tracking.stage_run("metatrain", logged, params.tracking.experiment, {"prepare": prepared_dir},
                             output=out, files={timing: TIMING_KIND}) as stage:
         tracking.name_run("metatrain", pipeline_facts(prepared.manifest))
@@ -54,7 +82,7 @@ def run(params: Params, prepared_dir: Path, out: Path, timing: Path | None = Non
         tasks = meta_train_tasks(prepared, params.tasks.shots, cfg, tasks_needed(cfg), params.seed)
         ckpt = checkpoint_path(out, params, stage.inputs["prepare"])
         state = search(space, tasks, cfg, params.train, params.seed, ckpt,
-                       downstream=one_downstream_training(prepared, params))
+                       downstream=one_downstream_training(prepared, params), world=world)
         seconds = time.perf_counter() - start
         policy = space.policy(np.array(state.best))
         baseline = state.finalists[0]["baseline"] if state.finalists else None  # a fixed baseline's point?
@@ -71,11 +99,12 @@ def run(params: Params, prepared_dir: Path, out: Path, timing: Path | None = Non
                                          "proxy_epochs": cfg.proxy_epochs, "proxy_width": cfg.proxy_width,
                                          "history": state.history, "finalists": state.finalists,
                                          "theta": state.best})
-        workers = cfg.workers or os.cpu_count() or 1
+        n_workers = workers.count(cfg.workers, world.device)
         tracking.log_metrics({"search.seconds": seconds, "search.proxy_seconds": state.seconds,
-                              "search.workers": workers, "search.trainings": state.trainings,
+                              "search.workers": n_workers, "search.trainings": state.trainings,
                               "search.budget": cfg.budget, "search.spent": state.spent})
-        stage.write_json(timing, timing_doc(search_seconds=seconds, proxy_seconds=state.seconds, workers=workers))
+        stage.write_json(timing, timing_doc(search_seconds=seconds, proxy_seconds=state.seconds, workers=n_workers,
+                                               ranks=world.size))
         log_answer(policy, baseline, state.finalists)
         tracking.log_artifacts(tmp, "policy")
         name = params.tracking.policy_model_name

@@ -1,7 +1,9 @@
 """Stage `train`: every arm on every target split (`models/downstream/`), one nested MLflow run per arm x split.
 
-Under torchrun, `train.distributed` shares the trainings among the ranks (metaaug/distributed.py);
-rank 0 writes the outputs and the MLflow runs. The output is byte-identical run to run: wall
+Learners of one shape are trained `train.population` at a time as one grouped network (metaaug.population)
+in `train.workers` forked processes of one thread each (metaaug.workers). Under torchrun,
+`train.distributed` shares the populations among the ranks (metaaug/distributed.py); rank 0 writes the
+outputs and the MLflow runs. The output is byte-identical run to run: wall
 times go to MLflow and to `timings/train.json`.
 """
 
@@ -15,16 +17,17 @@ import numpy as np
 import torch
 import typer
 
-from metaaug import distributed, io, tracking
+from metaaug import distributed, io, tracking, workers
 from metaaug.arms import arm_augmenter
 from metaaug.config import Params, load_params
 from metaaug.io import write_json
 from metaaug.models import resolve_model
+from metaaug.population import population_size, populations
 from metaaug.progress import progress
 from metaaug.stages import AUGMENTED, DOWNSTREAM, PARAMS, POLICY, PREPARED, pipeline_facts
 from metaaug.tasks import load_prepared
 from metaaug.timing import timing_doc
-from metaaug.training import pick_device, set_threads, to_device, to_tensor, train_learner
+from metaaug.training import pick_device, to_device, to_tensor, train_population
 
 TIMING_KIND = "train.timing"
 
@@ -41,45 +44,58 @@ def run(params: Params, prepared_dir: Path, out: Path, policy_dir: Path | None =
     prepared = load_prepared(prepared_dir)
     x_all, y_all = to_tensor(prepared.target_images), torch.tensor(np.asarray(prepared.target_labels))
     n_classes, channels, size = len(prepared.manifest["target"]["classes"]), x_all.shape[1], x_all.shape[-1]
-    set_threads(size)
     splits = prepared.manifest["splits"]
     with distributed.world(cfg.distributed, pick_device(cfg.device)) as world:
         x_all, y_all = to_device(x_all, world.device), to_device(y_all, world.device)
         augmenters = {arm: arm_augmenter(arm, channels, cfg.learned_source, policy_dir, augmented_dir)
                       for arm in cfg.arms}
 
-        def train_one(job: tuple[str, int]) -> dict:
-            arm, i = job
-            support = np.asarray(splits[i]["support"])
+        def train_group(group: list[tuple[str, int]]) -> list[dict]:
+            """Train one population of arm x split learners; each member's result and its share of the wall time."""
+            supports = [np.asarray(splits[i]["support"]) for _, i in group]
             start, start_ms = time.perf_counter(), int(time.time() * 1000)
-            model, curves = train_learner(x_all[support], y_all[support], n_classes, cfg, splits[i]["seed"],
-                                          augmenters[arm](support), world.device, ddp=world.mode == "ddp")
-            return {"state": {k: v.cpu() for k, v in model.state_dict().items()},
-                    "seconds": time.perf_counter() - start, "curves": curves,
-                    "start_ms": start_ms, "end_ms": int(time.time() * 1000)}
+            learners = train_population([x_all[s] for s in supports], [y_all[s] for s in supports], n_classes, cfg,
+                                        [splits[i]["seed"] for _, i in group],
+                                        [augmenters[arm](s) for (arm, _), s in zip(group, supports)],
+                                        world.device, ddp=world.mode == "ddp")
+            seconds, end_ms = (time.perf_counter() - start) / len(group), int(time.time() * 1000)
+            return [{"state": {k: v.cpu() for k, v in model.state_dict().items()}, "seconds": seconds,
+                     "curves": curves, "start_ms": start_ms, "end_ms": end_ms} for model, curves in learners]
 
         jobs = [(arm, i) for arm in cfg.arms for i in range(len(splits))]
-        logged = {"train": cfg.model_dump(), "train.ranks": world.size, "tasks.shots": params.tasks.shots}
+        per_population = 1 if world.mode == "ddp" else population_size(cfg.population, channels, size, n_classes,
+                                                                       cfg.width, cfg.model)
+        groups = [jobs[r.start:r.stop] for r in populations(len(jobs), per_population)]
+        n_workers = 1 if world.mode == "ddp" else workers.count(cfg.workers, world.device)
+        logged = {"train": cfg.model_dump(), "train.ranks": world.size, "train.population_size": per_population,
+                  "train.worker_processes": n_workers, "tasks.shots": params.tasks.shots}
         stage = (tracking.stage_run("train", logged, params.tracking.experiment, upstream, output=out,
                                     files={timing: TIMING_KIND})
                  if world.is_main else contextlib.nullcontext())
-        with stage as run_:
+        with stage as run_, workers.Pool(n_workers, {"train_group": train_group}) as pool:
             if world.is_main:
                 tracking.name_run("train", pipeline_facts(prepared.manifest))
-            mine = world.share(jobs)
-            done = world.collect([train_one(job) for job in progress(mine, desc="train", total=len(mine))], len(jobs))
+            mine = world.share(groups)
+            done = world.collect(list(progress(pool.map(_train_group, mine), desc="train", total=len(mine))),
+                                 len(groups))
             if world.is_main:
+                done = [result for group in done for result in group]
                 model = {"in_channels": channels, "image_size": size, "n_classes": n_classes, "width": cfg.width,
                          "model": resolve_model(cfg.model, size)}  # evaluate rebuilds this learner
-                write_downstream(run_.output(out), run_.run.info.run_id, model, jobs, done, splits)
-                run_.write_json(timing, timing_doc(run_seconds=float(np.median([r["seconds"] for r in done]))))
+                seconds = write_downstream(run_.output(out), run_.run.info.run_id, model, jobs, done, splits)
+                run_.write_json(timing, timing_doc(run_seconds=seconds))
                 run_.after_publish(lambda: tracking.log_datasets("train", upstream, [out]))
 
 
+def _train_group(group: list[tuple[str, int]]) -> list[dict]:
+    """A worker's entry (pickled by name): the stage's train_group, inherited through workers.state()."""
+    return workers.state()["train_group"](group)
+
+
 def write_downstream(tmp: Path, run_id: str, model: dict, jobs: list[tuple[str, int]], done: list[dict],
-                     splits: list[dict]) -> None:
+                     splits: list[dict]) -> float:
     """models/downstream/ into `tmp` (its temp: one state-dict list per arm, results.json) and one MLflow run
-    per job (arm x split)."""
+    per job (arm x split). Returns the median seconds a training took."""
     results = {"model": model, "arms": {}}
     for arm in dict.fromkeys(arm for arm, _ in jobs):
         runs = [(i, r) for (a, i), r in zip(jobs, done) if a == arm]
@@ -93,8 +109,10 @@ def write_downstream(tmp: Path, run_id: str, model: dict, jobs: list[tuple[str, 
          "start_ms": r["start_ms"], "end_ms": r["end_ms"],
          "final": {"seconds": r["seconds"], "final_loss": r["curves"]["loss"][-1]}}
         for (arm, i), r in zip(jobs, done)])
-    tracking.log_metrics({"train.run_seconds": float(np.median([r["seconds"] for r in done]))})
+    seconds = float(np.median([r["seconds"] for r in done]))
+    tracking.log_metrics({"train.run_seconds": seconds})
     tracking.log_artifacts(tmp, "downstream")
+    return seconds
 
 
 def command(params: Path = PARAMS, prepared: Path = PREPARED, policy: Path = POLICY, augmented: Path = AUGMENTED,

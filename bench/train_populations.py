@@ -1,0 +1,116 @@
+"""The train stage's learners one at a time (as before) against populations in one-thread worker processes (now).
+
+For each size, the same N learners (the default recipe: 25 support images, batch 25, width 32, TrivialAugment
+on the fly, the learner `auto` picks) are trained three ways, side by side in one run:
+
+* `one at a time`: one process, one learner after another, with the old thread rule (one thread below 32 px,
+  torch's default from 32 px) — the train stage before populations;
+* `populations, 1 worker`: learners grouped `population_size(0, ...)` at a time (metaaug.population), one process
+  of one thread — what grouping alone buys;
+* `populations, workers`: the same populations shared among `workers.count(0)` forked one-thread processes —
+  the train stage now.
+
+Prints seconds per learner (scaled to the recipe's 150 epochs: `--epochs` trains fewer, since every epoch costs
+the same), the speed-up over one at a time, and the largest weight difference from the one-at-a-time learners.
+The 8 and 28 px images are the digits (gray, resized); the 32 px ones are the digits resized and coloured
+(RGB): bench/coloured_digits.py.
+
+    python bench/train_populations.py [--learners 18] [--sizes 8 28 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+import torch
+from coloured_digits import coloured_digits  # bench/coloured_digits.py
+
+from metaaug import workers
+from metaaug.config import TrainConfig
+from metaaug.models import resolve_model
+from metaaug.policies import fixed_policy, sample_apply
+from metaaug.population import population_size, populations
+from metaaug.timing import machine_description
+from metaaug.training import set_threads, to_tensor, train_population
+
+EPOCHS = {8: 150, 28: 30, 32: 15}  # trained per learner (scaled to 150 in the table): each run ~10-30 s
+
+
+def supports(size: int, learners: int, ways: int = 5, shots: int = 5) -> tuple[list, list, int]:
+    """`learners` different 25-image supports of this size (gray below 32 px, RGB at 32 px) and their labels."""
+    images, labels = coloured_digits(size) if size >= 32 else coloured_digits(size, gray=True)
+    rng = np.random.default_rng(0)
+    xs, ys = [], []
+    for _ in range(learners):
+        picks = np.concatenate([rng.choice(np.flatnonzero(labels == c), shots, replace=False) for c in range(ways)])
+        xs.append(to_tensor(images[picks]))
+        ys.append(torch.tensor(np.repeat(np.arange(ways), shots)))
+    return xs, ys, ways
+
+
+def _train(group: list[int]) -> list[dict]:
+    shared = workers.state()
+    xs, ys = shared["xs"], shared["ys"]
+    augment = shared["augment"]
+    trained = train_population([xs[i] for i in group], [ys[i] for i in group], shared["ways"], shared["settings"],
+                               list(group), [augment] * len(group))
+    return [model.state_dict() for model, _ in trained]
+
+
+def timed(xs, ys, ways, settings, per_population: int, n_workers: int, augment) -> tuple[float, list[dict]]:
+    groups = [list(r) for r in populations(len(xs), per_population)]
+    start = time.perf_counter()
+    with workers.Pool(n_workers, {"xs": xs, "ys": ys, "ways": ways, "settings": settings, "augment": augment}) as pool:
+        states = [s for group in pool.map(_train, groups) for s in group]
+    return time.perf_counter() - start, states
+
+
+def one_at_a_time(xs, ys, ways, settings, augment) -> tuple[float, list[dict]]:
+    """The train stage before populations: one process, the old thread rule."""
+    threads = torch.get_num_threads()
+    set_threads(xs[0].shape[-1])
+    start = time.perf_counter()
+    states = [train_population([x], [y], ways, settings, [i], [augment])[0][0].state_dict()
+              for i, (x, y) in enumerate(zip(xs, ys))]
+    seconds = time.perf_counter() - start
+    torch.set_num_threads(threads)
+    return seconds, states
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--learners", type=int, default=18)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[8, 28, 32])
+    args = parser.parse_args()
+    n_workers = workers.count(0)
+    print("| size | learner | way | population | processes | s per learner (150 epochs) | speed-up | "
+          "max abs weight diff |")
+    print("|---|---|---|---|---|---|---|---|")
+    for size in args.sizes:
+        xs, ys, ways = supports(size, args.learners)
+        channels = xs[0].shape[1]
+        settings = TrainConfig(epochs=EPOCHS.get(size, 15))
+        model = resolve_model("auto", size)
+        grouped = population_size(0, channels, size, ways, settings.width, settings.model)
+        policy = fixed_policy("trivialaugment", image_channels=channels)
+        augment = lambda x, gen: sample_apply(policy, x, gen)  # noqa: E731
+        scale = 150 / settings.epochs / len(xs)
+        base, ref = one_at_a_time(xs, ys, ways, settings, augment)
+        rows = [("one at a time", 1, 1, base, ref)]
+        for label, procs in (("populations, 1 worker", 1), ("populations, workers", n_workers)):
+            seconds, states = timed(xs, ys, ways, settings, grouped, procs, augment)
+            rows.append((label, grouped, procs, seconds, states))
+        for label, pop, procs, seconds, states in rows:
+            diff = max(float((s[k].float() - r[k].float()).abs().max()) for s, r in zip(states, ref) for k in r)
+            threads = "torch default" if size >= 32 and label == "one at a time" else "1 thread"
+            print(f"| {size}×{size}×{channels} | {model} | {label} | {pop} | {procs} ({threads}) | "
+                  f"{seconds * scale:.2f} | {base / seconds:.2f}× | {diff:.1e} |", flush=True)
+    print(f"\n{args.learners} learners a size, TrivialAugment on the fly; {machine_description()}; "
+          f"1-minute load average {os.getloadavg()[0]:.1f} at the end.")
+
+
+if __name__ == "__main__":
+    main()
