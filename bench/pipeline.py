@@ -154,10 +154,6 @@ def main() -> None:
     args = parser.parse_args()
     if args.keep is not None and args.keep.exists():
         raise SystemExit(f"--keep {args.keep}: already exists; expected a new directory for the project")
-    for key in ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"):
-        os.environ.setdefault(key, "metaaug-bench")
-    for key in ("GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"):
-        os.environ.setdefault(key, "bench@example.invalid")
     os.environ["DVC_NO_ANALYTICS"] = "1"  # no analytics daemon in the measured process trees
     root = args.keep or Path(tempfile.mkdtemp(prefix="metaaug-bench-"))
     try:

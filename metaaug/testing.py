@@ -7,6 +7,7 @@ looks like, where `dvc repro` runs for real.
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,11 @@ def sh(*cmd, cwd, check=True):
 
 
 def make_project(root: Path, params: dict) -> Path:
-    """A fresh project: the repo's pipeline files and package sources, git + DVC initialised."""
+    """A fresh project: the repo's pipeline files and package sources, git + DVC initialised (a git identity is
+    set for this process where none is, so the first commit works on a bare machine)."""
+    for key, value in (("NAME", "metaaug-bench"), ("EMAIL", "bench@example.invalid")):
+        os.environ.setdefault(f"GIT_AUTHOR_{key}", value)
+        os.environ.setdefault(f"GIT_COMMITTER_{key}", value)
     root.mkdir(parents=True, exist_ok=True)
     for name in ("dvc.yaml", "stages", "metaaug"):
         src = REPO / name
@@ -48,3 +53,16 @@ def dvc(root: Path, *args, check=True):
     env_path = f"{bin_dir}:{os.environ['PATH']}"
     return subprocess.run([str(bin_dir / "dvc"), *args], cwd=root, capture_output=True, text=True,
                           env={**os.environ, "PATH": env_path}, check=False)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """Terminate a process started with start_new_session=True and its whole group, killing it if it lingers."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=10)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue

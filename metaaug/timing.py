@@ -19,9 +19,11 @@ import torch
 from metaaug.io import read_json
 
 
-def machine_description() -> str:
-    """Where the timings were taken: CPU model and count, or the GPU."""
-    if torch.cuda.is_available():
+def machine_description(device: torch.device | str | None = None) -> str:
+    """Where the timings were taken: the GPU when `device` is CUDA (by default: when one is present), else the
+    CPU model and core count."""
+    cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
+    if cuda:
         return f"{torch.cuda.get_device_name(0)} (CUDA), torch {torch.__version__}"
     cpu = platform.processor() or platform.machine()
     try:
@@ -31,9 +33,9 @@ def machine_description() -> str:
     return f"{cpu}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
 
 
-def timing_doc(**figures: float) -> dict:
-    """One stage's wall times (seconds) with the machine they were taken on."""
-    return {**figures, "machine": machine_description()}
+def timing_doc(device: torch.device | None = None, **figures: float) -> dict:
+    """One stage's wall times (seconds) with the machine (the device the stage ran on) they were taken on."""
+    return {**figures, "machine": machine_description(device)}
 
 
 def search_cost(timings: Path) -> dict | None:

@@ -197,8 +197,11 @@ def store_lock(uri: str) -> Iterator[None]:
 
 
 def git(*args: str) -> str:
-    """Output of a git command in the working directory; empty when it fails (e.g. not a repository)."""
-    out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=30)
+    """Output of a git command in the working directory; empty when it fails (not a repository, no git)."""
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=30)
+    except OSError:  # git is not installed: the runs carry git.commit none, as outside a repository
+        return ""
     return out.stdout.strip() if out.returncode == 0 else ""
 
 

@@ -8,7 +8,6 @@ import io
 import os
 import pickle
 import shlex
-import signal
 import socket
 import struct
 import subprocess
@@ -25,7 +24,7 @@ import yaml
 
 from conftest import tiny_params
 from metaaug.cli import main
-from metaaug.testing import dvc, make_project, sh
+from metaaug.testing import dvc, kill_group, make_project, sh
 
 
 
@@ -83,19 +82,6 @@ def wait_healthy(server: subprocess.Popen, url: str, log: Path, timeout: float =
     raise AssertionError(f"mlflow server not healthy after {timeout} s:\n{log.read_text()}")
 
 
-def stop(server: subprocess.Popen) -> None:
-    """Terminate the server's process group (the server and its worker), killing it if it lingers."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(server.pid, sig)
-            server.wait(timeout=10)
-            return
-        except ProcessLookupError:
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 _served: dict[str, ServedPipeline] = {}  # one per session, whichever module asks first
 
 
@@ -123,7 +109,7 @@ def served_pipeline(tmp_path_factory):
         yield _served["it"]
     finally:
         _served.pop("it", None)
-        stop(server)
+        kill_group(server)
 
 
 def stage_runs(url: str) -> dict:

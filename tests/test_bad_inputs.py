@@ -868,8 +868,10 @@ def test_truncated_search_checkpoint_stops_metatrain_in_one_line(project, capsys
     from metaaug.io import verify_input
     from metaaug.stages.metatrain import checkpoint_path
 
+    import torch
+
     path = checkpoint_path(project / "models" / "new", load_params(project / "params.yaml"),
-                           verify_input(project / "data" / "prepared", "prepare"))
+                           verify_input(project / "data" / "prepared", "prepare"), torch.device("cpu"))
     path.write_text('{"method": ')
     refused(capsys, project, "metatrain", "--out", "models/new", names=[path.name, "delete it to restart"])
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 import typer
 
 from metaaug import distributed, io, tracking, workers
@@ -32,12 +33,13 @@ from metaaug.training import RECIPE, pick_device
 TIMING_KIND = "metatrain.timing"
 
 
-def checkpoint_path(out: Path, params: Params, prepared_digest: str) -> Path:
+def checkpoint_path(out: Path, params: Params, prepared_digest: str, device: torch.device) -> Path:
     """Beside the output (which is replaced atomically), keyed by everything that determines the search: the
-    prepared set's digest (as the stage runner verified it) and the settings."""
+    prepared set's digest (as the stage runner verified it), the settings and the kind of device scoring runs
+    on (a GPU's bfloat16 scores must not continue a CPU's search)."""
     search_params = params.metatrain.model_dump(exclude={"workers", "distributed"})  # these never change the search
     settings = json.dumps({"metatrain": search_params, "train": params.train.model_dump(include=RECIPE),
-                           "shots": params.tasks.shots, "seed": params.seed}, sort_keys=True)
+                           "shots": params.tasks.shots, "seed": params.seed, "device": device.type}, sort_keys=True)
     key = prepared_digest[:12] + "-" + hashlib.sha256(settings.encode()).hexdigest()[:12]
     out = output_path(out)
     return out.parent / f".{out.name}.checkpoint-{key}.json"
@@ -73,14 +75,14 @@ def search_and_publish(params: Params, prepared_dir: Path, out: Path, timing: Pa
     prepared = load_prepared(prepared_dir)
     cfg = params.metatrain
     space = SearchSpace(tuple(cfg.ops or OP_NAMES), channels=prepared.meta_images.shape[-1])
-    logged = {"metatrain": cfg.model_dump(), "metatrain.ranks": world.size, "seed": params.seed,
-              "tasks.shots": params.tasks.shots}
+    logged = {"metatrain": cfg.model_dump(), "metatrain.ranks": world.size, "metatrain.device_used": world.device.type,
+              "seed": params.seed, "tasks.shots": params.tasks.shots}
     with tracking.stage_run("metatrain", logged, params.tracking.experiment, {"prepare": prepared_dir},
                             output=out, files={timing: TIMING_KIND}) as stage:
         tracking.name_run("metatrain", pipeline_facts(prepared.manifest))
         start = time.perf_counter()
         tasks = meta_train_tasks(prepared, params.tasks.shots, cfg, tasks_needed(cfg), params.seed)
-        ckpt = checkpoint_path(out, params, stage.inputs["prepare"])
+        ckpt = checkpoint_path(out, params, stage.inputs["prepare"], world.device)
         state = search(space, tasks, cfg, params.train, params.seed, ckpt,
                        downstream=one_downstream_training(prepared, params), world=world)
         seconds = time.perf_counter() - start
@@ -103,7 +105,8 @@ def search_and_publish(params: Params, prepared_dir: Path, out: Path, timing: Pa
         tracking.log_metrics({"search.seconds": seconds, "search.proxy_seconds": state.seconds,
                               "search.workers": n_workers, "search.trainings": state.trainings,
                               "search.budget": cfg.budget, "search.spent": state.spent})
-        stage.write_json(timing, timing_doc(search_seconds=seconds, proxy_seconds=state.seconds, workers=n_workers,
+        stage.write_json(timing, timing_doc(world.device, search_seconds=seconds, proxy_seconds=state.seconds,
+                                               workers=n_workers,
                                                ranks=world.size))
         log_answer(policy, baseline, state.finalists)
         tracking.log_artifacts(tmp, "policy")

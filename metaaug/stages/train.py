@@ -67,7 +67,8 @@ def run(params: Params, prepared_dir: Path, out: Path, policy_dir: Path | None =
                                                                        cfg.width, cfg.model)
         groups = [jobs[r.start:r.stop] for r in populations(len(jobs), per_population)]
         n_workers = 1 if world.mode == "ddp" else workers.count(cfg.workers, world.device)
-        logged = {"train": cfg.model_dump(), "train.ranks": world.size, "train.population_size": per_population,
+        logged = {"train": cfg.model_dump(), "train.ranks": world.size, "train.device_used": world.device.type,
+                  "train.population_size": per_population,
                   "train.worker_processes": n_workers, "tasks.shots": params.tasks.shots}
         stage = (tracking.stage_run("train", logged, params.tracking.experiment, upstream, output=out,
                                     files={timing: TIMING_KIND})
@@ -83,7 +84,7 @@ def run(params: Params, prepared_dir: Path, out: Path, policy_dir: Path | None =
                 model = {"in_channels": channels, "image_size": size, "n_classes": n_classes, "width": cfg.width,
                          "model": resolve_model(cfg.model, size)}  # evaluate rebuilds this learner
                 seconds = write_downstream(run_.output(out), run_.run.info.run_id, model, jobs, done, splits)
-                run_.write_json(timing, timing_doc(run_seconds=seconds))
+                run_.write_json(timing, timing_doc(world.device, run_seconds=seconds))
                 run_.after_publish(lambda: tracking.log_datasets("train", upstream, [out]))
 
 
