@@ -5,6 +5,11 @@ from pathlib import Path
 import pytest
 
 import metaaug  # noqa: F401  (sets NO_ALBUMENTATIONS_UPDATE before albumentations is imported)
+from metaaug.stages import pin_cpu_kernels
+
+# The stage commands pin the CPU kernels before torch loads (metaaug.stages); tests that run a stage in-process
+# and compare it with one run as a command (under torchrun, by dvc) need the same kernels here.
+pin_cpu_kernels()
 
 REPO = Path(__file__).resolve().parents[1]
 
