@@ -65,7 +65,7 @@ def _train(group: list[int]) -> list[dict]:
 
 
 def timed(xs, ys, ways, settings, per_population: int, n_workers: int, augment) -> tuple[float, list]:
-    groups = [list(r) for r in populations(len(xs), per_population)]
+    groups = populations(list(range(len(xs))), per_population)
     start = time.perf_counter()
     with workers.Pool(n_workers, {"xs": xs, "ys": ys, "ways": ways, "settings": settings, "augment": augment}) as pool:
         models = [m for group in pool.map(_train, groups) for m in group]

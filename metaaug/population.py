@@ -82,12 +82,12 @@ def member(grouped: nn.Module, template: nn.Module, p: int) -> nn.Module:
     return template
 
 
-def populations(n_jobs: int, size: int) -> list[range]:
-    """Consecutive near-equal slices of at most `size` jobs: a function of the jobs alone, so
-    results do not depend on how many processes or ranks share the work."""
-    n = math.ceil(n_jobs / size)
-    bounds = np.linspace(0, n_jobs, n + 1).round().astype(int)
-    return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+def populations(jobs: list, size: int) -> list[list]:
+    """`jobs` cut into consecutive near-equal populations of at most `size`: a function of the job list alone,
+    so results do not depend on how many processes or ranks share the work."""
+    n = math.ceil(len(jobs) / size)
+    bounds = np.linspace(0, len(jobs), n + 1).round().astype(int)
+    return [jobs[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 GROUPED = 9  # learners a population holds where grouping pays

@@ -109,14 +109,6 @@ def test_ddp_over_two_ranks_matches_one_process_within_tolerance(single):
         assert run["curves"]["train_acc"] == ref_run["curves"]["train_acc"]
 
 
-def test_distributed_without_torchrun_stops_before_writing(single, monkeypatch):
-    monkeypatch.delenv("RANK", raising=False)
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    with pytest.raises(MetaaugError, match=r"train.distributed = ddp needs processes started by torchrun.*expected"):
-        train.run(validate(params_for("ddp")), single / "prepared", single / "never")
-    assert not (single / "never").exists()
-
-
 def test_several_processes_without_a_distributed_mode_stop_before_writing(single, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(MetaaugError, match=r"train.distributed = none, but torchrun started 2 processes; expected"):
@@ -231,9 +223,14 @@ def test_a_dead_rank_fails_the_search_with_one_line_and_a_rerun_resumes_it(singl
     same_search(out, single_search)
 
 
-def test_metatrain_distributed_without_torchrun_stops_before_writing(single, monkeypatch):
+@pytest.mark.parametrize("stage, params, pattern", [
+    (train, lambda: params_for("ddp"), r"train.distributed = ddp needs processes started by torchrun.*expected"),
+    (metatrain, lambda: metatrain_params("shard"),
+     r"metatrain.distributed = shard needs processes started by torchrun.*expected"),
+])
+def test_distributed_without_torchrun_stops_before_writing(single, monkeypatch, stage, params, pattern):
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    with pytest.raises(MetaaugError, match=r"metatrain.distributed = shard needs processes started by torchrun"):
-        metatrain.run(validate(metatrain_params("shard")), single / "prepared", single / "never")
+    with pytest.raises(MetaaugError, match=pattern):
+        stage.run(validate(params()), single / "prepared", single / "never")
     assert not (single / "never").exists()

@@ -44,7 +44,7 @@ def test_members_of_a_population_do_not_interact():
 
 
 def test_populations_are_cut_from_the_job_list_alone():
-    assert populations(18, 9) == [range(0, 9), range(9, 18)]
-    assert [len(r) for r in populations(10, 9)] == [5, 5]
-    assert [len(r) for r in populations(3, 9)] == [3]
-    assert populations(0, 9) == []
+    assert populations(list(range(18)), 9) == [list(range(0, 9)), list(range(9, 18))]
+    assert [len(r) for r in populations(list(range(10)), 9)] == [5, 5]
+    assert [len(r) for r in populations(list(range(3)), 9)] == [3]
+    assert populations([], 9) == []

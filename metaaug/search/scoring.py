@@ -76,7 +76,7 @@ class Scorer:
 
     def map(self, jobs: list[tuple[Policy, int]]) -> list[tuple[float, float]]:
         """(score, seconds) per job, in order (on rank 0: every rank scores its share of the populations)."""
-        groups = [jobs[r.start:r.stop] for r in populations(len(jobs), self.population)]
+        groups = populations(jobs, self.population)
         if self.world.mode == "shard":
             self.world.broadcast(groups)
         done = self.world.collect(self._score(self.world.share(groups)), len(groups))

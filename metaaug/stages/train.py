@@ -65,7 +65,7 @@ def run(params: Params, prepared_dir: Path, out: Path, policy_dir: Path | None =
         jobs = [(arm, i) for arm in cfg.arms for i in range(len(splits))]
         per_population = 1 if world.mode == "ddp" else population_size(cfg.population, channels, size, n_classes,
                                                                        cfg.width, cfg.model)
-        groups = [jobs[r.start:r.stop] for r in populations(len(jobs), per_population)]
+        groups = populations(jobs, per_population)
         n_workers = 1 if world.mode == "ddp" else workers.count(cfg.workers, world.device)
         logged = {"train": cfg.model_dump(), "train.ranks": world.size, "train.device_used": world.device.type,
                   "train.population_size": per_population,
