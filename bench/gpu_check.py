@@ -183,8 +183,9 @@ def shrink(params: dict) -> dict:
     params["tasks"]["splits"] = 2
     params["train"]["epochs"] = 4
     params["train"]["arms"] = ["none", "trivialaugment", "learned"]
-    params["metatrain"].update(candidates=2, race_tasks=1, race_step=1, proxy_epochs=2, query_per_class=20,
-                               budget=3.0)
+    params["metatrain"].update(proxy_epochs=2, query_per_class=20, budget=3.0)
+    params["metatrain"]["race"].update(tasks=1, step=1, confirm_tasks=2)
+    params["metatrain"]["cem"].update(candidates=2, tasks=1, step=1, confirm_tasks=2)
     params["augment"]["copies"] = 2
     return params
 

@@ -116,16 +116,48 @@ class TrainConfig(Section):
         return device
 
 
+class RaceConfig(Section):
+    """The racing engine's settings (metaaug.search.engine), and the `race` method's: every method that races
+    has its own copy in its own section, so changing one never reruns another's searches."""
+
+    # every candidate is raced: scored on `step` more tasks per rung, up to `tasks`, and dropped once clearly
+    # worse than the best reference (one-sided paired t-bound at `confidence`); references still not separated
+    # at the end go to the tie rule (the gentlest)
+    tasks: Annotated[int, Ge(1), Le(10000)] = 18
+    step: Annotated[int, Ge(1), Le(10000)] = 3
+    confidence: Annotated[float, Ge(0.5), Le(0.9999)] = 0.9
+    # a screen, not the acceptance: only an explorer that beats the reference by this many paired standard
+    # errors on the racing tasks goes on to confirmation
+    screen_z: Annotated[float, Ge(0.0), Le(10.0)] = 2.0
+    # an explorer replaces the reference only if it beats it on this many FRESH tasks (never used to choose
+    # it), one-sided paired t test at level confirm_alpha (docs/search.md: the false-acceptance rate)
+    confirm_tasks: Annotated[int, Ge(2), Le(10000)] = 6
+    confirm_alpha: Annotated[float, Ge(0.0001), Le(0.5)] = 0.05
+    # an explorer is dropped as futile when its paired z against the best reference trails the track to
+    # screen_z at `tasks` (screen_z * sqrt(n / tasks)) by more than this; 100 = never
+    futility: Annotated[float, Ge(0.0), Le(100.0)] = 1.5
+    # indifference margin (points of meta-task query accuracy): candidates whose paired one-sided bound puts
+    # them within it of the best are not raced further; the tie rule picks among them (docs/search.md)
+    indifference: Annotated[float, Ge(0.0), Le(100.0)] = 1.0
+
+
+class CemConfig(RaceConfig):
+    """The cross-entropy method's settings: its generations, and the racing engine's for each bracket."""
+
+    candidates: Annotated[int, Ge(2), Le(4096)] = 12  # raced per generation: its mean, anchors, explorers
+    generations: Annotated[int, Ge(1), Le(1000)] = 2
+    elite_fraction: Annotated[float, Ge(0.01), Le(1.0)] = 0.25
+    init_std: Annotated[float, Ge(0.0), Le(10.0)] = 0.6  # random step of explorers beyond the one-move ones
+
+
 class MetatrainConfig(Section):
+    """The search's common settings (what every method uses); each method's own are in its section."""
+
     method: Literal["race", "cem"] = "race"
     # The op space the policy learns in (null: every op in the table); e.g. drop Solarize for medical images.
     ops: Annotated[list[Name], Field(min_length=1), AfterValidator(_distinct)] | None = None
     # fixed baselines whose points in the space the first bracket scores beside TA-Wide ([] for none)
     anchors: Annotated[list[Literal[ANCHORS]], AfterValidator(_distinct)] = list(ANCHORS)
-    candidates: Annotated[int, Ge(2), Le(4096)] = 12  # policies raced per generation: TA-Wide, anchors, explorers
-    generations: Annotated[int, Ge(1), Le(1000)] = 2  # cem only
-    elite_fraction: Annotated[float, Ge(0.01), Le(1.0)] = 0.25  # cem only
-    init_std: Annotated[float, Ge(0.0), Le(10.0)] = 0.6
     proxy_epochs: Annotated[int, Ge(1), Le(100000)] = 100  # learner epochs when scoring a candidate
     proxy_width: Annotated[int, Ge(1), Le(1024)] = 16  # learner width when scoring a candidate
     workers: Annotated[int, Ge(0), Le(1024)] = 0  # scoring processes, one thread each; 0 = one per CPU core
@@ -133,26 +165,19 @@ class MetatrainConfig(Section):
     population: Annotated[int, Ge(0), Le(4096)] = 0
     # under torchrun: share every rung's proxy trainings among the ranks (docs/scaling.md)
     distributed: Literal["none", "shard"] = "none"
-    # a challenger replaces the incumbent policy only if better by this many standard errors (paired)
-    accept_z: Annotated[float, Ge(0.0), Le(10.0)] = 2.0
-    # every candidate is raced: scored on race_step more tasks per rung, up to race_tasks, and dropped once
-    # clearly worse than the best reference (one-sided paired t-bound at race_confidence); candidates still
-    # not separated at the end go to the tie rule (the gentlest)
-    race_tasks: Annotated[int, Ge(1), Le(10000)] = 18
-    race_step: Annotated[int, Ge(1), Le(10000)] = 3
-    race_confidence: Annotated[float, Ge(0.5), Le(0.9999)] = 0.9
-    # an explorer is dropped as futile when its paired z against the best reference trails the track to
-    # accept_z at race_tasks (accept_z * sqrt(tasks / race_tasks)) by more than this; 100 = never
-    futility: Annotated[float, Ge(0.0), Le(100.0)] = 1.5
     # the search's limit, in units of one downstream training (a proxy training's floating-point operations over
-    # one downstream training's: metaaug/search/budget.py); more budget refines the answer, on clear evidence only.
-    # 10 by default: at 3 the references are not always separated on the digits (docs/search.md, the frontier)
+    # one downstream training's: metaaug/search/budget.py); the framework stops a method at it
+    # (docs/search.md: the default, measured on the frontier)
     budget: Annotated[float, Ge(0.01), Le(100000.0)] = 10.0
-    # indifference margin (points of meta-task query accuracy): candidates whose paired one-sided bound puts
-    # them within it of the best are not raced further; the tie rule picks among them (docs/search.md)
-    indifference: Annotated[float, Ge(0.0), Le(100.0)] = 1.0
     ways: Annotated[int, Ge(2), Le(1000)] = 5
     query_per_class: Annotated[int, Ge(1), Le(100000)] = 100
+    race: RaceConfig = RaceConfig()  # method `race`
+    cem: CemConfig = CemConfig()  # method `cem`
+
+    @property
+    def settings(self) -> RaceConfig:
+        """The selected method's own section."""
+        return getattr(self, self.method)
 
     @field_validator("ops")
     @classmethod
@@ -192,6 +217,17 @@ class Params(Section):
     metatrain: MetatrainConfig = MetatrainConfig()
     augment: AugmentConfig = AugmentConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _budget_pays_for_the_method(self) -> "Params":
+        from metaaug.search import minimum_budget  # the search needs torch: imported only when validating
+
+        least = minimum_budget(self)
+        if self.metatrain.budget < least:
+            raise PydanticCustomError("conflict", f"metatrain.budget = {self.metatrain.budget:g} cannot pay for the "
+                                      f"least the {self.metatrain.method} method needs to give an answer; expected "
+                                      f"metatrain.budget >= {least:.2f} (docs/search.md, the budget)")
+        return self
 
 
 def defaults() -> Params:

@@ -20,9 +20,9 @@ def test_a_missing_params_file_is_an_error_not_silently_all_defaults(tmp_path):
 
 def test_partial_file_is_merged_over_defaults(tmp_path):
     path = tmp_path / "params.yaml"
-    path.write_text("train:\n  epochs: 7\n")
+    path.write_text("train:\n  epochs: 70\n")
     params = load_params(path)
-    assert params.train.epochs == 7
+    assert params.train.epochs == 70
     assert params.train.lr == defaults().train.lr
 
 

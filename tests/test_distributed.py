@@ -135,7 +135,7 @@ def test_cuda_training_matches_cpu_within_mixed_precision_tolerance():
 
 def metatrain_params(mode: str) -> dict:
     """A search of several rungs whose populations (2 learners each) spread over both ranks."""
-    params = tiny_params(**{"metatrain.distributed": mode, "metatrain.race_tasks": 6, "metatrain.race_step": 2,
+    params = tiny_params(**{"metatrain.distributed": mode, "metatrain.race.tasks": 6, "metatrain.race.step": 2,
                             "metatrain.population": 2, "metatrain.workers": 1, "metatrain.proxy_epochs": 30,
                             "metatrain.budget": 2000.0})
     params["tracking"]["experiment"] = f"meta-{mode}"

@@ -71,3 +71,21 @@ def task_flops(task, epochs: int, width: int, model: str) -> int:
 def downstream_flops(recipe, channels: int, image_size: int, n_classes: int, support: int) -> int:
     """Operations of one downstream training: the `train` recipe on `support` target images (no query)."""
     return training_flops(channels, image_size, n_classes, recipe.width, recipe.model, support, recipe.epochs)
+
+
+def minimum_budget(params) -> float:
+    """The least `metatrain.budget` the configured method can answer with, estimated from params alone, so that
+    config validation refuses it before any stage (or MLflow store) starts: grey images at `data.image_size`
+    (28 px when unset), a few-shot target of `ways` classes (or `tasks.target_classes`) x `tasks.shots`. The
+    exact check runs again at the search's start on the real images. 0 under `tasks.protocol: full` (its
+    downstream training, on every training image, dwarfs a proxy's)."""
+    from metaaug.search.registry import METHODS
+
+    cfg, train, tasks = params.metatrain, params.train, params.tasks
+    if tasks.protocol == "full":
+        return 0.0
+    size, target = params.data.image_size or 28, len(tasks.target_classes or []) or cfg.ways
+    proxy = training_flops(1, size, cfg.ways, cfg.proxy_width, train.model, cfg.ways * tasks.shots, cfg.proxy_epochs,
+                           cfg.ways * cfg.query_per_class)
+    downstream = training_flops(1, size, target, train.width, train.model, target * tasks.shots, train.epochs)
+    return METHODS[cfg.method].minimum(cfg) * proxy / downstream

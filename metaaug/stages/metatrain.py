@@ -21,7 +21,7 @@ from metaaug import distributed, io, tracking, workers
 from metaaug.config import Params, load_params
 from metaaug.io import output_path, write_json
 from metaaug.errors import MetaaugError
-from metaaug.search import SearchSpace, downstream_flops, meta_train_tasks, search, serve, tasks_needed
+from metaaug.search import METHODS, SearchSpace, downstream_flops, meta_train_tasks, search, serve, tasks_needed
 from metaaug.ops import OP_NAMES
 from metaaug.plots import policy_figure
 from metaaug.policies import Policy, describe, export_albumentations, save_policy, what_it_is
@@ -37,7 +37,8 @@ def checkpoint_path(out: Path, params: Params, prepared_digest: str, device: tor
     """Beside the output (which is replaced atomically), keyed by everything that determines the search: the
     prepared set's digest (as the stage runner verified it), the settings and the kind of device scoring runs
     on (a GPU's bfloat16 scores must not continue a CPU's search)."""
-    search_params = params.metatrain.model_dump(exclude={"workers", "distributed"})  # these never change the search
+    others = set(METHODS) - {params.metatrain.method}  # other methods' sections never change this search
+    search_params = params.metatrain.model_dump(exclude={"workers", "distributed", *others})
     settings = json.dumps({"metatrain": search_params, "train": params.train.model_dump(include=RECIPE),
                            "shots": params.tasks.shots, "seed": params.seed, "device": device.type}, sort_keys=True)
     key = prepared_digest[:12] + "-" + hashlib.sha256(settings.encode()).hexdigest()[:12]
@@ -94,7 +95,7 @@ def search_and_publish(params: Params, prepared_dir: Path, out: Path, timing: Pa
                       "baseline_point": baseline}
         save_policy(policy, tmp / "policy.json", provenance)
         export_albumentations(policy, tmp / "policy_albumentations.json")
-        write_json(tmp / "checkpoint.json", {k: v for k, v in state.__dict__.items() if k != "seconds"})
+        write_json(tmp / "checkpoint.json", {k: v for k, v in state.to_dict().items() if k != "seconds"})
         write_json(tmp / "search.json", {"method": cfg.method, "trainings": state.trainings,
                                          "budget": cfg.budget, "spent": state.spent, "rounds": state.rounds,
                                          "stopped": state.done,
