@@ -364,6 +364,20 @@ def test_explorer_with_a_lucky_small_margin_is_not_accepted():
     assert all(f["status"].startswith("dropped after") for f in explorers if f is not lucky[0])
 
 
+def test_an_explorer_lucky_on_the_tasks_that_chose_it_is_not_confirmed_on_fresh_ones():
+    """The winner's curse, made certain: an explorer 5 points up on every racing task (0-15) and level with the
+    reference on every other task passes the screen, is confirmed against the reference on fresh tasks only
+    (16-21), and is not accepted; the verdict says which rule decided."""
+    task = noise(1, 0.05)
+    table = [lambda t: 0.90 + task(t)] + [lambda t: 0.90 + task(t) + (0.05 if t < 16 else 0) + noise(9, 0.01)(t)]
+    chosen, state, scorer = race(table, n_refs=1, names=["trivialaugment"])
+    assert chosen == 0 and state.finalists[0]["rule"] == "NOT_CONFIRMED"
+    assert state.confirm["tasks"] == list(range(16, 22)) and {t for _, t in scorer.calls} == set(range(22))
+    decision = state.finalists[0]["decision"]
+    assert decision.startswith("trivialaugment's point kept") and "passed the screen on 16 tasks but was not " \
+        "confirmed" in decision and "on 6 fresh tasks, one-sided paired t" in decision, decision
+
+
 def test_explorer_with_clear_evidence_replaces_the_reference():
     task = noise(1, 0.05)
     table = [lambda t: 0.90 + task(t)] + [lambda t, k=k: 0.85 + task(t) + noise(k, 0.01)(t) for k in range(7)] \
