@@ -29,8 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adaptivity import task_params  # noqa: E402  the task builders of the adaptivity benchmark
 
 from metaaug.config import MetatrainConfig, RaceConfig, load_params  # noqa: E402
-from metaaug.search import (METHODS, Budget, Context, Entrant, Race, Scorer, SearchSpace, SearchState,  # noqa: E402
+from metaaug.distributed import World  # noqa: E402
+from metaaug.search import (METHODS, Budget, Context, Entrant, Race, SearchSpace, SearchState,  # noqa: E402
                             anchor_points, explorer_points, meta_train_tasks)
+from metaaug.search import scorer as search_scorer  # noqa: E402
 from metaaug.ops import OP_NAMES  # noqa: E402
 from metaaug.stages import prepare  # noqa: E402
 from metaaug.tasks import load_prepared  # noqa: E402
@@ -75,7 +77,7 @@ def score_table(params, prepared, space, points, seeds: list[int], n_tasks: int,
     scores = []
     for seed in seeds:
         tasks = seed_tasks(params, prepared, n_tasks, seed)
-        with Scorer(tasks, settings, cfg.workers or 1, cfg.population) as scorer:
+        with search_scorer(tasks, cfg, settings, World()) as scorer:  # the stage's workers and populations
             done = scorer.map([(space.policy(p), t) for p in points for t in range(n_tasks)])
         scores.append(np.array([value for value, _ in done]).reshape(len(points), n_tasks))
         print(f"scored seed {seed}: {len(points)} candidates x {n_tasks} tasks", flush=True)

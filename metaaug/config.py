@@ -139,6 +139,11 @@ class RaceConfig(Section):
     # indifference margin (points of meta-task query accuracy): candidates whose paired one-sided bound puts
     # them within it of the best are not raced further; the tie rule picks among them (docs/search.md)
     indifference: Annotated[float, Ge(0.0), Le(100.0)] = 1.0
+    # the screen before the race (metaaug/search/screen.py): clean learners on `screen_tasks` tasks (they are
+    # `none`'s first scores) read query images augmented by each op group alone; a group keeps the largest
+    # magnitude cap at which they keep this share of their accuracy above chance, else it is off. 0: no screen
+    screen_keep: Annotated[float, Ge(0.0), Le(1.0)] = 0.8
+    screen_tasks: Annotated[int, Ge(1), Le(10000)] = 3
 
 
 class CemConfig(RaceConfig):

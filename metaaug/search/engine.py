@@ -73,15 +73,15 @@ class Race:
         self.ctx, self.cfg = ctx, ctx.settings
         self.state = ctx.state
 
-    def bracket(self, entrants: list[Entrant], task_ids: list[int], carried: list[float] | None = None,
+    def bracket(self, entrants: list[Entrant], task_ids: list[int], carried: dict[int, list[float]] | None = None,
                 alpha: float | None = None) -> Verdict:
-        """Race `entrants` (references first) on `task_ids`; `carried`: the first reference's scores already
-        paid for. An explorer replaces the chosen reference only when confirmed at level `alpha`
-        (default confirm_alpha) on fresh tasks. Fills `state.finalists`; returns the verdict."""
+        """Race `entrants` (references first) on `task_ids`; `carried`: scores already paid for, by entrant.
+        An explorer replaces the chosen reference only when confirmed at level `alpha` (default confirm_alpha)
+        on fresh tasks. Fills `state.finalists`; returns the verdict."""
         state, cfg = self.state, self.cfg
         if not state.candidates:
             state.candidates = [list(map(float, e.theta)) for e in entrants]
-            state.scores = [list(carried or [])] + [[] for _ in entrants[1:]]
+            state.scores = [list((carried or {}).get(i, [])) for i in range(len(entrants))]
         refs = [i for i, e in enumerate(entrants) if e.reference]
         explorers = [i for i, e in enumerate(entrants) if not e.reference]
         cap = min(cfg.tasks, len(task_ids))

@@ -57,10 +57,24 @@ class Context:
             raise BudgetSpent(f"a batch of {len(jobs)} proxy trainings asked for with "
                               f"{self.budget.left(state.trainings)} left")
         results = self.scorer.map([(self.space.policy(np.asarray(theta, float)), t) for theta, t in jobs])
-        state.trainings += len(jobs)
-        state.seconds += sum(seconds for _, seconds in results)
-        state.spent = self.budget.spent(state.trainings)
+        self.pay(len(jobs), sum(seconds for _, seconds in results))
         return [value for value, _ in results]
+
+    def probe(self, theta: np.ndarray, task_ids: list[int], probes: list) -> list[tuple[float, list[float]]]:
+        """`score` of `theta` on these tasks, with each learner's accuracy on its query images augmented by each
+        probe policy (the screen's evidence); paid like `score`."""
+        if len(task_ids) > self.budget.left(self.state.trainings):
+            raise BudgetSpent(f"a screen of {len(task_ids)} proxy trainings asked for with "
+                              f"{self.budget.left(self.state.trainings)} left")
+        results = self.scorer.probe([(self.space.policy(np.asarray(theta, float)), t) for t in task_ids], probes)
+        self.pay(len(task_ids), sum(seconds for _, seconds, _ in results))
+        return [(value, probed) for value, _, probed in results]
+
+    def pay(self, trainings: int, seconds: float) -> None:
+        state = self.state
+        state.trainings += trainings
+        state.seconds += seconds
+        state.spent = self.budget.spent(state.trainings)
 
 
 @dataclass(frozen=True)
