@@ -7,7 +7,8 @@
 2. The null: every candidate has the same mean. A candidate's score on task t is the task's effect (drawn from the
    measured ones) plus a residual drawn from the measured pool (their tails kept: no normal assumption).
 3. The real `race` method (METHODS["race"], params.yaml's `metatrain.race` settings, each budget in units of one
-   downstream training at a proxy training's real cost) runs `--searches` times per budget on that scorer.
+   downstream training at a proxy training's real cost) runs `--searches` times per budget on that scorer. The
+   screen is off here: it decides which points are raced, not how; under the null every point is equal anyway.
 
 A search accepts falsely when any of its rounds replaced its reference by an explorer. Printed per budget: that
 rate with its 95 % Wilson interval, the share of searches whose best explorer passed the screen (`screen_z` on the
@@ -81,7 +82,8 @@ def wilson(k: int, n: int) -> tuple[float, float]:
 
 def simulate(params, space, tasks, effects, residuals, budget: float, per_training: float, searches: int) -> dict:
     """Null searches of the race method at `budget`: how many accepted an explorer, how many screened one."""
-    cfg = params.metatrain.model_copy(update={"method": "race", "budget": budget})
+    race = params.metatrain.race.model_copy(update={"screen_keep": 0.0})  # under the null the screen only
+    cfg = params.metatrain.model_copy(update={"method": "race", "budget": budget, "race": race})  # renames points
     false, screened, trainings = 0, 0, []
     for r in range(searches):
         state = SearchState("race", own=METHODS["race"].state())

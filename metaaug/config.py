@@ -142,7 +142,7 @@ class RaceConfig(Section):
     # the screen before the race (metaaug/search/screen.py): clean learners on `screen_tasks` tasks (they are
     # `none`'s first scores) read query images augmented by each op group alone; a group keeps the largest
     # magnitude cap at which they keep this share of their accuracy above chance, else it is off. 0: no screen
-    screen_keep: Annotated[float, Ge(0.0), Le(1.0)] = 0.8
+    screen_keep: Annotated[float, Ge(0.0), Le(1.0)] = 0.6
     screen_tasks: Annotated[int, Ge(1), Le(10000)] = 3
 
 
@@ -173,7 +173,7 @@ class MetatrainConfig(Section):
     # the search's limit, in units of one downstream training (a proxy training's floating-point operations over
     # one downstream training's: metaaug/search/budget.py); the framework stops a method at it
     # (docs/search.md: the default, measured on the frontier)
-    budget: Annotated[float, Ge(0.01), Le(100000.0)] = 10.0
+    budget: Annotated[float, Ge(0.01), Le(100000.0)] = 3.0
     ways: Annotated[int, Ge(2), Le(1000)] = 5
     query_per_class: Annotated[int, Ge(1), Le(100000)] = 100
     race: RaceConfig = RaceConfig()  # method `race`

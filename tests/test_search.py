@@ -97,3 +97,23 @@ def test_meta_train_tasks_are_built_only_when_used():
     assert list(tasks.built) == [3]
     with pytest.raises(MetaaugError, match="meta-train class 5 has 2 images; expected more than tasks.shots = 2"):
         sample_tasks(images[:52], labels[:52], shots=2, ways=3, query_per_class=3, n_tasks=5, seed=4)
+
+
+def test_the_screen_caps_or_switches_off_what_destroys_the_class_signal():
+    """Shares measured as the screen measures them: a group that keeps < screen_keep at every cap goes off, one
+    that keeps it from cap 1/2 on is capped there; every point the race offers is screened the same way, and a
+    group without mass keeps its cap (a move that gives it mass is screened again)."""
+    from metaaug.search import screen as screening
+
+    space = SearchSpace(OP_NAMES, channels=1)
+    probes = screening.probes(space)
+    wanted = {"geometric": [0.4, 0.7, 0.9, 1.0], "histogram": [0.45, 0.5, 0.5, 0.5]}
+    accuracy = [0.2 + 0.6 * wanted.get(group, [1.0] * 4)[screening.LEVELS.index(cap)] for group, cap, _ in probes]
+    screen = screening.judge(space, [(0.8, accuracy)] * 3, n_classes=5, keep=0.6, task_ids=[0, 1, 2])
+    assert screen.limits == {"geometric": 0.5, "scale": 1.0, "colour": 1.0, "histogram": 0.0, "cutout": 1.0}
+    ta = space.initial()
+    screened = screening.apply(space, ta, screen)
+    assert screening.changes(space, ta, screened) == "histogram off, geometric ≤ 0.5"
+    assert space.caps(screened)[list(space.groups).index("cutout")] == 1.0  # no mass: left for a move to screen
+    only_histogram = space.project(dataclasses.replace(fixed_policy("none"), ops=("Equalize",)))
+    assert screening.apply(space, only_histogram, screen) is None

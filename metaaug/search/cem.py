@@ -8,15 +8,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from metaaug.search.engine import Entrant, Race
-from metaaug.search.race import next_generation
+from metaaug.search import screen as screening
+from metaaug.search.race import next_generation, run_screen
 from metaaug.search.registry import Context, register
-from metaaug.search.space import anchor_points, explorer_points
+from metaaug.search.space import anchor_points, explorer_points, policy_key
 
 
 @dataclass
 class CemState:
-    """CEM's own state: the sampling distribution (mean and spread per coordinate)."""
+    """CEM's own state: the screen's outcome and the sampling distribution (mean and spread per coordinate)."""
 
+    screen: dict | None = None
     mean: list[float] | None = None
     std: list[float] | None = None
 
@@ -49,6 +51,7 @@ def bracket(ctx: Context) -> None:
     its mean, the initialisation and random-step explorers.
     """
     space, cfg, state = ctx.space, ctx.settings, ctx.state
+    screen = run_screen(ctx)  # every candidate screened as the race's are (its clean learners are extra here)
     rng = np.random.default_rng([ctx.seed, state.generation])
     mean, std = np.array(state.own.mean), np.array(state.own.std)
     first = state.generation == 0
@@ -60,6 +63,9 @@ def bracket(ctx: Context) -> None:
     entrants += [Entrant(point, f"explorer: {label}", False) for label, point in explorer_points(
         mean, std, cfg.candidates - len(entrants), space, rng, moves_first=first,
         origin="TA-Wide" if first else "CEM mean")]
+    entrants = [Entrant(point, e.label, e.reference,
+                        e.baseline if policy_key(space, point) == policy_key(space, e.theta) else None)
+                for e in entrants if (point := screening.apply(space, e.theta, screen)) is not None]
     start = state.generation * cfg.tasks
     verdict = Race(ctx).bracket(entrants, list(range(start, start + cfg.tasks)),
                                 alpha=cfg.confirm_alpha / cfg.generations)

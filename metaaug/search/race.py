@@ -53,9 +53,9 @@ def references(ctx: Context) -> tuple[list[Entrant], dict[int, list[float]]]:
         if key is None or key in seen:
             continue
         seen[key] = name
-        entrants.append(Entrant(kept, f"{name}'s point" + (f", screened ({screen.describe()})"
-                                                            if changed(ctx, point, screen) else ""),
-                                True, None if changed(ctx, point, screen) else name))
+        what = screening.changes(ctx.space, point, kept) if changed(ctx, point, screen) else ""
+        entrants.append(Entrant(kept, f"{name}'s point" + (f", screened ({what})" if what else ""), True,
+                                None if what else name))
     order = [n for n, _ in named]
     entrants.sort(key=lambda e: order.index(seen[policy_key(ctx.space, e.theta)]))
     clean = ctx.space.project(fixed_policy("none", image_channels=ctx.space.channels))

@@ -78,15 +78,23 @@ def apply(space: SearchSpace, theta: np.ndarray, screen: Screen | None) -> np.nd
         return np.asarray(theta, float)
     point = np.asarray(theta, float)
     names = list(space.groups)
-    caps = space.caps(point).copy()
-    for g, name in enumerate(names):
-        limit = screen.limits.get(name)
-        if limit:
-            caps[g] = min(caps[g], limit)
-    point = space.set_caps(point, caps)
     for g, name in enumerate(names):
         if screen.limits.get(name) == 0 and space.masses(point)[g] > 0:
             if (space.masses(point) > 0).sum() == 1:
                 return None
             point = space.without(point, g)
-    return point
+    mass, caps = space.masses(point), space.caps(point).copy()
+    for g, name in enumerate(names):  # groups without mass keep their cap: a move that gives them mass is
+        limit = screen.limits.get(name)  # screened again
+        if limit and mass[g] > 0:
+            caps[g] = min(caps[g], limit)
+    return space.set_caps(point, caps)
+
+
+def changes(space: SearchSpace, before: np.ndarray, after: np.ndarray) -> str:
+    """What screening did to a point, in words: the groups it switched off and the caps it lowered."""
+    was, now = space.masses(before), space.masses(after)
+    caps_before, caps_after = space.caps(before), space.caps(after)
+    words = [f"{g} off" for g, a, b in zip(space.groups, was, now) if a > 0 and b == 0]
+    words += [f"{g} ≤ {c:g}" for g, m, c, old in zip(space.groups, now, caps_after, caps_before) if m > 0 and c < old]
+    return ", ".join(words)
