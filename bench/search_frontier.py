@@ -156,8 +156,12 @@ def main() -> None:
         work = args.keep or Path(d)
         work.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{(work / 'mlflow.db').resolve()}")
-        rows = [row for name in args.task.split(",")
-                for row in run_task(name, base, budgets, list(range(args.seeds)), args.splits, work / name)]
+        rows = []
+        for name in args.task.split(","):  # each task's rows as soon as they are measured (a long run can stop)
+            rows += run_task(name, base, budgets, list(range(args.seeds)), args.splits, work / name)
+            print("\n" + table([r for r in rows if r["task"] == name]), flush=True)
+            if args.json:
+                args.json.write_text(json.dumps(rows, indent=1))
     print("\n" + table(rows))
     print("\n" + "\n".join(monotone(rows)))
     if args.json:

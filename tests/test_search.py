@@ -61,7 +61,8 @@ def test_one_op_group_gives_finite_moves_and_policies():
     assert not any("of the mass" in label for label in labels) and labels
     for _, point in moves(space, space.initial()):
         policy = space.policy(point)
-        assert np.isfinite(point).all() and np.isfinite(policy.weights).all() and sum(policy.weights) == pytest.approx(1.0)
+        assert np.isfinite(point).all() and np.isfinite(policy.weights).all()
+        assert sum(policy.weights) == pytest.approx(1.0)
 
 
 def test_a_budget_too_small_for_the_method_is_refused_when_params_are_validated():

@@ -138,7 +138,8 @@ class Race:
         (the tie rule may keep it); an explorer also when it cannot beat the best reference by the margin, or
         when it is futile (bench/race_rules.py)."""
         cfg, scores = self.cfg, self.state.scores
-        best_ref, leader = (max(group, key=lambda i: (np.mean(scores[i][:n]), -i)) for group in (refs, refs + explorers))
+        best_ref, leader = (max(group, key=lambda i: (np.mean(scores[i][:n]), -i))
+                            for group in (refs, refs + explorers))
         delta = cfg.indifference / 100
         for group in (refs, explorers):
             for i in [i for i in group if i != best_ref]:
@@ -237,7 +238,8 @@ class Race:
         if p < alpha:
             return verdict(contender, Rule.CONFIRMED, f"explorer accepted: {entrants[contender].label} passed the "
                            f"screen on {n} tasks and was confirmed against {ref_name} on {cfg.confirm_tasks} fresh "
-                           f"tasks that played no part in choosing it ({test} < {alpha:g}); {sentence}", cfg.confirm_tasks)
+                           f"tasks that played no part in choosing it ({test} < {alpha:g}); {sentence}",
+                           cfg.confirm_tasks)
         return verdict(reference, Rule.NOT_CONFIRMED, f"{ref_name} kept ({sentence}): {entrants[contender].label} "
                        f"passed the screen on {n} tasks but was not confirmed ({test}, not below {alpha:g})")
 
@@ -270,12 +272,14 @@ class Race:
         change = {i: image_change(space.policy(np.array(self.state.candidates[i])), images) for i in candidates}
         return min(candidates, key=lambda i: (round(change[i], 6), i)), change
 
-    def finalists(self, entrants: list[Entrant], verdict: Verdict, dropped: dict[int, tuple[int, Dropped]]) -> list[dict]:
+    def finalists(self, entrants: list[Entrant], verdict: Verdict,
+                  dropped: dict[int, tuple[int, Dropped]]) -> list[dict]:
         """The evidence: every candidate scored, its paired difference to the chosen one (95 % t-interval,
         points) on the tasks both were scored on, and its status; the chosen one carries the decision."""
         state, chosen, space = self.state, verdict.chosen, self.ctx.space
+        n_chosen = len(state.scores[chosen])
         others = sorted((i for i in range(len(entrants)) if i != chosen and state.scores[i]),
-                        key=lambda i: (not entrants[i].reference, -np.mean(state.scores[i][:len(state.scores[chosen])])))
+                        key=lambda i: (not entrants[i].reference, -np.mean(state.scores[i][:n_chosen])))
         out = []
         for i in [chosen] + others:
             n = min(len(state.scores[i]), len(state.scores[chosen]))
