@@ -205,7 +205,7 @@ class Race:
         scores, cfg = self.state.scores, self.cfg
         ref_name = entrants[reference].label
         raced = sum(not e.reference for e in entrants)
-        verdict = lambda chosen, why, text, on=0: Verdict(chosen, rule, why, n, on, f"{text}")  # noqa: E731
+        verdict = lambda chosen, why, text, on=0: Verdict(chosen, rule, why, n, on, text)  # noqa: E731
         if not raced:
             return verdict(reference, Rule.NO_EXPLORER, f"{ref_name} kept: {sentence}")
         if not explorers:
@@ -256,7 +256,7 @@ class Race:
             state.confirm_used += k
         c = state.confirm
         jobs = [(who, t) for who, mine in zip((reference, contender), c["scores"]) for t in c["tasks"][len(mine):]]
-        values = self.ctx.score([(np.array(state.candidates[i]), t) for i, t in jobs])
+        values = self.ctx.score([(np.array(state.candidates[i]), t) for i, t in jobs]) if jobs else []
         for (who, _), value in zip(jobs, values):
             c["scores"][0 if who == reference else 1].append(value)
         self.ctx.checkpoint()
