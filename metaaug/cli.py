@@ -51,7 +51,7 @@ def results_cmd(evaluation: Path = typer.Option(Path("reports/evaluation.json"),
                                                 help="The evaluate stage's full comparison."),
                 timings: Path = typer.Option(Path("timings"), help="The stages' wall times (timings/*.json).")):
     """Print the verdict and the results tables (markdown) from the latest evaluate output, and the search cost."""
-    from metaaug.io import read_json
+    from metaaug.files import read_json
     from metaaug.report import results_markdown
     from metaaug.timing import search_cost
 

@@ -173,7 +173,7 @@ class AugmentConfig(Section):
 class TrackingConfig(Section):
     experiment: Annotated[str, Field(min_length=1)] = "metaaug"
     # The MLflow registered model metatrain registers each policy under (null: `<experiment>-policy`);
-    # alias `current` moves to its newest version (metaaug/tracking.py, register_policy).
+    # alias `current` moves to its newest version (metaaug/registry.py, register_policy).
     policy_model: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[\w.\-]+$")] | None = None
 
     @property

@@ -27,7 +27,7 @@ import metaaug  # noqa: F401  (sets NO_ALBUMENTATIONS_UPDATE before albumentatio
 import albumentations as A
 
 from metaaug.errors import MetaaugError
-from metaaug.io import atomic_file
+from metaaug.publish import atomic_file
 from metaaug.ops import OP_NAMES, OP_TABLE_VERSION, OPS, apply_ops
 
 POLICY_FORMAT_VERSION = 1

@@ -1,11 +1,11 @@
 """The learned policy as an MLflow pyfunc model: a batch of images in, the same batch augmented out.
 
-MLflow's "models from code": metaaug/tracking.py (register_policy) logs this file by path, MLflow
+MLflow's "models from code": metaaug/registry.py (register_policy) logs this file by path, MLflow
 copies it into the model, and loading the model (`mlflow.pyfunc.load_model("models:/<name>@current")`)
 runs it, so no pickled metaaug object is stored in the registry; what the model needs is metaaug
 itself (its `requirements.txt` names it) and the artifacts beside it (`policy.json`, the Albumentations
 export, the search evidence). No metaaug module imports this one (tests/test_structure.py checks it):
-with tracking.py it is the only code that touches MLflow.
+with the MLflow modules (store, tracking, datasets, registry) it is the only code that touches MLflow.
 
 Input: uint8 images, (N, H, W, C) with C 1 or 3 (numpy's and Albumentations' layout). Output: the same
 shape and dtype, each image augmented with its own draw of ops and magnitudes (metaaug.augment_batch).

@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from metaaug.arms import arm_augmenter  # noqa: E402
-from metaaug.io import write_json  # noqa: E402
+from metaaug.publish import write_json  # noqa: E402
 from metaaug.plots import policy_figure, show_image  # noqa: E402
 from metaaug.policies import BASELINE_TITLES, load_policy, what_it_is  # noqa: E402
 from metaaug.stats import BOOTSTRAP_FROM, best_fixed  # noqa: E402

@@ -25,7 +25,9 @@ from metaaug.config import DataConfig, TasksConfig
 from metaaug.data import Dataset, load_source
 from metaaug.data.sources import same_source
 from metaaug.errors import MetaaugError
-from metaaug.io import MARKER, load_array, read_json, read_marker, save_arrays, verify_input, write_json
+from metaaug.files import load_array, read_json
+from metaaug.ownership import MARKER, read_marker, verify_input
+from metaaug.publish import save_arrays, write_json
 
 ARRAYS = ("meta_images", "meta_labels", "meta_is_val", "target_images", "target_labels")
 
@@ -40,10 +42,6 @@ class Prepared:
     target_images: np.ndarray
     target_labels: np.ndarray
     manifest: dict
-
-    def split(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Indices into the target arrays: (support of split i, the shared test set)."""
-        return np.asarray(self.manifest["splits"][i]["support"]), np.asarray(self.manifest["test"])
 
 
 def subset(ds: Dataset, class_names: list[str]) -> tuple[np.ndarray, np.ndarray]:

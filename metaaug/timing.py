@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from metaaug.io import read_json
+from metaaug.files import read_json
 
 
 def machine_description(device: torch.device | str | None = None) -> str:

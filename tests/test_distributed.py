@@ -15,7 +15,7 @@ import yaml
 
 from conftest import REPO, tiny_params
 from metaaug.errors import MetaaugError
-from metaaug.io import read_json
+from metaaug.files import read_json
 from metaaug.config import validate
 from metaaug.stages import metatrain, train
 from metaaug.tasks import prepare

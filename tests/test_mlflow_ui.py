@@ -48,7 +48,7 @@ def test_experiment_page_lists_the_stage_runs(served_pipeline, tmp_path):  # noq
                   tmp_path / "profile")
     assert "Run Name" in text and f"{len(everything)} matching runs" in text, text[:2000]
     assert set(re.findall(r"\b(" + "|".join(STAGES) + r")\b", text)) == set(STAGES), text[:2000]
-    # the Dataset column: what each run read or wrote, under the md5 dvc.lock records (tracking.log_datasets)
+    # the Dataset column: what each run read or wrote, under the md5 dvc.lock records (datasets.log_datasets)
     lock = yaml.safe_load((served_pipeline.project / "dvc.lock").read_text())["stages"]["prepare"]["outs"][0]
     assert f"data/prepared ({lock['md5'][:12]}" in text, text[:2000]
 

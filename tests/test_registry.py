@@ -3,7 +3,7 @@
 * metatrain registers each policy as a version of a named pyfunc model (artifacts, signature, description)
   and moves alias `current` to it; `metaaug.load_policy("models:/...")` and `mlflow.pyfunc.load_model`
   load it; evaluate's verdict goes into the description of the version it judged;
-* the digest a stage logs for a dataset is the md5 DVC records (tracking.dvc_md5 = dvc-data's hash;
+* the digest a stage logs for a dataset is the md5 DVC records (datasets.dvc_md5 = dvc-data's hash;
   tests/test_pipeline_dvc.py compares it with a real dvc.lock);
 * the core API imports neither MLflow nor DVC, and a `models:/` URI without MLflow is one line.
 """
@@ -19,7 +19,7 @@ import torch
 
 import metaaug
 from conftest import REPO, tiny_config
-from metaaug import tracking
+from metaaug import datasets, registry
 from metaaug.errors import MetaaugError
 from metaaug.policies import describe, read_policy
 from metaaug.stages import metatrain, prepare
@@ -37,9 +37,9 @@ def test_dvc_md5_is_dvc_datas_directory_hash(tmp_path):
     (data / "b.txt").write_text("b")
     fs = LocalFileSystem()
     _, _, tree = build(HashFileDB(fs, str(tmp_path / "cache")), str(data), fs, "md5", dry_run=True)
-    assert tracking.dvc_md5(data) == tree.hash_info.value and tree.hash_info.value.endswith(".dir")
+    assert datasets.dvc_md5(data) == tree.hash_info.value and tree.hash_info.value.endswith(".dir")
     _, _, one = build(HashFileDB(fs, str(tmp_path / "cache")), str(data / "b.txt"), fs, "md5", dry_run=True)
-    assert tracking.dvc_md5(data / "b.txt") == one.hash_info.value
+    assert datasets.dvc_md5(data / "b.txt") == one.hash_info.value
 
 
 @pytest.fixture
@@ -62,15 +62,15 @@ def test_metatrain_registers_each_policy_and_moves_the_alias(registered):
     latest = versions[2]
     first_line = describe(policy, provenance["baseline_point"])[0]
     assert latest.description.startswith(first_line[0].upper() + first_line[1:])
-    assert latest.description.endswith(tracking.NOT_EVALUATED)
-    assert latest.tags["dvc.md5"] == tracking.dvc_md5(registered / "policy")
+    assert latest.description.endswith(registry.NOT_EVALUATED)
+    assert latest.tags["dvc.md5"] == datasets.dvc_md5(registered / "policy")
     run = client.get_run(latest.run_id)
     assert run.data.tags["metaaug.stage"] == "metatrain" and latest.tags["metaaug.run"] == latest.run_id
     # the run's datasets: what it read and wrote, under DVC's digests
     logged = {(d.dataset.name, {t.key: t.value for t in d.tags}["mlflow.data.context"]): d.dataset.digest
               for d in run.inputs.dataset_inputs}
-    assert logged == {("prepared", "input"): tracking.dvc_md5(registered / "prepared"),
-                      ("policy", "output"): tracking.dvc_md5(registered / "policy")}
+    assert logged == {("prepared", "input"): datasets.dvc_md5(registered / "prepared"),
+                      ("policy", "output"): datasets.dvc_md5(registered / "policy")}
     info = mlflow.models.get_model_info("models:/digits-policy@current")
     assert info.signature.inputs.to_dict() == [{"type": "tensor", "tensor-spec": {"dtype": "uint8",
                                                                                   "shape": (-1, -1, -1, -1)}}]
@@ -90,12 +90,12 @@ def test_metatrain_registers_each_policy_and_moves_the_alias(registered):
 
     # evaluate's verdict replaces the placeholder, and a later verdict replaces it again
     for verdict in ("**Verdict:** first.", "**Verdict:** second."):
-        assert tracking.describe_policy_verdict("digits-policy", latest.run_id, verdict) == ["2"]
-    assert tracking.describe_policy_verdict("digits-policy", "unknown", "**Verdict:** none.") == []
-    assert tracking.describe_policy_verdict("no-such-model", latest.run_id, "**Verdict:** none.") == []
+        assert registry.describe_policy_verdict("digits-policy", latest.run_id, verdict) == ["2"]
+    assert registry.describe_policy_verdict("digits-policy", "unknown", "**Verdict:** none.") == []
+    assert registry.describe_policy_verdict("no-such-model", latest.run_id, "**Verdict:** none.") == []
     described = client.get_model_version("digits-policy", "2").description
-    assert described.endswith(tracking.VERDICT_HEADING + "**Verdict:** second.") and "first" not in described
-    assert client.get_model_version("digits-policy", "1").description.endswith(tracking.NOT_EVALUATED)
+    assert described.endswith(registry.VERDICT_HEADING + "**Verdict:** second.") and "first" not in described
+    assert client.get_model_version("digits-policy", "1").description.endswith(registry.NOT_EVALUATED)
 
 
 def test_an_unknown_registered_policy_is_one_line():
@@ -119,7 +119,8 @@ def test_the_api_imports_neither_mlflow_nor_dvc():
         policy = fixed_policy("trivialaugment")
         metaaug.PolicyTransform(policy, seed=0)(torch.zeros(1, 8, 8, dtype=torch.uint8))
         metaaug.albumentations_pipeline(policy), metaaug.load_policy, metaaug.learn_policy
-        heavy = ("mlflow", "dvc", "dvc_data", "typer", "matplotlib", "sklearn", "metaaug.tracking")
+        heavy = ("mlflow", "dvc", "dvc_data", "typer", "matplotlib", "sklearn", "metaaug.tracking",
+                 "metaaug.store", "metaaug.runner", "metaaug.registry", "metaaug.datasets")
         print(sorted(m for m in sys.modules if m.split(".")[0] in heavy or m in heavy))
     """)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr

@@ -10,7 +10,7 @@ from PIL import Image
 
 from conftest import tiny_config
 from metaaug.errors import MetaaugError
-from metaaug.io import read_json
+from metaaug.files import read_json
 from metaaug.stages import augment, evaluate, metatrain, prepare, train
 
 

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from metaaug.errors import MetaaugError
-from metaaug.io import read_json, write_json
+from metaaug.files import read_json
+from metaaug.publish import write_json
 
 
 @dataclass

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 import typer
 
-from metaaug import io, tracking
+from metaaug import datasets, ownership, registry, runner, tracking
 from metaaug.config import Params, load_params
 from metaaug.errors import MetaaugError
-from metaaug.io import read_json
+from metaaug.files import read_json
 from metaaug.models import build_model
 from metaaug.plots import write_dvc_plots
 from metaaug.policies import read_policy
@@ -65,7 +65,7 @@ def run(params: Params, prepared_dir: Path, downstream_dir: Path, metrics_path: 
     upstream = {"prepare": prepared_dir, "train": downstream_dir}
     if policy_dir is not None and (Path(policy_dir) / "search.json").exists():
         upstream["metatrain"] = policy_dir
-    io.verify_inputs(upstream)  # before anything is read (stage_run reuses the digests)
+    ownership.verify_inputs(upstream)  # before anything is read (stage_run reuses the digests)
     prepared = load_prepared(prepared_dir)
     set_threads(prepared.target_images.shape[1])
     results = read_json(downstream_dir / "results.json")
@@ -76,7 +76,7 @@ def run(params: Params, prepared_dir: Path, downstream_dir: Path, metrics_path: 
         search = read_json(policy_dir / "search.json")
         baseline = read_policy(policy_dir / "policy.json")[1].get("baseline_point")
     outputs = [(reports_dir, "evaluate.reports"), (plots_dir, "evaluate.plots")]
-    with tracking.stage_run("evaluate", {"evaluate.arms": arms}, params.tracking.experiment, upstream,
+    with runner.stage_run("evaluate", {"evaluate.arms": arms}, params.tracking.experiment, upstream,
                             outputs=outputs, files={metrics_path: "evaluate.metrics"}) as stage:
         run_ = stage.run
         tracking.name_run("evaluate", pipeline_facts(prepared.manifest))
@@ -98,8 +98,8 @@ def run(params: Params, prepared_dir: Path, downstream_dir: Path, metrics_path: 
         tracking.log_split_accuracies(run_.data.tags.get("upstream.train", "unknown"),
                                       {(arm, i): 100 * a for arm, accs in accuracy.items() for i, a in enumerate(accs)})
         tracking.describe_evaluate_run(run_, summary)
-        stage.after_publish(lambda: tracking.log_datasets("evaluate", upstream, [metrics_path, plots_dir, reports_dir]))
-        tracking.describe_policy_verdict(params.tracking.policy_model_name, run_.data.tags.get("upstream.metatrain",
+        stage.after_publish(lambda: datasets.log_datasets("evaluate", upstream, [metrics_path, plots_dir, reports_dir]))
+        registry.describe_policy_verdict(params.tracking.policy_model_name, run_.data.tags.get("upstream.metatrain",
                                                                                               "unknown"), summary)
         for arm, s in metrics["arms"].items():
             print(f"evaluate: {arm:15s} {s['mean']:.2f} ± {s['std']:.2f} (n={s['n']})")

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 import typer
 
-from metaaug import distributed, io, tracking, workers
+from metaaug import datasets, distributed, ownership, registry, runner, tracking, workers
 from metaaug.config import Params, load_params
-from metaaug.io import output_path, write_json
+from metaaug.files import output_path
+from metaaug.publish import write_json
 from metaaug.errors import MetaaugError
 from metaaug.search import SearchSpace, downstream_flops, meta_train_tasks, search, serve, tasks_needed
 from metaaug.ops import OP_NAMES
@@ -59,9 +60,9 @@ def run(params: Params, prepared_dir: Path, out: Path, timing: Path | None = Non
 
 
 def same_input_everywhere(world: distributed.World, prepared_dir: Path) -> None:
-    """Every rank checks its data/prepared by content (io.verify_inputs) and against rank 0's digest: on several
+    """Every rank checks its data/prepared by content (ownership.verify_inputs) and against rank 0's digest: on several
     machines each reads its own copy, and a rank scoring other tasks would corrupt the search silently."""
-    mine = io.verify_inputs({"prepare": prepared_dir})["prepare"]
+    mine = ownership.verify_inputs({"prepare": prepared_dir})["prepare"]
     ours = world.broadcast(mine if world.is_main else None)
     if mine != ours:
         raise MetaaugError(f"rank {world.rank}: {prepared_dir} (md5 {mine[:12]}) differs from rank 0's (md5 "
@@ -77,7 +78,7 @@ def search_and_publish(params: Params, prepared_dir: Path, out: Path, timing: Pa
     space = SearchSpace(tuple(cfg.ops or OP_NAMES), channels=prepared.meta_images.shape[-1])
     logged = {"metatrain": cfg.model_dump(), "metatrain.ranks": world.size, "metatrain.device_used": world.device.type,
               "seed": params.seed, "tasks.shots": params.tasks.shots}
-    with tracking.stage_run("metatrain", logged, params.tracking.experiment, {"prepare": prepared_dir},
+    with runner.stage_run("metatrain", logged, params.tracking.experiment, {"prepare": prepared_dir},
                             output=out, files={timing: TIMING_KIND}) as stage:
         tracking.name_run("metatrain", pipeline_facts(prepared.manifest))
         start = time.perf_counter()
@@ -112,8 +113,8 @@ def search_and_publish(params: Params, prepared_dir: Path, out: Path, timing: Pa
         tracking.log_artifacts(tmp, "policy")
         name = params.tracking.policy_model_name
         registered = {}
-        stage.after_publish(lambda: tracking.log_datasets("metatrain", {"prepare": prepared_dir}, [out]))
-        stage.after_publish(lambda: registered.update(version=tracking.register_policy(
+        stage.after_publish(lambda: datasets.log_datasets("metatrain", {"prepare": prepared_dir}, [out]))
+        stage.after_publish(lambda: registered.update(version=registry.register_policy(
             out, name, policy_description(policy, baseline, provenance))))
         print(f"metatrain: {cfg.method}, {state.trainings} proxy trainings in {seconds:.1f} s; spent {state.spent:.2f} "
               f"of a budget of {cfg.budget:g} downstream trainings (counted in operations)")
@@ -128,7 +129,7 @@ def search_and_publish(params: Params, prepared_dir: Path, out: Path, timing: Pa
             print(f"metatrain:   {line}")
     ckpt.unlink(missing_ok=True)  # the search is published: nothing left to resume
     print(f"metatrain: chosen policy -> {out / 'policy.json'}; registered as models:/{name}/{registered['version']} "
-          f"(models:/{name}@{tracking.POLICY_ALIAS})")
+          f"(models:/{name}@{registry.POLICY_ALIAS})")
 
 
 def one_downstream_training(prepared, params: Params) -> int:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from metaaug import tracking
+from metaaug import datasets, runner, tracking
 from metaaug.config import Params, load_params
 from metaaug.data.sources import check_source
 from metaaug.plots import class_grid
@@ -18,7 +18,7 @@ def run(params: Params, out: Path) -> None:
     logged = {"seed": params.seed, "data": params.data.model_dump(), "tasks": params.tasks.model_dump()}
     for source in (params.data.source, params.tasks.target_source):  # in a second, before any MLflow store
         check_source(source)
-    with tracking.stage_run("prepare", logged, params.tracking.experiment, output=out) as stage:
+    with runner.stage_run("prepare", logged, params.tracking.experiment, output=out) as stage:
         tmp = stage.output(out)
         manifest = prepare(params.data, params.tasks, params.seed, tmp)
         tracking.name_run("prepare", pipeline_facts(manifest))
@@ -34,7 +34,7 @@ def run(params: Params, out: Path) -> None:
                             "target_samples.png")
         tracking.log_figure(class_grid(prepared.meta_images, prepared.meta_labels, manifest["meta"]["classes"]),
                             "meta_samples.png")
-        stage.after_publish(lambda: tracking.log_datasets("prepare", {}, [out]))
+        stage.after_publish(lambda: datasets.log_datasets("prepare", {}, [out]))
         print(f"prepare: {len(prepared.meta_labels)} meta-train images, {len(prepared.target_labels)} target images, "
               f"{len(manifest['splits'])} splits -> {out} (mlflow run {stage.run.info.run_id})")
 

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 import typer
 
-from metaaug import distributed, io, tracking, workers
+from metaaug import datasets, distributed, ownership, runner, tracking, workers
 from metaaug.arms import arm_augmenter
 from metaaug.config import Params, load_params
-from metaaug.io import write_json
+from metaaug.publish import write_json
 from metaaug.models import resolve_model
 from metaaug.population import population_size, populations
 from metaaug.progress import progress
@@ -40,7 +40,7 @@ def run(params: Params, prepared_dir: Path, out: Path, policy_dir: Path | None =
         upstream["metatrain"] = policy_dir
         if cfg.learned_source == "augmented":
             upstream["augment"] = augmented_dir
-    io.verify_inputs(upstream)  # before anything is read (stage_run reuses the digests)
+    ownership.verify_inputs(upstream)  # before anything is read (stage_run reuses the digests)
     prepared = load_prepared(prepared_dir)
     x_all, y_all = to_tensor(prepared.target_images), torch.tensor(np.asarray(prepared.target_labels))
     n_classes, channels, size = len(prepared.manifest["target"]["classes"]), x_all.shape[1], x_all.shape[-1]
@@ -70,7 +70,7 @@ def run(params: Params, prepared_dir: Path, out: Path, policy_dir: Path | None =
         logged = {"train": cfg.model_dump(), "train.ranks": world.size, "train.device_used": world.device.type,
                   "train.population_size": per_population,
                   "train.worker_processes": n_workers, "tasks.shots": params.tasks.shots}
-        stage = (tracking.stage_run("train", logged, params.tracking.experiment, upstream, output=out,
+        stage = (runner.stage_run("train", logged, params.tracking.experiment, upstream, output=out,
                                     files={timing: TIMING_KIND})
                  if world.is_main else contextlib.nullcontext())
         with stage as run_, workers.Pool(n_workers, {"train_group": train_group}) as pool:
@@ -85,7 +85,7 @@ def run(params: Params, prepared_dir: Path, out: Path, policy_dir: Path | None =
                          "model": resolve_model(cfg.model, size)}  # evaluate rebuilds this learner
                 seconds = write_downstream(run_.output(out), run_.run.info.run_id, model, jobs, done, splits)
                 run_.write_json(timing, timing_doc(world.device, run_seconds=seconds))
-                run_.after_publish(lambda: tracking.log_datasets("train", upstream, [out]))
+                run_.after_publish(lambda: datasets.log_datasets("train", upstream, [out]))
 
 
 def _train_group(group: list[tuple[str, int]]) -> list[dict]:

@@ -1,0 +1,225 @@
+"""The MLflow store the stage runs go to: where it is (MLFLOW_TRACKING_URI), whether it answers and can
+be written, one machine-wide lock while a fresh SQLite store gets its tables, experiments looked up or
+created, and MLflow's own failures and chatter turned into one line. mlflow is imported only here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import sqlite3
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+from metaaug.errors import MetaaugError
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+LOCK_WAIT_S = 15  # how long a locked SQLite store is waited for
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else the SQLite file at the working directory (the repo root under DVC)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def import_mlflow():
+    """mlflow, imported on first use (it takes seconds), failing fast on an unreachable server instead of
+    retrying for minutes."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    import mlflow
+
+    logging.getLogger("mlflow.store.db.utils").addFilter(_quiet_store_errors)  # once: a filter is added only once
+    return mlflow
+
+
+def _quiet_store_errors(record: logging.LogRecord) -> bool:
+    """Drop MLflow's own log of a store error (a traceback per retry): mlflow_errors reports it in one line."""
+    return record.levelno < logging.ERROR
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """For an HTTP tracking server, one quick request, so a wrong address fails in seconds, not minutes."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    probe = uri.rstrip("/") + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"
+    expected = "a running `mlflow server` or MLFLOW_TRACKING_URI unset for the local sqlite:///mlflow.db"
+    try:
+        with urllib.request.urlopen(probe, timeout=timeout) as response:
+            body = response.read(1 << 16)
+    except urllib.error.HTTPError as exc:  # MLflow answers a missing experiment with 404 and a JSON error
+        if exc.code in (401, 403):  # a server behind authentication: MLflow sends the credentials
+            return
+        body = exc.read(1 << 16)
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise MetaaugError(f"MLflow tracking server {uri} is unreachable ({reason}); expected {expected}") from None
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict) or not {"experiment", "error_code"} & set(doc):
+        raise MetaaugError(f"MLFLOW_TRACKING_URI={uri} answers, but not as an MLflow tracking server (its REST API "
+                           f"is missing); expected {expected}")
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI (None for other schemes and in-memory stores)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///").split("?")[0]
+    return Path(path).resolve() if path and path != ":memory:" else None
+
+
+def check_store(uri: str) -> None:
+    """For a SQLite store, open it the way MLflow will, in seconds: a folder, a file that is no database, a
+    corrupt, read-only or locked database, or a path that cannot be created each stop with one line
+    (MLflow itself retries for minutes, or fails after outputs were written)."""
+    db = _sqlite_path(uri)
+    if db is None:
+        return
+    expected = "a writable SQLite file (or a new path in a writable folder)"
+    where = f"MLFLOW_TRACKING_URI={uri}"
+    if not db.parent.is_dir():
+        raise MetaaugError(f"{where}: folder {db.parent} does not exist; expected an existing folder for the "
+                           "SQLite file")
+    if db.is_dir():
+        raise MetaaugError(f"{where}: {db} is a folder; expected {expected}")
+    if db.exists() and not db.is_file():
+        raise MetaaugError(f"{where}: {db} is not a regular file; expected {expected}")
+    if not db.exists():
+        try:  # a real file, not os.access: root passes access() where the file system still refuses (/proc)
+            with tempfile.TemporaryFile(dir=db.parent):
+                pass
+        except OSError as exc:
+            raise MetaaugError(f"{where}: cannot create a file in {db.parent} ({exc.strerror or exc}); "
+                               f"expected {expected}") from None
+        return
+    try:
+        connection = sqlite3.connect(f"file:{db}?mode=rw", uri=True, timeout=LOCK_WAIT_S)
+        try:
+            connection.execute("PRAGMA schema_version").fetchone()  # reads the header: 'not a database'
+            connection.execute("BEGIN IMMEDIATE")  # takes the write lock: 'locked', 'readonly'
+            connection.execute("ROLLBACK")
+            if connection.execute("PRAGMA quick_check(1)").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("database disk image is malformed")
+        finally:
+            connection.close()
+    except sqlite3.Error as exc:
+        reason = str(exc)
+        if "locked" in reason:
+            reason += f" for {LOCK_WAIT_S} s by another process"
+        raise MetaaugError(f"{where}: cannot use {db} ({reason}); expected {expected}") from None
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """For a SQLite store, hold a machine-wide lock while MLflow creates or upgrades its tables.
+
+    Processes that open one fresh store at once (`dvc queue start -j 2`) would each create the
+    tables, and all but one would stop with "table ... already exists". The lock file lives in
+    the temp folder, keyed by the database's path, so the repository gains no file.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri.removeprefix("sqlite:///").split("?")[0]).resolve()
+    if not db.parent.is_dir():
+        raise MetaaugError(f"MLFLOW_TRACKING_URI={uri}: folder {db.parent} does not exist; expected an existing "
+                           "folder for the SQLite file")
+    import fcntl
+
+    key = hashlib.sha256(str(db).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"metaaug-mlflow-{key}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        yield
+
+
+def check_experiment(client, name: str) -> None:
+    """A soft-deleted experiment (in MLflow's trash) cannot take runs: say so before any work."""
+    found = client.get_experiment_by_name(name)
+    if found is not None and found.lifecycle_stage == "deleted":
+        raise MetaaugError(f"MLflow experiment {name[:80]!r} is deleted (in the trash); expected it restored "
+                           f"(`mlflow experiments restore --experiment-id {found.experiment_id}`), purged "
+                           "(`mlflow gc`), or another tracking.experiment")
+
+
+MLFLOW_MODULES = ("mlflow", "sqlalchemy", "requests", "urllib3", "alembic", "sqlite3")
+
+
+def from_mlflow(exc: BaseException) -> bool:
+    """Whether `exc` was raised by MLflow or a library under it (not by metaaug or the stage's own code)."""
+    return type(exc).__module__.split(".")[0] in MLFLOW_MODULES
+
+
+@contextlib.contextmanager
+def mlflow_errors(uri: str, experiment: str, setup: bool = False) -> Iterator[None]:
+    """Any failure raised by MLflow or the libraries under it becomes one line naming the store and experiment
+    (an unknown URI scheme, a deleted experiment, a rejected name, a store that went away; in `setup`, also a
+    missing database driver); the stage's own errors pass through."""
+    try:
+        yield
+    except Exception as exc:
+        ours = from_mlflow(exc) or setup and isinstance(exc, ImportError)
+        if isinstance(exc, MetaaugError) or not ours:
+            raise
+        raise MetaaugError(f"MLflow store {uri}, experiment {experiment[:80]!r}: {first_line(exc)}; expected "
+                           "a working MLflow tracking store (check MLFLOW_TRACKING_URI and tracking.experiment)"
+                           ) from None
+
+
+SQLITE_CAUSE = re.compile(r"\(sqlite3\.\w+\) ([^\n\[(]+)")
+
+
+def first_line(exc: BaseException) -> str:
+    """The gist of an exception: its type and first non-empty message line, shortened; for a failure of the
+    SQLite store, SQLite's own reason ("database is locked", "database or disk is full"), wherever in the
+    message or the chain of causes it is (SQLAlchemy's first line is often a hint about autoflush)."""
+    for link in (exc, exc.__cause__, exc.__context__):
+        found = SQLITE_CAUSE.search(str(link)) if link is not None else None
+        if found:
+            return f"SQLite: {found.group(1).strip()}"
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    message = getattr(exc, "message", None) if not text else None
+    text = (text or str(message or "")).replace("; expected", ", expected")
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+def ensure_experiment(client, name: str) -> str:
+    """The id of experiment `name`, created if missing (a concurrent creator is fine)."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException:  # another process created it meanwhile
+        return client.get_experiment_by_name(name).experiment_id
+
+
+@contextlib.contextmanager
+def quiet_mlflow() -> Iterator[None]:
+    """No download progress bars and no advice about type hints or input examples in a stage's log."""
+    import warnings
+
+    previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"mlflow(\.|$)")
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
+
+
