@@ -7,7 +7,7 @@
 * `state` — the checkpointed search state;
 * `registry` — the interface a method implements; `race` and `cem` — the methods.
 
-The meta-objective is DESIGN §4's: a policy is good if learners trained to the end of
+The meta-objective: a policy is good if learners trained to the end of
 their schedule on augmented support images score well on clean query images, averaged
 over tasks from the meta-train classes. docs/search.md describes the method.
 """
