@@ -240,15 +240,21 @@ GOOD_POLICY = {"format_version": 1, "op_table_version": OP_TABLE_VERSION, "prove
                           "mag_high": [1], "layers": 1}}
 
 
+def policy_output(root, doc: dict):
+    """A metatrain output (marked, so it is read) holding `doc` as its policy.json."""
+    policy = root / "policy"
+    policy.mkdir()
+    (policy / "policy.json").write_text(json.dumps(doc))
+    write_marker(policy, "metatrain")
+    return policy
+
+
 @pytest.mark.parametrize("doc, names, expected", [
     ({**GOOD_POLICY, "policy": {**GOOD_POLICY["policy"], "ops": ["Warp"]}}, ["unknown op 'Warp'"], "known ops: "),
     ({**GOOD_POLICY, "format_version": 2}, ["format_version 2 is newer"], "; expected <= 1"),
 ], ids=["unknown_op", "newer_format_version"])
 def test_bad_policy_file_stops_augment_in_one_line(doc, names, expected, prepared, tmp_path, capsys):
-    policy = tmp_path / "policy"
-    policy.mkdir()
-    (policy / "policy.json").write_text(json.dumps(doc))
-    write_marker(policy, "metatrain")  # a marked output whose policy.json itself is bad
+    policy = policy_output(tmp_path, doc)
     code, err = cli(capsys, "augment", "--params", params_file(tmp_path), "--prepared", prepared,
                     "--policy", policy, "--out", tmp_path / "out" / "augmented")
     assert_one_line_error(code, err, str(policy / "policy.json"), *names, expected=expected)
@@ -971,10 +977,7 @@ def test_yaml_alias_bomb_is_refused_in_a_short_line(tmp_path, capsys):
 
 
 def test_policy_with_absurd_layers_stops_augment_at_once(prepared, tmp_path, capsys):
-    policy = tmp_path / "policy"
-    policy.mkdir()
-    (policy / "policy.json").write_text(json.dumps({**GOOD_POLICY, "policy": {**GOOD_POLICY["policy"],
-                                                                              "layers": 1000000000}}))
+    policy = policy_output(tmp_path, {**GOOD_POLICY, "policy": {**GOOD_POLICY["policy"], "layers": 1000000000}})
     start = time.monotonic()
     code, err = cli(capsys, "augment", "--params", params_file(tmp_path), "--prepared", prepared,
                     "--policy", policy, "--out", tmp_path / "out" / "augmented")

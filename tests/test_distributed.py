@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from conftest import REPO, tiny_params
+from helpers import atomic_dir
 from metaaug.errors import MetaaugError
 from metaaug.files import read_json
 from metaaug.config import validate
@@ -36,8 +37,8 @@ def single(tmp_path_factory):
     """Prepared target splits and the train stage's outputs from one process."""
     root = tmp_path_factory.mktemp("dist")
     params = validate(params_for("none"))
-    (root / "prepared").mkdir()
-    prepare(params.data, params.tasks, params.seed, root / "prepared")
+    with atomic_dir(root / "prepared") as tmp:  # marked, as the prepare stage writes it: the stages read it
+        prepare(params.data, params.tasks, params.seed, tmp)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", tracking_uri(root))
         train.run(params, root / "prepared", root / "single")
