@@ -23,7 +23,7 @@ import numpy as np
 
 from metaaug.config import DataConfig, TasksConfig
 from metaaug.data import Dataset, load_source
-from metaaug.data.sources import same_source
+from metaaug.data import same_source
 from metaaug.errors import MetaaugError
 from metaaug.io import MARKER, load_array, read_json, read_marker, save_arrays, verify_input, write_json
 

@@ -977,9 +977,9 @@ def test_gzip_bomb_stops_prepare_early(dims, payload, names, tmp_path, capsys):
 
 
 def test_cifar_member_larger_than_any_cifar_file_is_not_read(tmp_path, capsys, monkeypatch):
-    from metaaug.data import sources
+    from metaaug.data import cifar
 
-    monkeypatch.setattr(sources, "CIFAR_MAX_FILE", 1 << 20)
+    monkeypatch.setattr(cifar, "CIFAR_MAX_FILE", 1 << 20)
     folder_name, files, _, _ = cifar_files(hundred=False)
     files["data_batch_1"] = bytes(2 << 20)
     write_cifar_tar(tmp_path / "c.tar.gz", folder_name, files)
