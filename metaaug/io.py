@@ -40,6 +40,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from metaaug.errors import MetaaugError
+from metaaug.reading import load_json
 
 
 KILL_ENV = "METAAUG_KILL_BEFORE_RENAME"
@@ -601,11 +602,8 @@ def write_json(path: str | Path, data: Any, kind: str | None = None) -> None:
 
 
 def read_json(path: str | Path, expected: str = "the file metaaug wrote (rerun the stage that writes it)") -> Any:
-    """A JSON file; unreadable JSON (truncated, edited) stops with one line naming it."""
-    try:
-        return json.loads(Path(path).read_text())
-    except ValueError as exc:
-        raise _fail(path, f"is not valid JSON ({exc})", expected) from None
+    """A JSON file; unreadable JSON (truncated, edited, huge, deeply nested) stops with one line naming it."""
+    return load_json(path, expected)
 
 
 def check_free_space(path: str | Path, needed: int, what: str, fix: str) -> None:
