@@ -12,6 +12,7 @@ stages later (an empty arm list, a seed torch cannot take, CUDA where there is n
 from __future__ import annotations
 
 import re
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple, get_args, get_origin
 
@@ -356,6 +357,15 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+_PARAMS_FILE: ContextVar[str] = ContextVar("params_file", default="params.yaml")
+
+
+def params_file() -> str:
+    """The params file the running command loaded, as it was given (`--params other.yaml`): what an error
+    about a parameter found later (against the data, say) names."""
+    return _PARAMS_FILE.get()
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate a params file; a missing file is an error (never silently all defaults). The file is
     read up to MAX_PARAMS_BYTES, and every message names it as it was given."""
@@ -369,4 +379,6 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" at line {line + 1}" if line is not None else ""
         raise MetaaugError(f"{path}: not valid YAML{where}; expected a mapping of parameters") from None
-    return validate(raw, str(path))
+    params = validate(raw, str(path))
+    _PARAMS_FILE.set(str(path))
+    return params

@@ -267,3 +267,10 @@ def test_results_shows_the_cost_of_the_pipeline_it_evaluated(tmp_path, monkeypat
     assert cli(capsys, "train", "--timing", "timings/train.json", "--out", "models/rerun")[0] == 0
     code, out = cli(capsys, "results", stream="out")
     assert code == 0 and "Search cost: not shown: timings/train.json describes MLflow run" in out, out
+
+
+def test_a_data_dependent_params_error_names_the_file_given(tmp_path, capsys):
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(tiny_params(**{"tasks.shots": 5000})))
+    code, err = cli(capsys, "prepare", "--params", path, "--out", tmp_path / "out")
+    assert one_line(code, err, "tasks.shots = 5000").startswith(f"error: {path}: ")
