@@ -174,10 +174,9 @@ def accuracy_tables(metrics: dict) -> str:
 def upstream_runs() -> dict:
     """The metatrain and train runs whose outputs the active (evaluate) run read, from its `upstream.*` tags,
     so that `metaaug results` shows only the timings of those runs (metaaug.timing.search_cost)."""
-    import mlflow
+    from metaaug.tracking import active_run
 
-    run = mlflow.active_run()
-    tags = mlflow.MlflowClient().get_run(run.info.run_id).data.tags if run else {}
+    tags = active_run()[1]
     return {stage: tags.get(f"upstream.{stage}") for stage in ("metatrain", "train")}
 
 

@@ -42,10 +42,9 @@ def machine_description(device: torch.device | str | None = None) -> str:
 def timing_doc(device: torch.device | None = None, **figures: float) -> dict:
     """One stage's wall times (seconds) with the machine (the device the stage ran on) they were taken on, and
     the MLflow run they describe (the active one: the stage's own)."""
-    import mlflow
+    from metaaug.tracking import active_run
 
-    run = mlflow.active_run()
-    return {**figures, "machine": machine_description(device), "run_id": run.info.run_id if run else None}
+    return {**figures, "machine": machine_description(device), "run_id": active_run()[0]}
 
 
 FIGURES = {"metatrain.json": ("search_seconds", "proxy_seconds", "workers"), "train.json": ("run_seconds",)}

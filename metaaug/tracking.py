@@ -774,3 +774,13 @@ def download_registered_policy(uri: str, destination: Path) -> Path:
         raise MetaaugError(f"load_policy({uri!r}): the model has no artifacts/policy.json; expected a policy "
                            "registered by `metaaug metatrain`")
     return policy_file
+
+
+def active_run() -> tuple[str | None, dict[str, str]]:
+    """The id and stored tags of the run this process logs to (None and {} outside a stage): the run a timing
+    describes, and the upstream runs an evaluation read (metaaug.timing, metaaug.report)."""
+    mlflow = _import_mlflow()
+    run = mlflow.active_run()
+    if run is None:
+        return None, {}
+    return run.info.run_id, mlflow.MlflowClient().get_run(run.info.run_id).data.tags

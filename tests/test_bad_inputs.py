@@ -567,7 +567,8 @@ STORE_ROWS = {  # root -> (MLFLOW_TRACKING_URI or None for the project's store, 
     "unsupported_scheme": lambda r: ("foo://bar", {}, ["foo://bar"]),
     "missing_db_driver": lambda r: ("postgresql://user@localhost/db", {}, ["postgresql://", "psycopg"]),
     "deleted_experiment": deleted_experiment,
-    "experiment_name_too_long": lambda r: (None, {"tracking.experiment": "x" * 600}, ["maximum length"]),
+    "experiment_name_too_long": lambda r: (None, {"tracking.experiment": "x" * 600},
+                                           ["tracking.experiment", "1-500 printable characters"]),
 }
 
 
