@@ -58,7 +58,10 @@ def results_cmd(evaluation: Path = typer.Option(Path("reports/evaluation.json"),
     expected = "the output of `dvc repro` (evaluate stage)"
     if not evaluation.is_file():
         raise MetaaugError(f"{evaluation}: not found; expected {expected}")
-    doc, cost = read_json(evaluation, expected), search_cost(timings)
+    doc = read_json(evaluation, expected)
+    if not isinstance(doc, dict) or not isinstance(doc.get("runs"), dict):
+        raise MetaaugError(f"{evaluation}: does not record the runs it evaluated; expected {expected} (rerun it)")
+    cost = search_cost(timings, doc["runs"])
     try:
         text = results_markdown(doc, cost)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:

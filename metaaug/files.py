@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from metaaug.errors import MetaaugError
+from metaaug.reading import load_json
 
 
 def fail(path: object, what: str, expected: str) -> MetaaugError:
@@ -58,11 +59,8 @@ def dir_digest(path: str | Path) -> str:
 
 
 def read_json(path: str | Path, expected: str = "the file metaaug wrote (rerun the stage that writes it)") -> Any:
-    """A JSON file; unreadable JSON (truncated, edited) stops with one line naming it."""
-    try:
-        return json.loads(Path(path).read_text())
-    except ValueError as exc:
-        raise fail(path, f"is not valid JSON ({exc})", expected) from None
+    """A JSON file; unreadable JSON (truncated, edited, huge, deeply nested) stops with one line naming it."""
+    return load_json(path, expected)
 
 
 def check_free_space(path: str | Path, needed: int, what: str, fix: str) -> None:

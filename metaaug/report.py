@@ -171,10 +171,22 @@ def accuracy_tables(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def results_markdown(evaluation: dict, cost: dict | None) -> str:
-    """The README's results section, from reports/evaluation.json and the timings (`metaaug results`)."""
+def upstream_runs() -> dict:
+    """The metatrain and train runs whose outputs the active (evaluate) run read, from its `upstream.*` tags,
+    so that `metaaug results` shows only the timings of those runs (metaaug.timing.search_cost)."""
+    from metaaug.tracking import active_run
+
+    tags = active_run()[1]
+    return {stage: tags.get(f"upstream.{stage}") for stage in ("metatrain", "train")}
+
+
+def results_markdown(evaluation: dict, cost: dict | str | None) -> str:
+    """The README's results section, from reports/evaluation.json and the timings (`metaaug results`); `cost`
+    is search_cost's answer (a string: why there is none to show)."""
     lines = [evaluation["verdict"], "", accuracy_tables(evaluation), ""]
-    if cost is not None:
+    if isinstance(cost, str):
+        lines.append(f"Search cost: not shown: {cost}.")
+    elif cost is not None:
         lines.append(f"Search cost: metatrain took {cost['search_cost']:.1f}× one downstream training run "
                      f"({cost['downstream_run_seconds']:.2f} s) in wall time with {cost['workers']} scoring "
                      f"process(es); its proxy trainings alone, summed over processes, {cost['search_cost_one_core']:.1f}×.")
@@ -270,7 +282,7 @@ def write_report(out: Path, metrics: dict, summary: str, accuracy: dict[str, np.
     if has_policy:
         save(policy_figure(load_policy(policy_dir / "policy.json"), "learned policy: " + what_it_is(baseline)),
              out / "policy.png")
-    write_json(out / "evaluation.json", {**metrics, "verdict": summary})
+    write_json(out / "evaluation.json", {**metrics, "verdict": summary, "runs": upstream_runs()})
     lines = ["# metaaug report", "",
              f"Target classes {', '.join(classes)} ({manifest['target']['source']}), "
              f"{len(manifest['splits'])} splits, {len(manifest['test'])} test images. Written by the `evaluate` stage.",

@@ -178,3 +178,11 @@ def log_artifacts(path: Path, artifact_path: str | None = None) -> None:
         mlflow.log_artifact(str(path), artifact_path)
 
 
+def active_run() -> tuple[str | None, dict[str, str]]:
+    """The id and stored tags of the run this process logs to (None and {} outside a stage): the run a timing
+    describes, and the upstream runs an evaluation read (metaaug.timing, metaaug.report)."""
+    mlflow = import_mlflow()
+    run = mlflow.active_run()
+    if run is None:
+        return None, {}
+    return run.info.run_id, mlflow.MlflowClient().get_run(run.info.run_id).data.tags

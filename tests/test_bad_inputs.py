@@ -578,7 +578,8 @@ STORE_ROWS = {  # root -> (MLFLOW_TRACKING_URI or None for the project's store, 
     "unsupported_scheme": lambda r: ("foo://bar", {}, ["foo://bar"]),
     "missing_db_driver": lambda r: ("postgresql://user@localhost/db", {}, ["postgresql://", "psycopg"]),
     "deleted_experiment": deleted_experiment,
-    "experiment_name_too_long": lambda r: (None, {"tracking.experiment": "x" * 600}, ["maximum length"]),
+    "experiment_name_too_long": lambda r: (None, {"tracking.experiment": "x" * 600},
+                                           ["tracking.experiment", "1-500 printable characters"]),
 }
 
 
@@ -955,9 +956,9 @@ def test_gzip_bomb_stops_prepare_early(dims, payload, names, tmp_path, capsys):
 
 
 def test_cifar_member_larger_than_any_cifar_file_is_not_read(tmp_path, capsys, monkeypatch):
-    from metaaug.data import sources
+    from metaaug.data import cifar
 
-    monkeypatch.setattr(sources, "CIFAR_MAX_FILE", 1 << 20)
+    monkeypatch.setattr(cifar, "CIFAR_MAX_FILE", 1 << 20)
     folder_name, files, _, _ = cifar_files(hundred=False)
     files["data_batch_1"] = bytes(2 << 20)
     write_cifar_tar(tmp_path / "c.tar.gz", folder_name, files)

@@ -24,9 +24,20 @@ PINNED_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "
 def pin_cpu_kernels() -> dict[str, str]:
     """Pin torch's, oneDNN's and MKL's CPU kernels to AVX2 on x86-64 CPUs that have it, so that every such CPU
     computes the pipeline's outputs bit for bit alike (dvc.lock's hashes). Environment variables the user set
-    win, and nothing changes on other CPUs, or once torch is imported (the libraries read them at load).
-    Returns what was set."""
-    if "torch" in sys.modules or platform.machine().lower() not in ("x86_64", "amd64"):
+    win once checked against the values each library accepts (metaaug.kernels: a typo stops here with one line
+    and exit code 2, as it would otherwise silently unpin the kernels); nothing changes on other CPUs, or once
+    torch is imported (the libraries read them at load). Returns what was set."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return {}
+    from metaaug.errors import MetaaugError
+    from metaaug.kernels import check_kernel_overrides
+
+    try:
+        check_kernel_overrides(os.environ)
+    except MetaaugError as exc:  # at import, before the commands' own error handling exists
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if "torch" in sys.modules:
         return {}
     try:
         with open("/proc/cpuinfo") as fh:

@@ -8,7 +8,7 @@ import typer
 
 from metaaug import datasets, runner, tracking
 from metaaug.config import Params, load_params
-from metaaug.data.sources import check_source
+from metaaug.data import check_source
 from metaaug.plots import class_grid
 from metaaug.stages import PARAMS, pipeline_facts
 from metaaug.tasks import load_prepared, prepare
