@@ -37,6 +37,10 @@ NOT_RUN = {
     ("docs/scaling.md", "python bench/gpu_check.py"): "needs a GPU (its first line; the --device cpu line is "
                                                       "tests/test_gpu_check.py's)",
     ("docs/scaling.md", "--nnodes=2"): "torchrun over two nodes and a tracking server",
+    ("docs/scaling.md", "stages/train.py --prepared"): "torchrun after a `dvc repro` and the params.yaml edit its first "
+                                                       "line names (tests/test_distributed.py runs this command)",
+    ("docs/scaling.md", "--nproc_per_node=2 stages/metatrain.py"): "torchrun after a `dvc repro` and the params.yaml "
+                                                                   "edit its first line names (tests/test_distributed.py)",
     ("docs/scaling.md", "mlflow server"): "starts a tracking server on a host of its own",
     ("docs/scaling.md", "dvc remote add"): "a team mount and `<repo>` stand for the user's (tests/test_shared_infra.py "
                                            "pushes to and pulls from a local remote)",
@@ -46,6 +50,8 @@ NOT_RUN = {
     ("docs/contributing.md", "def _load_mykind"): "a template for metaaug/data/sources.py",
     ("docs/search.md", "def my_method"): "a template for a new file metaaug/search/my_method.py",
     ("docs/install.md", "/path/to/metaaug"): "/path/to/metaaug stands for the user's copy of the sources",
+    ("docs/install.md", "/tmp/v_dev"): "the timing's recipe: 2 GB in /tmp/v_dev, outside the test's folders (the "
+                                       "README's quick start block installs from the same constraints)",
 }
 # (file, a line of the block): the open reason it fails as printed
 XFAIL = {}
