@@ -11,6 +11,7 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -90,10 +91,12 @@ def wait_for(url: str, server: subprocess.Popen, log: Path, seconds: float) -> N
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(shutil.which("pyenv") is None, reason="MLflow's virtualenv environment manager needs pyenv")
 def test_the_model_serves_from_a_fresh_environment_built_from_what_it_records(registered, tmp_path):
     """`mlflow models serve --env-manager virtualenv` (MLflow's environment manager: a new virtualenv from the
     model's python_env.yaml and requirements.txt, installed by pip from this machine's package index), run
-    from a folder outside the repository with no PYTHONPATH: nothing of this checkout is reachable there."""
+    from a folder outside the repository with no PYTHONPATH: nothing of this checkout is reachable there.
+    Offline but for the package index, when pyenv already holds this Python version (else it downloads it)."""
     assert REPO not in tmp_path.parents and Path.cwd() == tmp_path
     envs, log, port = tmp_path / "envs", tmp_path / "serve.log", free_port()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"MLFLOW_ENV_ROOT": str(envs)}
