@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from metaaug.datasets import dvc_md5
@@ -33,16 +34,17 @@ def register_policy(policy_dir: Path, name: str, description: str) -> str:
     matched with its dvc.lock entry; nothing is written back to the DVC output. A failure is one line naming
     the store and the model (the output stays written: `dvc repro` reruns the stage)."""
     mlflow = import_mlflow()
-    from metaaug import __version__
+    from metaaug import policy_bundle
 
     artifacts = {key: str(Path(policy_dir) / file) for key, file in POLICY_ARTIFACTS.items()
                  if (Path(policy_dir) / file).is_file()}
     run = mlflow.active_run()
     try:
-        with quiet_mlflow():
+        with quiet_mlflow(), tempfile.TemporaryDirectory() as code:  # self-contained: metaaug/policy_bundle.py
             info = mlflow.pyfunc.log_model(
-                name="policy_model", python_model=str(Path(__file__).with_name("policy_model.py")),
-                artifacts=artifacts, signature=_policy_signature(), pip_requirements=[f"metaaug=={__version__}"],
+                name="policy_model", python_model=str(policy_bundle.ENTRY), artifacts=artifacts,
+                code_paths=[str(policy_bundle.bundle(Path(code)))], pip_requirements=policy_bundle.pip_requirements(),
+                signature=_policy_signature(), input_example=policy_bundle.input_example(),
                 registered_model_name=name)
         version = str(info.registered_model_version)
         client = mlflow.MlflowClient()

@@ -207,15 +207,11 @@ def ensure_experiment(client, name: str) -> str:
 
 @contextlib.contextmanager
 def quiet_mlflow() -> Iterator[None]:
-    """No download progress bars and no advice about type hints or input examples in a stage's log."""
-    import warnings
-
+    """No download progress bars in a stage's log (MLflow's warnings stay: the model logs an input example)."""
     previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", module=r"mlflow(\.|$)")
-            yield
+        yield
     finally:
         if previous is None:
             os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
