@@ -8,6 +8,7 @@
 * the core API imports neither MLflow nor DVC, and a `models:/` URI without MLflow is one line.
 """
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -90,15 +91,20 @@ def test_metatrain_registers_each_policy_and_moves_the_alias(registered):
 
     # evaluate's verdict replaces the placeholder, and a later verdict replaces it again
     for verdict in ("**Verdict:** first.", "**Verdict:** second."):
-        assert registry.describe_policy_verdict("digits-policy", latest.run_id, verdict) == ["2"]
-    assert registry.describe_policy_verdict("digits-policy", "unknown", "**Verdict:** none.") == []
-    assert registry.describe_policy_verdict("no-such-model", latest.run_id, "**Verdict:** none.") == []
+        assert registry.record_verdict("digits-policy", latest.run_id, verdict, {}, "none best") == ["2"]
+    assert registry.record_verdict("digits-policy", "unknown", "**Verdict:** none.", {}, "-") == []
+    assert registry.record_verdict("no-such-model", latest.run_id, "**Verdict:** none.", {}, "-") == []
     described = client.get_model_version("digits-policy", "2").description
     assert described.endswith(registry.VERDICT_HEADING + "**Verdict:** second.") and "first" not in described
     assert client.get_model_version("digits-policy", "1").description.endswith(registry.NOT_EVALUATED)
 
 
-def test_an_unknown_registered_policy_is_one_line():
+def test_an_unknown_registered_policy_is_one_line(tmp_path):
+    with pytest.raises(MetaaugError, match=r"^load_policy\('models:/nope@current'\): no MLflow store at .*mlflow.db "
+                                           r"\(from MLFLOW_TRACKING_URI or MLFLOW_REGISTRY_URI\); expected") as err:
+        metaaug.load_policy("models:/nope@current")  # a reader never creates the store it was pointed at
+    assert "\n" not in str(err.value) and not (tmp_path / "mlflow.db").exists()
+    mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).search_experiments()  # the store exists, not the model
     with pytest.raises(MetaaugError, match=r"^load_policy\('models:/nope@current'\): .*; expected a registered "
                                            r"model version in sqlite:///") as err:
         metaaug.load_policy("models:/nope@current")
@@ -165,7 +171,7 @@ def test_a_registry_failure_is_one_line_after_the_outputs_are_written(tmp_path, 
         main(["metatrain", "--prepared", "prepared", "--out", "policy"])
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]  # MLflow logs too
     assert done.value.code == 2 and len(errors) == 1, errors
-    assert errors[0].startswith(f"error: MLflow store sqlite:///{tmp_path / 'mlflow.db'}: registering the policy "
+    assert errors[0].startswith(f"error: MLflow registry sqlite:///{tmp_path / 'mlflow.db'}: registering the policy "
                                 "as a version of model 'metaaug-policy' failed (") and "expected a store" in errors[0]
     assert (tmp_path / "policy" / "policy.json").is_file()  # the DVC output does not depend on the registry
 
