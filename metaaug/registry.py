@@ -114,6 +114,14 @@ def register_policy(policy_dir: Path, name: str, description: str) -> str:
     return version
 
 
+def logged_model_id(version) -> str | None:
+    """The MLflow 3 logged model a version was registered from: its `model_id`, which MLflow's SQL registry does
+    not keep, so else read from its source (`models:/m-<hex>`); None for a version registered from elsewhere."""
+    source = version.source or ""
+    found = source.removeprefix("models:/") if source.startswith("models:/m-") and "/" not in source[8:] else None
+    return version.model_id or found
+
+
 def record_verdict(name: str, metatrain_run_id: str, verdict: str, numbers: dict[str, float],
                    winner: str) -> list[str]:
     """Evaluate's answer on every version of `name` that metatrain run `metatrain_run_id` registered (the
@@ -136,8 +144,8 @@ def record_verdict(name: str, metatrain_run_id: str, verdict: str, numbers: dict
                                            f"{numbers['gain_high']:+.2f}]")
             if numbers["gain_high"] >= 0:
                 move_alias(registry, name, CHAMPION_ALIAS, version.version)
-        if version.model_id:
-            mlflow.log_metrics(numbers, model_id=version.model_id)
+        if numbers and logged_model_id(version):
+            mlflow.log_metrics(numbers, model_id=logged_model_id(version))
         updated.append(str(version.version))
     return updated
 
