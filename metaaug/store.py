@@ -236,6 +236,22 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
 
+def check_artifact_location(experiment) -> None:
+    """An experiment whose artifacts go inside DVC's temporary folder (`.dvc/tmp`: a queued experiment's copy,
+    deleted after it ran; made by an older metaaug or by hand with a relative location) would lose every
+    artifact and leave registered versions pointing at nothing: refused in one line."""
+    import urllib.parse
+
+    location, root = experiment.artifact_location or "", project_root()
+    parsed = urllib.parse.urlparse(location)
+    if root is None or parsed.scheme not in ("", "file"):
+        return
+    if Path(parsed.path).resolve().is_relative_to(root / ".dvc" / "tmp"):
+        raise MetaaugError(f"MLflow experiment {experiment.name[:80]!r} keeps its artifacts at {location}, inside "
+                           "DVC's temporary folder, which DVC deletes; expected another tracking.experiment (metaaug "
+                           "creates it beside the store), or this one deleted and purged (`mlflow gc`)")
+
+
 def ensure_experiment(client, name: str) -> str:
     """The id of experiment `name`, created if missing (a concurrent creator is fine) with an explicit artifact
     location (artifact_location) and marked as model development (EXPERIMENT_KIND); an experiment made
@@ -249,6 +265,7 @@ def ensure_experiment(client, name: str) -> str:
                                             tags=EXPERIMENT_KIND)
         except MlflowException:  # another process created it meanwhile
             found = client.get_experiment_by_name(name)
+    check_artifact_location(found)
     for key, value in EXPERIMENT_KIND.items():
         if key not in found.tags:
             client.set_experiment_tag(found.experiment_id, key, value)
