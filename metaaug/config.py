@@ -11,6 +11,7 @@ stages later (an empty arm list, a seed torch cannot take, CUDA where there is n
 
 from __future__ import annotations
 
+import hashlib
 import re
 from contextvars import ContextVar
 from pathlib import Path
@@ -193,8 +194,14 @@ class TrackingConfig(Section):
 
     @property
     def policy_model_name(self) -> str:
-        """The registered model's name: policy_model, or the experiment's name made one MLflow takes + `-policy`."""
-        return self.policy_model or re.sub(r"[^\w.\-]", "_", self.experiment)[:193] + "-policy"
+        """The registered model's name: policy_model, or the experiment's name made one MLflow takes + `-policy`;
+        where that changed the name (`my exp`), a hash of the exact name is added, so that no two experiments'
+        default names meet (`my_exp-policy`, `my_exp-1f3a9c-policy`); the registry refuses what still does."""
+        if self.policy_model:
+            return self.policy_model
+        safe = re.sub(r"[^\w.\-]", "_", self.experiment)[:186]
+        tail = "" if safe == self.experiment else "-" + hashlib.sha256(self.experiment.encode()).hexdigest()[:6]
+        return f"{safe}{tail}-policy"
 
 
 class Params(Section):

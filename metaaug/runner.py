@@ -21,13 +21,23 @@ from typing import Iterator
 from metaaug import ownership, publish
 from metaaug.errors import MetaaugError
 from metaaug.files import canonical
-from metaaug.store import (check_experiment, check_reachable, check_store, import_mlflow, mlflow_errors,
-                           store_lock, tracking_uri)
+from metaaug.store import (check_experiment, check_reachable, check_store, ensure_experiment, import_mlflow,
+                           mlflow_errors, project_root, store_lock, tracking_uri)
 from metaaug.tracking import PIPELINE_TAG, as_params, splits_experiment
 
 STAGE_TAG = "metaaug.stage"
 DIGEST_TAG = "metaaug.output_digest"
 PROCESS_TAG = "metaaug.process"  # host:pid:start time of the process running the stage (see fail_stale_runs)
+PROJECT_TAG = "metaaug.project"  # hash of host and project root: whose pipeline a run belongs to (see project_id)
+
+
+def project_id() -> str:
+    """The project a run belongs to: this host and the project root (DVC_ROOT: the parent repository, also for
+    a queued or `--temp` experiment). Two projects sharing one store never take each other's runs as upstream,
+    even when their outputs are byte-identical (two people running the defaults). A hash: a path may hold
+    quotes, which a search filter cannot."""
+    where = f"{socket.gethostname()}:{project_root() or Path.cwd().resolve()}"
+    return hashlib.sha256(where.encode()).hexdigest()[:16]
 
 
 def process_tag() -> str:
@@ -91,10 +101,12 @@ def pipeline_id(commit: str) -> str:
 
 
 def find_run_by_digest(client, experiment_id: str, stage: str, digest: str) -> str | None:
-    """The newest run of `stage` whose outputs had `digest`; None when none is recorded."""
+    """The newest run of `stage` of this project (PROJECT_TAG) whose outputs had `digest`; None when none is
+    recorded."""
     runs = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.`{STAGE_TAG}` = '{stage}' and tags.`{DIGEST_TAG}` = '{digest}'",
+        filter_string=f"tags.`{STAGE_TAG}` = '{stage}' and tags.`{DIGEST_TAG}` = '{digest}' and "
+                      f"tags.`{PROJECT_TAG}` = '{project_id()}'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
@@ -209,9 +221,9 @@ def _start_run(uri: str, stage: str, experiment: str, digests: dict[str, str], p
         client = mlflow.MlflowClient()
         for name in [experiment, *([splits_experiment(experiment)] if stage in SPLIT_STAGES else [])]:
             check_experiment(client, name)
-        exp = mlflow.set_experiment(experiment)
+        exp = mlflow.set_experiment(experiment_id=ensure_experiment(client, experiment))
     fail_stale_runs(client, exp.experiment_id, stage)
-    tags = {STAGE_TAG: stage, PROCESS_TAG: process_tag(), **git_info()}
+    tags = {STAGE_TAG: stage, PROCESS_TAG: process_tag(), PROJECT_TAG: project_id(), **git_info()}
     tags[PIPELINE_TAG] = pipeline_id(tags["git.commit"])
     for name, digest in digests.items():
         tags[f"upstream.{name}"] = find_run_by_digest(client, exp.experiment_id, name, digest) or "unknown"

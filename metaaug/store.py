@@ -20,13 +20,57 @@ from typing import Iterator
 
 from metaaug.errors import MetaaugError
 
-DEFAULT_URI = "sqlite:///mlflow.db"
+STORE_FILE = "mlflow.db"  # the default store: this file at the project root, its artifacts in mlruns/ beside it
 LOCK_WAIT_S = 15  # how long a locked SQLite store is waited for
+# MLflow 3's experiment kind: the UI opens a model-development experiment on its runs table (unset, it guesses,
+# and an experiment with no traces opens on the GenAI overview)
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def project_root() -> Path | None:
+    """The project the stages belong to: DVC_ROOT, which DVC sets for every stage and, in a queued or `--temp`
+    experiment, points at the parent repository (not the temporary copy, which DVC deletes); else the nearest
+    folder above the working directory holding `.dvc/`; None outside any DVC project."""
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    here = Path.cwd().resolve()
+    return next((d for d in (here, *here.parents) if (d / ".dvc").is_dir()), None)
 
 
 def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI if set, else the SQLite file at the working directory (the repo root under DVC)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    """MLFLOW_TRACKING_URI if set, else `mlflow.db` at the project root (see project_root), an absolute path, so
+    a run in DVC's temporary copy logs to the repository's store; outside a project, the working directory's."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{(project_root() or Path.cwd().resolve()) / STORE_FILE}"
+
+
+def registry_uri() -> str:
+    """The one model registry the writer (metatrain, evaluate) and every reader (load_policy, and
+    mlflow.pyfunc, which reads the same variable) use: MLFLOW_REGISTRY_URI if set, else the tracking store."""
+    return os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri()
+
+
+def existing_store(uri: str, what: str) -> str:
+    """For a reader: `uri`, unless it is a SQLite file that does not exist (MLflow would create an empty one
+    in its place and then find nothing): one line saying where the store was looked for."""
+    db = _sqlite_path(uri)
+    if db is not None and not db.is_file():
+        where = ("MLFLOW_TRACKING_URI or MLFLOW_REGISTRY_URI" if os.environ.get("MLFLOW_TRACKING_URI")
+                 or os.environ.get("MLFLOW_REGISTRY_URI") else
+                 f"the project root {project_root()}" if project_root() else
+                 f"{Path.cwd()}, which is inside no DVC project")
+        raise MetaaugError(f"{what}: no MLflow store at {db} (from {where}); expected MLFLOW_TRACKING_URI set "
+                           "to the store the stages log to (e.g. sqlite:////path/to/repo/mlflow.db), or to run "
+                           "inside the project")
+    return uri
+
+
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment's artifacts go: beside a SQLite store, `mlruns/` next to its file (an absolute
+    URI, never `./mlruns` of whatever folder the stage ran in); for a server, None: its own artifact root."""
+    db = _sqlite_path(uri)
+    return (db.parent / "mlruns").as_uri() if db is not None else None
 
 
 def import_mlflow():
@@ -50,7 +94,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     if not uri.startswith(("http://", "https://")):
         return
     probe = uri.rstrip("/") + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"
-    expected = "a running `mlflow server` or MLFLOW_TRACKING_URI unset for the local sqlite:///mlflow.db"
+    expected = "a running `mlflow server` or MLFLOW_TRACKING_URI unset for the project's mlflow.db"
     try:
         with urllib.request.urlopen(probe, timeout=timeout) as response:
             body = response.read(1 << 16)
@@ -192,17 +236,40 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
 
+def check_artifact_location(experiment) -> None:
+    """An experiment whose artifacts go inside DVC's temporary folder (`.dvc/tmp`: a queued experiment's copy,
+    deleted after it ran; made by an older metaaug or by hand with a relative location) would lose every
+    artifact and leave registered versions pointing at nothing: refused in one line."""
+    import urllib.parse
+
+    location, root = experiment.artifact_location or "", project_root()
+    parsed = urllib.parse.urlparse(location)
+    if root is None or parsed.scheme not in ("", "file"):
+        return
+    if Path(parsed.path).resolve().is_relative_to(root / ".dvc" / "tmp"):
+        raise MetaaugError(f"MLflow experiment {experiment.name[:80]!r} keeps its artifacts at {location}, inside "
+                           "DVC's temporary folder, which DVC deletes; expected another tracking.experiment (metaaug "
+                           "creates it beside the store), or this one deleted and purged (`mlflow gc`)")
+
+
 def ensure_experiment(client, name: str) -> str:
-    """The id of experiment `name`, created if missing (a concurrent creator is fine)."""
+    """The id of experiment `name`, created if missing (a concurrent creator is fine) with an explicit artifact
+    location (artifact_location) and marked as model development (EXPERIMENT_KIND); an experiment made
+    before, or by hand, gets the kind too unless it has one."""
     from mlflow.exceptions import MlflowException
 
     found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    try:
-        return client.create_experiment(name)
-    except MlflowException:  # another process created it meanwhile
-        return client.get_experiment_by_name(name).experiment_id
+    if found is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location(tracking_uri()),
+                                            tags=EXPERIMENT_KIND)
+        except MlflowException:  # another process created it meanwhile
+            found = client.get_experiment_by_name(name)
+    check_artifact_location(found)
+    for key, value in EXPERIMENT_KIND.items():
+        if key not in found.tags:
+            client.set_experiment_tag(found.experiment_id, key, value)
+    return found.experiment_id
 
 
 @contextlib.contextmanager

@@ -110,18 +110,35 @@ def log_split_accuracies(train_run_id: str, accuracy: dict[tuple[str, int], floa
     return logged
 
 
-def name_run(stage: str, facts: dict) -> None:
+def winner(numbers: dict[str, float], best: str | None) -> str:
+    """Which arm won, in a few words, from the headline numbers (stats.headline) and the best fixed arm: learned
+    against `best` by the gain's 95 % CI (a tie when it includes 0), else the arm with the highest mean."""
+    if "gain" not in numbers or best is None:
+        arms = {k: v for k, v in numbers.items() if not k.startswith("gain")}
+        top = max(arms, key=arms.get)
+        return f"{top} best, {arms[top]:.2f} %"
+    gain = f"{numbers['gain']:+.2f} [{numbers['gain_low']:+.2f}, {numbers['gain_high']:+.2f}] pts"
+    if numbers["gain_low"] > 0:
+        return f"learned beats {best}, {gain}"
+    if numbers["gain_high"] < 0:
+        return f"{best} beats learned, {gain}"
+    return f"learned ties {best}, {gain}"
+
+
+def name_run(stage: str, facts: dict, headline: str | None = None) -> None:
     """Name the active stage run by what tells its pipeline from another (target data, classes, shots,
-    splits, the DVC experiment), and log those facts as params, so runs of two pipelines differ at a glance."""
+    splits, the DVC experiment), and log those facts as params, so runs of two pipelines differ at a glance.
+    A `headline` (evaluate: which arm won, see winner) opens the name and is tag `metaaug.winner`: the runs
+    table shows the answer in its first column, with no column to configure."""
     mlflow = import_mlflow()
     experiment = os.environ.get("DVC_EXP_NAME")
     facts = {**facts, **({"dvc.experiment": experiment} if experiment else {})}
     classes = facts["target.classes"]
     shown = ",".join(classes) if len(",".join(classes)) <= 24 else f"{len(classes)} classes"
-    name = " · ".join([stage, *([experiment] if experiment else []),
+    name = " · ".join([f"{stage}: {headline}" if headline else stage, *([experiment] if experiment else []),
                        f"{facts['target.source']} [{shown}] {facts['target.shots']}-shot × {facts['target.splits']}"])
     mlflow.log_params(as_params(facts))
-    mlflow.set_tag("mlflow.runName", name)
+    mlflow.set_tags({"mlflow.runName": name, **({"metaaug.winner": headline} if headline else {})})
 
 
 def describe_evaluate_run(run, verdict: str) -> None:

@@ -23,7 +23,7 @@ from metaaug.plots import write_dvc_plots
 from metaaug.policies import read_policy
 from metaaug.report import verdict, write_report
 from metaaug.stages import DOWNSTREAM, PARAMS, POLICY, PREPARED, pipeline_facts
-from metaaug.stats import compare, headline
+from metaaug.stats import best_fixed, compare, headline
 from metaaug.tasks import Prepared, load_prepared
 from metaaug.training import predict, set_threads, to_tensor
 
@@ -79,10 +79,11 @@ def run(params: Params, prepared_dir: Path, downstream_dir: Path, metrics_path: 
     with runner.stage_run("evaluate", {"evaluate.arms": arms}, params.tracking.experiment, upstream,
                             outputs=outputs, files={metrics_path: "evaluate.metrics"}) as stage:
         run_ = stage.run
-        tracking.name_run("evaluate", pipeline_facts(prepared.manifest))
         accuracy, confusion = test_accuracies(prepared, downstream_dir, arms)
         metrics = compare(accuracy)
         summary = verdict(metrics, baseline, search)
+        won = tracking.winner(headline(metrics), best_fixed(metrics["arms"]))
+        tracking.name_run("evaluate", pipeline_facts(prepared.manifest), won)
         if reports_dir is not None:
             write_report(stage.output(reports_dir), metrics, summary, accuracy, results, confusion, prepared,
                          policy_dir, baseline, search)
@@ -99,8 +100,8 @@ def run(params: Params, prepared_dir: Path, downstream_dir: Path, metrics_path: 
                                       {(arm, i): 100 * a for arm, accs in accuracy.items() for i, a in enumerate(accs)})
         tracking.describe_evaluate_run(run_, summary)
         stage.after_publish(lambda: datasets.log_datasets("evaluate", upstream, [metrics_path, plots_dir, reports_dir]))
-        registry.describe_policy_verdict(params.tracking.policy_model_name, run_.data.tags.get("upstream.metatrain",
-                                                                                              "unknown"), summary)
+        registry.record_verdict(params.tracking.policy_model_name, run_.data.tags.get("upstream.metatrain", "unknown"),
+                                summary, numbers, won)
         for arm, s in metrics["arms"].items():
             print(f"evaluate: {arm:15s} {s['mean']:.2f} ± {s['std']:.2f} (n={s['n']})")
         for pair, d in metrics["paired"].items():
