@@ -887,7 +887,8 @@ def test_tracking_failure_keeps_previous_output_and_marks_the_run_failed(project
     before = tree(project)
     code, err = cli(capsys, "prepare")
     assert_one_line_error(code, err, "mlruns")
-    assert tree(project) == {**before, "fresh.db": tree(project)["fresh.db"]}
+    after = tree(project)  # the new store and its lock beside it (metaaug.store.lock_path), nothing else
+    assert after == {**before, "fresh.db": after["fresh.db"], "fresh.db.lock": after["fresh.db.lock"]}
     client = mlflow.MlflowClient(f"sqlite:///{project / 'fresh.db'}")
     runs = client.search_runs([client.get_experiment_by_name("metaaug").experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]

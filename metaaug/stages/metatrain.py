@@ -21,7 +21,6 @@ from metaaug import datasets, distributed, ownership, registry, runner, tracking
 from metaaug.config import Params, load_params
 from metaaug.files import output_path
 from metaaug.publish import write_json
-from metaaug.errors import MetaaugError
 from metaaug.search import SearchSpace, downstream_flops, meta_train_tasks, search, serve, tasks_needed
 from metaaug.ops import OP_NAMES
 from metaaug.plots import policy_figure
@@ -129,6 +128,7 @@ def search_and_publish(params: Params, prepared_dir: Path, out: Path, timing: Pa
         for line in describe(policy, baseline):
             print(f"metatrain:   {line}")
     ckpt.unlink(missing_ok=True)  # the search is published: nothing left to resume
+    ownership.sidecar(ckpt).unlink(missing_ok=True)
     print(f"metatrain: chosen policy -> {out / 'policy.json'}; registered as models:/{name}/{registered['version']} "
           f"(models:/{name}@{registry.POLICY_ALIAS})")
 
