@@ -503,7 +503,7 @@ MISMATCH_ROWS = {  # a CLI stage given inputs that do not belong together: (args
     "evaluate_prepared_of_same_shape": (["evaluate", "--prepared", "same_shape"],
                                         ["models/downstream", "another prepare output than same_shape"]),
     "train_augmented_of_other_prepared": (["train", "--prepared", "same_shape", "--out", "models/new"],
-                                          ["another prepare output than same_shape"]),  # policy is checked first
+                                          ["another prepare output than same_shape"]),  # the augmented set (a policy is portable)
     "evaluate_downstream_is_prepared": (["evaluate", "--downstream", "data/prepared"],
                                         ["data/prepared", "output of `metaaug prepare`"]),
     "train_prepared_is_policy": (["train", "--prepared", "models/policy", "--out", "models/new"],
