@@ -140,10 +140,9 @@ def _short(value: object) -> str:
 
 
 @functools.cache
-def code_digest() -> str:
+def code_digest(root: Path = Path(__file__).resolve().parent) -> str:
     """The code version: SHA-256 over the names and bytes of metaaug's Python source files (an installed
     wheel and a checkout of the same commit agree; a local edit does not)."""
-    root = Path(__file__).resolve().parent
     h = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
