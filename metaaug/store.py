@@ -123,6 +123,7 @@ def check_store(uri: str) -> None:
 
 
 LOCK_TIMEOUT_S = 60  # how long the store lock is waited for before one line names its holder
+HOLDER_BYTES = 128  # the holder's record in the lock file
 
 
 def lock_path(db: Path) -> Path:
@@ -159,14 +160,14 @@ def store_lock(uri: str, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+                    holder = os.pread(fd, HOLDER_BYTES, 0).decode(errors="replace").strip() or "unknown"
                     raise MetaaugError(f"{path}: the MLflow store's lock is held by another process ({holder}) "
                                        f"for over {timeout:g} s; expected it free (a lock ends with its process: "
                                        "wait for that one, or end it)") from None
                 time.sleep(0.05)
         with contextlib.suppress(OSError):  # a lock another user created is only readable: holder unknown
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+            holder = f"pid {os.getpid()} on {socket.gethostname()}"[:HOLDER_BYTES - 1]  # fixed width: no
+            os.pwrite(fd, (holder.ljust(HOLDER_BYTES - 1) + "\n").encode(), 0)  # truncate (8 ms on ext4)
         yield
     finally:
         os.close(fd)
