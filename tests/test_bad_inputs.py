@@ -338,7 +338,7 @@ def tree(root) -> dict:
         for name in dirs + files:
             path = os.path.join(here, name)
             rel = os.path.relpath(path, root)
-            if rel.split(os.sep)[0] in ("mlflow.db", "mlruns"):
+            if rel.split(os.sep)[0] in ("mlflow.db", "mlflow.db.lock", "mlruns"):  # the lock records its holder
                 continue
             if os.path.islink(path):
                 found[rel] = "-> " + os.readlink(path)
