@@ -143,10 +143,11 @@ def check_output(path: str | Path, kind: str | None, file: bool = False, shown: 
         read_only = os.statvfs(folder).f_flag & os.ST_RDONLY
         raise fail(given, f"folder {folder} is {'on a read-only file system' if read_only else 'not writable'}",
                    "a folder this user can write to")
-    if existing != resolved:
-        return
+    _check_writable_here(given, resolved, folder, file)
     if file:
         return _check_own_json(given, resolved, kind, expected)
+    if existing != resolved:
+        return
     if not resolved.is_dir():
         raise fail(given, "is a file", f"{expected} (a folder)")
     marker = read_marker(resolved)
@@ -167,6 +168,34 @@ def check_output(path: str | Path, kind: str | None, file: bool = False, shown: 
                                                        f"replaced (move your edited files out, or choose another path)")
 
 
+NAME_MAX_FALLBACK, TEMP_SUFFIX = 255, 32  # a temp's name: `.<name>.tmp-<pid>-<8 random>` (publish._new_temp)
+
+
+def _check_writable_here(given: Path, path: Path, folder: Path, file: bool) -> None:
+    """What would otherwise fail only at publishing, after the compute: a name (or its temp's or sidecar's,
+    which are longer) over the file system's limit, a path over PATH_MAX, an output that is a mount point
+    (a rename cannot replace one), an existing folder whose group this user cannot give its replacement."""
+    try:
+        name_max, path_max = os.pathconf(folder, "PC_NAME_MAX"), os.pathconf(folder, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = NAME_MAX_FALLBACK, 4096
+    longest = len(os.fsencode(path.name)) + max(len(".tmp-") + TEMP_SUFFIX, len(SIDECAR.format("")))
+    if longest + 1 > name_max:
+        raise fail(given, f"its name is {len(os.fsencode(path.name))} bytes, too long for metaaug's temp and "
+                          f"sidecar names beside it (at most {name_max} bytes a name there)",
+                   f"a name of at most {name_max - longest + len(os.fsencode(path.name)) - 1} bytes")
+    if len(os.fsencode(str(path))) + TEMP_SUFFIX + len(SIDECAR.format("")) > path_max:
+        raise fail(given, f"is {len(os.fsencode(str(path)))} bytes long, too long to write below it",
+                   f"a path well under {path_max} bytes")
+    if os.path.lexists(path) and os.path.ismount(path):
+        raise fail(given, "is a mount point, which a rename cannot replace",
+                   "a path inside the mounted file system (e.g. a folder in it)")
+    if path.exists() and path.stat().st_gid not in {os.getegid(), *os.getgroups()} \
+            and os.geteuid() != 0:
+        raise fail(given, f"belongs to group {path.stat().st_gid}, which this user is not in, so its replacement "
+                          "could not keep it", "a folder of one of this user's groups (or a new path)")
+
+
 def sidecar(path: Path) -> Path:
     """Where a JSON output file's kind and hash are kept: `.<name>.metaaug.json` beside it."""
     return path.with_name(SIDECAR.format(path.name))
@@ -175,13 +204,15 @@ def sidecar(path: Path) -> Path:
 def _check_own_json(given: Path, path: Path, kind: str | None, expected: str) -> None:
     """An existing output file is replaced only when metaaug wrote it as `kind` and nobody edited it since: its
     sidecar names the kind and the file's SHA-256."""
+    if not os.path.lexists(path):  # the sidecar will be written too: a user's file of that name is theirs
+        if os.path.lexists(sidecar(path)) and _sidecar_record(path, kind) is None:
+            raise fail(sidecar(given), "exists and metaaug did not write it (the sidecar metaaug would write for "
+                                       f"{given.name})", "no file there (move it, or choose another path)")
+        return
     if not path.is_file():
         raise fail(given, "is a folder", f"{expected} (a file)")
-    try:
-        record = json.loads(sidecar(path).read_text())
-    except (OSError, ValueError):  # none, or unreadable: nothing vouches for the file
-        record = None
-    if not isinstance(record, dict):
+    record = _sidecar_record(path, None)
+    if record is None:
         raise fail(given, f"exists and metaaug did not write it (no readable {sidecar(given).name} beside it)",
                    expected)
     if record.get("kind") != kind:
@@ -190,6 +221,29 @@ def _check_own_json(given: Path, path: Path, kind: str | None, expected: str) ->
         raise fail(given, f"was modified since metaaug wrote it (it no longer matches the SHA-256 in "
                           f"{sidecar(given).name})", f"the {_what(kind)} as metaaug wrote it before it is "
                                                      "replaced (move it, or choose another path)")
+
+
+def _sidecar_record(path: Path, kind: str | None) -> dict | None:
+    """The sidecar of output file `path` when it is one metaaug wrote: a plain file holding exactly a kind
+    (`kind`, when given) and a list of SHA-256s; None otherwise (none, a link, unreadable, anything else)."""
+    side = sidecar(path)
+    try:
+        if side.is_symlink() or not side.is_file() or side.stat().st_size > 4096:
+            return None
+        record = json.loads(side.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or set(record) != {"kind", "sha256"} or not isinstance(record["sha256"], list):
+        return None
+    return record if kind is None or record["kind"] == kind else None
+
+
+def verify_file(path: Path, kind: str, expected: str) -> None:
+    """Stop unless output file `path` is byte for byte as metaaug wrote it as `kind` (its sidecar's SHA-256)."""
+    record = _sidecar_record(path, kind)
+    if record is None or sha256_file(path) not in record["sha256"][-1:]:
+        raise fail(path, f"does not match the SHA-256 in its {sidecar(path).name} (edited, or not metaaug's)",
+                   expected)
 
 
 def check_outputs(outputs, inputs: Iterable = (), files=()) -> None:
@@ -262,11 +316,29 @@ def verify_input(path: str | Path, kind: str, against: dict | None = None) -> st
         recorded = marker.get("inputs", {}).get(name)
         if other is None or recorded is None:
             continue
-        if recorded != verify_input(other, name):
+        if recorded != verify_input(other, name) and (kind, name) not in PORTABLE:
             raise fail(given, f"was made from another {name} output than {other}",
                        f"inputs of one pipeline (rerun `metaaug {kind}` on {other}, or pass the {name} "
                        f"output it was made from)")
     return digest
+
+
+# An output made from another upstream output than the one given that is still used as given: a policy is a
+# portable artifact (searched on one data set, applied to another: docs/method.md), so its provenance is a
+# recorded fact (borrowed, tagged on the run), not a refusal.
+PORTABLE = {("metatrain", "prepare")}
+
+
+def borrowed(inputs: dict[str, Path], digests: dict[str, str]) -> dict[str, str]:
+    """The inputs (stage -> its output) made from another upstream output than the one given, where PORTABLE
+    allows it: `<input>.made_from.<upstream>` -> the upstream digest its marker recorded."""
+    found = {}
+    for kind, of in sorted(PORTABLE):
+        if inputs.get(kind) is not None and of in digests:
+            recorded = (read_marker(output_path(inputs[kind])) or {}).get("inputs", {}).get(of)
+            if recorded is not None and recorded != digests[of]:
+                found[f"{kind}.made_from.{of}"] = recorded
+    return found
 
 
 def verify_inputs(inputs: dict[str, Path | None]) -> dict[str, str]:

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -73,6 +74,8 @@ def publish(staged: Staged) -> None:
         if staged.kind is not None or not staged.file:
             check_output(path, staged.kind, file=staged.file, shown=staged.shown)
         _kill_hook(path)
+        if os.path.lexists(path):
+            keep_attributes(path, staged.content)
         if staged.file:
             _replace_file(staged)
         elif not path.exists() or not _exchange(staged.content, path):  # exchanged: content is the old output
@@ -80,6 +83,28 @@ def publish(staged: Staged) -> None:
                 os.replace(path, staged.temp / "previous")
             os.replace(staged.content, path)
     discard(staged)
+
+
+ACL_XATTRS = ("system.posix_acl_access", "system.posix_acl_default")
+
+
+def keep_attributes(old: Path, new: Path) -> None:
+    """Give the replacement `new` what the user set on the existing `old`: its group (and, for root, its
+    owner), its mode with the setgid and sticky bits, its POSIX ACLs; under a setgid folder every file gets
+    the folder's group, as it would have had written there. What cannot be kept stops the publish (a
+    private folder never comes back world-readable): check_output refuses a foreign group up front."""
+    st = os.stat(old, follow_symlinks=False)
+    for here, dirs, files in os.walk(new) if st.st_mode & stat.S_ISGID and new.is_dir() else ():
+        for name in dirs + files:
+            os.chown(os.path.join(here, name), -1, st.st_gid, follow_symlinks=False)
+    os.chown(new, st.st_uid if os.geteuid() == 0 else -1, st.st_gid)
+    os.chmod(new, stat.S_IMODE(st.st_mode))
+    for name in ACL_XATTRS if hasattr(os, "getxattr") else ():
+        try:
+            value = os.getxattr(old, name, follow_symlinks=False)
+        except OSError:  # none set, or a file system without ACLs
+            continue
+        os.setxattr(new, name, value, follow_symlinks=False)
 
 
 def _replace_file(staged: Staged) -> None:

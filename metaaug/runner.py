@@ -15,6 +15,7 @@ import hashlib
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -180,11 +181,16 @@ def stage_run(stage: str, params: dict, experiment: str, upstream: dict[str, Pat
     ownership.check_outputs(pairs, upstream.values(), files=files.items())
     outputs = dict(pairs)
     digests = ownership.verify_inputs(upstream)
+    borrowed = ownership.borrowed(upstream, digests)  # e.g. a policy searched on other data: said and tagged
+    for key in borrowed:
+        name, _, of = key.split(".")
+        print(f"note: {upstream[name]} was made from another {of} output than {upstream[of]}; it is used as "
+              f"given (tag metaaug.{key})", file=sys.stderr)
     uri = tracking_uri()
     check_reachable(uri)  # before importing mlflow, which takes seconds
     check_store(uri)
     with mlflow_errors(uri, experiment, setup=True):
-        run = _start_run(uri, stage, experiment, digests, params)
+        run = _start_run(uri, stage, experiment, digests, params, borrowed)
     body = Stage(run, stage, outputs, files, digests)
     mlflow = import_mlflow()
     try:
@@ -212,7 +218,8 @@ def stage_run(stage: str, params: dict, experiment: str, upstream: dict[str, Pat
         mlflow.end_run("FINISHED")
 
 
-def _start_run(uri: str, stage: str, experiment: str, digests: dict[str, str], params: dict):
+def _start_run(uri: str, stage: str, experiment: str, digests: dict[str, str], params: dict,
+               borrowed: dict[str, str]):
     """Open the store, check the stage's experiments, mark this stage's runs of killed processes FAILED, start
     the run with its tags (upstream runs found by the digests of the inputs) and log its params."""
     mlflow = import_mlflow()
@@ -225,6 +232,7 @@ def _start_run(uri: str, stage: str, experiment: str, digests: dict[str, str], p
     fail_stale_runs(client, exp.experiment_id, stage)
     tags = {STAGE_TAG: stage, PROCESS_TAG: process_tag(), PROJECT_TAG: project_id(), **git_info()}
     tags[PIPELINE_TAG] = pipeline_id(tags["git.commit"])
+    tags.update({f"metaaug.{key}": digest for key, digest in borrowed.items()})
     for name, digest in digests.items():
         tags[f"upstream.{name}"] = find_run_by_digest(client, exp.experiment_id, name, digest) or "unknown"
     run = mlflow.start_run(run_name=stage, tags=tags)

@@ -1,18 +1,21 @@
 """The MLflow store the stage runs go to: where it is (MLFLOW_TRACKING_URI), whether it answers and can
-be written, one machine-wide lock while a fresh SQLite store gets its tables, experiments looked up or
+be written, a lock beside the SQLite file while a fresh store gets its tables, experiments looked up or
 created, and MLflow's own failures and chatter turned into one line. mlflow is imported only here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import errno
 import json
 import logging
 import os
 import re
+import socket
 import sqlite3
+import stat
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -163,27 +166,75 @@ def check_store(uri: str) -> None:
         raise MetaaugError(f"{where}: cannot use {db} ({reason}); expected {expected}") from None
 
 
-@contextlib.contextmanager
-def store_lock(uri: str) -> Iterator[None]:
-    """For a SQLite store, hold a machine-wide lock while MLflow creates or upgrades its tables.
+LOCK_TIMEOUT_S = 60  # how long the store lock is waited for before one line names its holder
+HOLDER_BYTES = 128  # the holder's record in the lock file
 
-    Processes that open one fresh store at once (`dvc queue start -j 2`) would each create the
-    tables, and all but one would stop with "table ... already exists". The lock file lives in
-    the temp folder, keyed by the database's path, so the repository gains no file.
+
+def lock_path(db: Path) -> Path:
+    """The store lock's file: beside the SQLite file (`mlflow.db.lock`), where only those who may write the
+    store can create it, never at a predictable name in a shared temp folder."""
+    return db.with_name(db.name + ".lock")
+
+
+@contextlib.contextmanager
+def store_lock(uri: str, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """For a SQLite store, hold a lock while MLflow creates or upgrades its tables.
+
+    Processes that open one fresh store at once (`dvc queue start -j 2`) would each create the tables, and
+    all but one would stop with "table ... already exists". The lock lives with what it protects (see
+    lock_path), is opened without following a symbolic link (O_NOFOLLOW: nobody redirects where it is
+    created), and is waited for at most `timeout` seconds: then one line names the process holding it.
     """
-    if not uri.startswith("sqlite:///"):
+    db = _sqlite_path(uri)
+    if db is None:
         yield
         return
-    db = Path(uri.removeprefix("sqlite:///").split("?")[0]).resolve()
     if not db.parent.is_dir():
         raise MetaaugError(f"MLFLOW_TRACKING_URI={uri}: folder {db.parent} does not exist; expected an existing "
                            "folder for the SQLite file")
     import fcntl
 
-    key = hashlib.sha256(str(db).encode()).hexdigest()[:16]
-    with open(Path(tempfile.gettempdir()) / f"metaaug-mlflow-{key}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+    path = lock_path(db)
+    fd = _open_lock(path)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the file is closed
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, HOLDER_BYTES, 0).decode(errors="replace").strip() or "unknown"
+                    raise MetaaugError(f"{path}: the MLflow store's lock is held by another process ({holder}) "
+                                       f"for over {timeout:g} s; expected it free (a lock ends with its process: "
+                                       "wait for that one, or end it)") from None
+                time.sleep(0.05)
+        with contextlib.suppress(OSError):  # a lock another user created is only readable: holder unknown
+            holder = f"pid {os.getpid()} on {socket.gethostname()}"[:HOLDER_BYTES - 1]  # fixed width: no
+            os.pwrite(fd, (holder.ljust(HOLDER_BYTES - 1) + "\n").encode(), 0)  # truncate (8 ms on ext4)
         yield
+    finally:
+        os.close(fd)
+
+
+def _open_lock(path: Path) -> int:
+    """The lock file's descriptor, created if missing; a symbolic link (or anything but a plain file) there is
+    refused, never followed."""
+    flags = os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        try:
+            fd = os.open(path, flags | os.O_RDWR, 0o666)
+        except PermissionError:  # another user's lock file: reading is enough to flock it
+            fd = os.open(path, flags | os.O_RDONLY)
+    except OSError as exc:
+        what = "is a symbolic link" if exc.errno == errno.ELOOP else f"cannot be opened ({exc.strerror})"
+        raise MetaaugError(f"{path}: the MLflow store's lock file {what}; expected a plain file beside the "
+                           "store that this user may open (or none)") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise MetaaugError(f"{path}: the MLflow store's lock file is not a plain file; expected a plain file "
+                           "beside the store (or none)")
+    return fd
 
 
 def check_experiment(client, name: str) -> None:

@@ -338,7 +338,7 @@ def tree(root) -> dict:
         for name in dirs + files:
             path = os.path.join(here, name)
             rel = os.path.relpath(path, root)
-            if rel.split(os.sep)[0] in ("mlflow.db", "mlruns"):
+            if rel.split(os.sep)[0] in ("mlflow.db", "mlflow.db.lock", "mlruns"):  # the lock records its holder
                 continue
             if os.path.islink(path):
                 found[rel] = "-> " + os.readlink(path)
@@ -503,7 +503,7 @@ MISMATCH_ROWS = {  # a CLI stage given inputs that do not belong together: (args
     "evaluate_prepared_of_same_shape": (["evaluate", "--prepared", "same_shape"],
                                         ["models/downstream", "another prepare output than same_shape"]),
     "train_augmented_of_other_prepared": (["train", "--prepared", "same_shape", "--out", "models/new"],
-                                          ["another prepare output than same_shape"]),  # policy is checked first
+                                          ["another prepare output than same_shape"]),  # the augmented set (a policy is portable)
     "evaluate_downstream_is_prepared": (["evaluate", "--downstream", "data/prepared"],
                                         ["data/prepared", "output of `metaaug prepare`"]),
     "train_prepared_is_policy": (["train", "--prepared", "models/policy", "--out", "models/new"],
@@ -888,7 +888,8 @@ def test_tracking_failure_keeps_previous_output_and_marks_the_run_failed(project
     before = tree(project)
     code, err = cli(capsys, "prepare")
     assert_one_line_error(code, err, "mlruns")
-    assert tree(project) == {**before, "fresh.db": tree(project)["fresh.db"]}
+    after = tree(project)  # the new store and its lock beside it (metaaug.store.lock_path), nothing else
+    assert after == {**before, "fresh.db": after["fresh.db"], "fresh.db.lock": after["fresh.db.lock"]}
     client = mlflow.MlflowClient(f"sqlite:///{project / 'fresh.db'}")
     runs = client.search_runs([client.get_experiment_by_name("metaaug").experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]

@@ -7,7 +7,10 @@ from pathlib import Path
 
 from metaaug.errors import MetaaugError
 from metaaug.files import read_json
+from metaaug.ownership import verify_file
 from metaaug.publish import write_json
+
+KIND = "metatrain.checkpoint"
 
 
 @dataclass
@@ -38,12 +41,14 @@ class SearchState:
     done: str = ""
 
     def save(self, path: Path) -> None:
-        write_json(path, self.__dict__)
+        write_json(path, self.__dict__, kind=KIND)  # its sidecar holds its SHA-256: verified on resume
+
 
     @classmethod
     def load(cls, path: Path) -> "SearchState":
         """A saved search; a damaged checkpoint stops with one line saying how to restart."""
         expected = "a checkpoint metaaug wrote (delete it to restart the search)"
+        verify_file(path, KIND, expected)  # an edited one would publish a policy its evidence contradicts
         doc = read_json(path, expected)
         try:
             return cls(**doc)

@@ -21,7 +21,6 @@ from metaaug import datasets, distributed, ownership, registry, runner, tracking
 from metaaug.config import Params, load_params
 from metaaug.files import output_path
 from metaaug.publish import write_json
-from metaaug.errors import MetaaugError
 from metaaug.search import SearchSpace, downstream_flops, meta_train_tasks, search, serve, tasks_needed
 from metaaug.ops import OP_NAMES
 from metaaug.plots import policy_figure
@@ -34,13 +33,17 @@ from metaaug.training import RECIPE, pick_device
 TIMING_KIND = "metatrain.timing"
 
 
+def search_settings(params: Params) -> dict:
+    """Every setting that determines the search (workers and ranks never change it)."""
+    return {"metatrain": params.metatrain.model_dump(exclude={"workers", "distributed"}),
+            "train": params.train.model_dump(include=RECIPE), "shots": params.tasks.shots, "seed": params.seed}
+
+
 def checkpoint_path(out: Path, params: Params, prepared_digest: str, device: torch.device) -> Path:
     """Beside the output (which is replaced atomically), keyed by everything that determines the search: the
     prepared set's digest (as the stage runner verified it), the settings and the kind of device scoring runs
     on (a GPU's bfloat16 scores must not continue a CPU's search)."""
-    search_params = params.metatrain.model_dump(exclude={"workers", "distributed"})  # these never change the search
-    settings = json.dumps({"metatrain": search_params, "train": params.train.model_dump(include=RECIPE),
-                           "shots": params.tasks.shots, "seed": params.seed, "device": device.type}, sort_keys=True)
+    settings = json.dumps({**search_settings(params), "device": device.type}, sort_keys=True)
     key = prepared_digest[:12] + "-" + hashlib.sha256(settings.encode()).hexdigest()[:12]
     out = output_path(out)
     return out.parent / f".{out.name}.checkpoint-{key}.json"
@@ -50,7 +53,7 @@ def run(params: Params, prepared_dir: Path, out: Path, timing: Path | None = Non
     cfg = params.metatrain
     with distributed.world(cfg.distributed, pick_device(params.train.device), "metatrain") as world:
         if world.mode == "shard":
-            same_input_everywhere(world, prepared_dir)
+            same_job_everywhere(world, params, prepared_dir)
         if world.is_main:
             search_and_publish(params, prepared_dir, out, timing, world)
         else:
@@ -59,15 +62,12 @@ def run(params: Params, prepared_dir: Path, out: Path, timing: Path | None = Non
                   params.train, world)
 
 
-def same_input_everywhere(world: distributed.World, prepared_dir: Path) -> None:
-    """Every rank checks its data/prepared by content (ownership.verify_inputs) and against rank 0's digest: on several
-    machines each reads its own copy, and a rank scoring other tasks would corrupt the search silently."""
-    mine = ownership.verify_inputs({"prepare": prepared_dir})["prepare"]
-    ours = world.broadcast(mine if world.is_main else None)
-    if mine != ours:
-        raise MetaaugError(f"rank {world.rank}: {prepared_dir} (md5 {mine[:12]}) differs from rank 0's (md5 "
-                           f"{ours[:12]}); expected the same prepared data on every machine (copy it, or share "
-                           "one file system)")
+def same_job_everywhere(world: distributed.World, params: Params, prepared_dir: Path) -> None:
+    """Every rank checks its data/prepared by content (on several machines each reads its own copy), then
+    proves it runs rank 0's job: the same search settings, prepared data and code (distributed.same_job)."""
+    facts = tracking.flatten(search_settings(params))
+    facts["prepared data (digest)"] = ownership.verify_inputs({"prepare": prepared_dir})["prepare"]
+    distributed.same_job(world, facts)
 
 
 def search_and_publish(params: Params, prepared_dir: Path, out: Path, timing: Path | None,
@@ -128,6 +128,7 @@ def search_and_publish(params: Params, prepared_dir: Path, out: Path, timing: Pa
         for line in describe(policy, baseline):
             print(f"metatrain:   {line}")
     ckpt.unlink(missing_ok=True)  # the search is published: nothing left to resume
+    ownership.sidecar(ckpt).unlink(missing_ok=True)
     print(f"metatrain: chosen policy -> {out / 'policy.json'}; registered as models:/{name}/{registered['version']} "
           f"(models:/{name}@{registry.POLICY_ALIAS})")
 

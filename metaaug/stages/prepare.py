@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from metaaug import datasets, runner, tracking
+from metaaug import datasets, ownership, runner, tracking
 from metaaug.config import Params, load_params
 from metaaug.data import check_source
 from metaaug.plots import class_grid
@@ -16,8 +16,11 @@ from metaaug.tasks import load_prepared, prepare
 
 def run(params: Params, out: Path) -> None:
     logged = {"seed": params.seed, "data": params.data.model_dump(), "tasks": params.tasks.model_dump()}
-    for source in (params.data.source, params.tasks.target_source):  # in a second, before any MLflow store
+    sources = [s for s in (params.data.source, params.tasks.target_source) if s is not None]
+    for source in sources:  # in a second, before any MLflow store
         check_source(source)
+    # the sources' paths are inputs too: no output inside a data set (nor a data set inside the output)
+    ownership.check_outputs([(out, "prepare")], [Path(s.partition(":")[2]) for s in sources if s.partition(":")[2]])
     with runner.stage_run("prepare", logged, params.tracking.experiment, output=out) as stage:
         tmp = stage.output(out)
         manifest = prepare(params.data, params.tasks, params.seed, tmp)

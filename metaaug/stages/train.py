@@ -40,12 +40,15 @@ def run(params: Params, prepared_dir: Path, out: Path, policy_dir: Path | None =
         upstream["metatrain"] = policy_dir
         if cfg.learned_source == "augmented":
             upstream["augment"] = augmented_dir
-    ownership.verify_inputs(upstream)  # before anything is read (stage_run reuses the digests)
+    digests = ownership.verify_inputs(upstream)  # before anything is read (stage_run reuses the digests)
     prepared = load_prepared(prepared_dir)
     x_all, y_all = to_tensor(prepared.target_images), torch.tensor(np.asarray(prepared.target_labels))
     n_classes, channels, size = len(prepared.manifest["target"]["classes"]), x_all.shape[1], x_all.shape[-1]
     splits = prepared.manifest["splits"]
     with distributed.world(cfg.distributed, pick_device(cfg.device)) as world:
+        distributed.same_job(world, {**tracking.flatten({"train": cfg.model_dump(exclude={"workers"}),
+                                                         "seed": params.seed}),
+                                     **{f"{name} output (digest)": d for name, d in digests.items()}})
         x_all, y_all = to_device(x_all, world.device), to_device(y_all, world.device)
         augmenters = {arm: arm_augmenter(arm, channels, cfg.learned_source, policy_dir, augmented_dir)
                       for arm in cfg.arms}
