@@ -59,9 +59,9 @@ def results_cmd(evaluation: Path = typer.Option(Path("reports/evaluation.json"),
     if not evaluation.is_file():
         raise MetaaugError(f"{evaluation}: not found; expected {expected}")
     doc = read_json(evaluation, expected)
-    if not isinstance(doc, dict) or not isinstance(doc.get("runs"), dict):
-        raise MetaaugError(f"{evaluation}: does not record the runs it evaluated; expected {expected} (rerun it)")
-    cost = search_cost(timings, doc["runs"])
+    if not isinstance(doc, dict):
+        raise MetaaugError(f"{evaluation}: is not the evaluation evaluate writes; expected {expected} (rerun it)")
+    cost = search_cost(timings, doc.get("runs") if isinstance(doc.get("runs"), dict) else None)
     try:
         text = results_markdown(doc, cost)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:

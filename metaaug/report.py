@@ -171,15 +171,6 @@ def accuracy_tables(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def upstream_runs() -> dict:
-    """The metatrain and train runs whose outputs the active (evaluate) run read, from its `upstream.*` tags,
-    so that `metaaug results` shows only the timings of those runs (metaaug.timing.search_cost)."""
-    from metaaug.tracking import active_run
-
-    tags = active_run()[1]
-    return {stage: tags.get(f"upstream.{stage}") for stage in ("metatrain", "train")}
-
-
 def results_markdown(evaluation: dict, cost: dict | str | None) -> str:
     """The README's results section, from reports/evaluation.json and the timings (`metaaug results`); `cost`
     is search_cost's answer (a string: why there is none to show)."""
@@ -282,7 +273,7 @@ def write_report(out: Path, metrics: dict, summary: str, accuracy: dict[str, np.
     if has_policy:
         save(policy_figure(load_policy(policy_dir / "policy.json"), "learned policy: " + what_it_is(baseline)),
              out / "policy.png")
-    write_json(out / "evaluation.json", {**metrics, "verdict": summary, "runs": upstream_runs()})
+    write_json(out / "evaluation.json", {**metrics, "verdict": summary})
     lines = ["# metaaug report", "",
              f"Target classes {', '.join(classes)} ({manifest['target']['source']}), "
              f"{len(manifest['splits'])} splits, {len(manifest['test'])} test images. Written by the `evaluate` stage.",
