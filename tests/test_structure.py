@@ -249,7 +249,7 @@ if __name__ == "__main__":
 '''
 
 
-@pytest.mark.slow  # about a minute on 2 cores: prepare and the new stage, through the CLI and through DVC
+@pytest.mark.slow  # prepare and the new stage, through the CLI and through DVC, and the checks in the copy
 def test_a_new_stage_is_its_module_its_entry_and_its_dvc_yaml_entry(tmp_path, monkeypatch):
     """docs/contributing.md's "Add a stage", followed literally in a scratch copy: the stage's module, its
     two-line entry and its dvc.yaml entry (the declaration's, with the code it runs as deps) and nothing else;
