@@ -56,12 +56,10 @@ def main() -> None:
                              check=True).stdout
         (before / "dvc.yaml").write_text(old)
         sh("git", "commit", "-qam", "the old dvc.yaml", cwd=before)
-        results = {"before": measure(before), "after": measure(after)}
-    print(f"| `dvc exp run -S ...` | stages run, dvc.yaml at {args.before} | s | stages run, now | s |")
-    print("|---|---|---|---|---|")
-    for sweep in SWEEPS:
-        (b, tb), (a, ta) = results["before"][sweep], results["after"][sweep]
-        print(f"| `{sweep}` | {', '.join(b) or 'none'} | {tb:.1f} | {', '.join(a) or 'none'} | {ta:.1f} |")
+        print(f"| dvc.yaml | `dvc exp run -S ...` | stages run | s |\n|---|---|---|---|", flush=True)
+        for name, root in ((f"at {args.before}", before), ("now", after)):
+            for sweep, (ran, seconds) in measure(root).items():
+                print(f"| {name} | `{sweep}` | {', '.join(ran) or 'none'} | {seconds:.1f} |", flush=True)
 
 
 if __name__ == "__main__":
