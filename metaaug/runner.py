@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Iterator
 
 from metaaug import ownership, publish
+from metaaug.datasets import log_datasets
+from metaaug.declaration import Declaration
 from metaaug.errors import MetaaugError
-from metaaug.files import canonical
+from metaaug.files import canonical, read_json
 from metaaug.store import (check_experiment, check_reachable, check_store, ensure_experiment, import_mlflow,
                            mlflow_errors, project_root, store_lock, tracking_uri)
-from metaaug.tracking import PIPELINE_TAG, as_params, splits_experiment
+from metaaug.tracking import PIPELINE_TAG, as_params, name_run, splits_experiment
 
 STAGE_TAG = "metaaug.stage"
 DIGEST_TAG = "metaaug.output_digest"
@@ -77,11 +79,17 @@ def git(*args: str) -> str:
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
-def git_info() -> dict[str, str]:
-    """The commit of the working directory and whether it has uncommitted changes."""
+def git_info(outputs: list[Path] = ()) -> dict[str, str]:
+    """The commit of the working directory and whether it has uncommitted changes, other than to the stage's
+    own outputs (`outputs`, with their sidecars): `dvc repro` deletes a stage's outputs before running it, so a
+    git-tracked output (metrics.json) is missing on a clean tree while its stage runs."""
     commit = git("rev-parse", "HEAD") or "none"
-    dirty = "true" if git("status", "--porcelain", "--untracked-files=no") else "false"
-    return {"git.commit": commit, "git.dirty": dirty}
+    own = {p.resolve() for out in outputs for p in (Path(out), ownership.sidecar(Path(out)))}
+    root = Path(git("rev-parse", "--show-toplevel") or ".")  # porcelain paths are relative to it
+    changed = [(root / line[3:].split(" -> ")[-1].strip('"')).resolve()
+               for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
+    dirty = any(not any(p == o or o in p.parents for o in own) for p in changed)
+    return {"git.commit": commit, "git.dirty": "true" if dirty else "false"}
 
 
 def pipeline_id(commit: str) -> str:
@@ -125,6 +133,7 @@ class Stage:
                           **{Path(p): (k, True) for p, k in files.items()}}
         self.staged: dict[Path, publish.Staged] = {}
         self.published: list = []  # see after_publish
+        self.headline: str | None = None  # what opens the run's name (evaluate: the winner; tracking.name_run)
 
     def _staged(self, path: Path, file: bool) -> publish.Staged:
         path = Path(path)
@@ -155,31 +164,29 @@ class Stage:
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, params: dict, experiment: str, upstream: dict[str, Path] | None = None,
-              output: Path | None = None, files: dict[Path, str] | None = None,
-              outputs: dict[Path, str] | list[tuple[Path, str]] | None = None) -> Iterator[Stage]:
-    """One stage execution, in the one order every stage follows:
+def stage_run(declaration: Declaration, params: dict, experiment: str,
+              paths: dict[str, Path | None]) -> Iterator[Stage]:
+    """One execution of the stage `declaration` declares, in the one order every stage follows:
 
-    1. cheap checks, before any MLflow store is opened or created: every output (`output`, of kind `stage`,
-       the folders `outputs` and the files `files`, path -> kind) is a path metaaug may write, apart from the
-       inputs; every input (`upstream`: stage name -> its output) matches its marker by content and the
-       others by the digests it recorded (each folder hashed once);
-    2. the MLflow store and every experiment the stage uses (the splits one too) are usable; the run starts;
+    1. cheap checks, before any MLflow store is opened or created: every output the declaration names
+       (`paths`: its option -> the path given; None leaves that input or output out) is a path metaaug may
+       write, apart from the inputs; every input matches its marker by content and the others by the
+       digests it recorded (each folder hashed once);
+    2. the MLflow store and every experiment the stage uses (the splits one too) are usable; the run starts,
+       tagged (stage, git, pipeline, process, the upstream runs) with `params` logged;
     3. the body computes into temps (`Stage.output`, `Stage.write_json`) and logs to the run;
-    4. the inputs are still what was verified; the outputs' markers are written and the main output's
-       digest tagged; then the outputs are published, each in one rename; the run ends FINISHED.
+    4. the run is named by its pipeline (prepare's manifest); the inputs are still what was verified; the
+       outputs' markers are written and the main output's digest tagged; the outputs are published, each in
+       one rename; the inputs and outputs are logged as MLflow datasets, then the body's `after_publish`
+       hooks run (the registry); the run ends FINISHED.
 
     Any failure: the temps are removed, every previous output stays, the run ends FAILED, and the error is
     one line. `upstream.<stage>` tags the run that wrote each input (found by its digest).
     """
     if not experiment.strip():  # MLflow would stop with a traceback
         raise MetaaugError("params.yaml: tracking.experiment is empty; expected an MLflow experiment name")
-    upstream = {name: p for name, p in (upstream or {}).items() if p is not None}
-    pairs = [(p, k) for p, k in [(output, stage), *(outputs.items() if isinstance(outputs, dict) else outputs or [])]
-             if p is not None]  # pairs: two outputs given one path are seen
-    files = {p: k for p, k in (files or {}).items() if p is not None}
-    ownership.check_outputs(pairs, upstream.values(), files=files.items())
-    outputs = dict(pairs)
+    upstream, outputs, files = declared_paths(declaration, paths)
+    ownership.check_outputs(outputs, upstream.values(), files=files.items())
     digests = ownership.verify_inputs(upstream)
     borrowed = ownership.borrowed(upstream, digests)  # e.g. a policy searched on other data: said and tagged
     for key in borrowed:
@@ -189,22 +196,28 @@ def stage_run(stage: str, params: dict, experiment: str, upstream: dict[str, Pat
     uri = tracking_uri()
     check_reachable(uri)  # before importing mlflow, which takes seconds
     check_store(uri)
+    written = [p for p, _ in outputs] + list(files)
     with mlflow_errors(uri, experiment, setup=True):
-        run = _start_run(uri, stage, experiment, digests, params, borrowed)
-    body = Stage(run, stage, outputs, files, digests)
+        run = _start_run(uri, declaration, experiment, digests, params, borrowed, written)
+    body = Stage(run, declaration.name, dict(outputs), files, digests)
+    main = paths.get(declaration.main) if declaration.main else None
     mlflow = import_mlflow()
     try:
         with mlflow_errors(uri, experiment):
             yield body
+            name_run(declaration.name, pipeline_facts(_manifest(upstream, body, main)), body.headline)
             if ownership.verify_inputs(upstream) != digests:
                 raise MetaaugError(f"{', '.join(map(str, upstream.values()))}: an input was replaced while "
-                                   f"`metaaug {stage}` ran; expected its inputs unchanged until it ends (rerun it)")
+                                   f"`metaaug {declaration.name}` ran; expected its inputs unchanged until it "
+                                   "ends (rerun it)")
             marked = {path: publish.finish(s, digests) for path, s in body.staged.items()}
-            if output is not None and marked.get(Path(output)):
-                mlflow.set_tag(DIGEST_TAG, marked[Path(output)])
+            if main is not None and marked.get(Path(main)):
+                mlflow.set_tag(DIGEST_TAG, marked[Path(main)])
         for s in body.staged.values():
             publish.publish(s)
         with mlflow_errors(uri, experiment):
+            log_datasets(declaration.name, upstream, [p for p, _ in outputs] + [p for p, k in files.items()
+                                                                              if not k.endswith(".timing")])
             for record in body.published:
                 record()
     except BaseException as exc:
@@ -218,19 +231,52 @@ def stage_run(stage: str, params: dict, experiment: str, upstream: dict[str, Pat
         mlflow.end_run("FINISHED")
 
 
-def _start_run(uri: str, stage: str, experiment: str, digests: dict[str, str], params: dict,
-               borrowed: dict[str, str]):
+def declared_paths(declaration: Declaration, paths: dict[str, Path | None]):
+    """The given paths by what the declaration makes of them: the inputs (upstream stage -> path), the output
+    folders (a list of path, kind pairs: two outputs given one path are seen) and the output files (path ->
+    kind, the wall-time file among them). A path given as None is no input or output of this execution."""
+    unknown = set(paths) - {*declaration.inputs, *declaration.outputs, "timing"}
+    if unknown:  # a programming error: the stage passed a path its declaration does not name
+        raise MetaaugError(f"stage {declaration.name}: {sorted(unknown)} are not declared; expected the "
+                           f"options of its declaration ({sorted({*declaration.inputs, *declaration.outputs})})")
+    upstream = {stage: Path(paths[opt]) for opt, (stage, _) in declaration.inputs.items() if paths.get(opt) is not None}
+    outputs = [(Path(paths[opt]), out.kind) for opt, out in declaration.outputs.items()
+               if not out.file and paths.get(opt) is not None]
+    files = {Path(paths[opt]): out.kind for opt, out in declaration.outputs.items()
+             if out.file and paths.get(opt) is not None}
+    if paths.get("timing") is not None:
+        files[Path(paths["timing"])] = f"{declaration.name}.timing"
+    return upstream, outputs, files
+
+
+def _manifest(upstream: dict[str, Path], body: Stage, main: Path | None) -> dict:
+    """prepare's manifest, which names the pipeline: from its output, read (prepare) or just written."""
+    where = upstream.get("prepare") or (body.staged[Path(main)].content if main is not None else None)
+    return read_json(Path(where) / "manifest.json")
+
+
+def pipeline_facts(manifest: dict) -> dict:
+    """What tells one pipeline from another, from prepare's manifest: target data and classes, shots, splits."""
+    target = manifest["target"]
+    return {"target.source": target["source"], "target.classes": list(target["classes"]),
+            "target.shots": target["shots"], "target.splits": len(manifest["splits"]),
+            "meta.source": manifest["meta"]["source"]}
+
+
+def _start_run(uri: str, declaration: Declaration, experiment: str, digests: dict[str, str], params: dict,
+               borrowed: dict[str, str], written: list[Path]):
     """Open the store, check the stage's experiments, mark this stage's runs of killed processes FAILED, start
     the run with its tags (upstream runs found by the digests of the inputs) and log its params."""
     mlflow = import_mlflow()
     mlflow.set_tracking_uri(uri)
     with store_lock(uri):  # the first query on a fresh store creates its tables: one process at a time
         client = mlflow.MlflowClient()
-        for name in [experiment, *([splits_experiment(experiment)] if stage in SPLIT_STAGES else [])]:
+        for name in [experiment, *([splits_experiment(experiment)] if declaration.splits else [])]:
             check_experiment(client, name)
         exp = mlflow.set_experiment(experiment_id=ensure_experiment(client, experiment))
+    stage = declaration.name
     fail_stale_runs(client, exp.experiment_id, stage)
-    tags = {STAGE_TAG: stage, PROCESS_TAG: process_tag(), PROJECT_TAG: project_id(), **git_info()}
+    tags = {STAGE_TAG: stage, PROCESS_TAG: process_tag(), PROJECT_TAG: project_id(), **git_info(written)}
     tags[PIPELINE_TAG] = pipeline_id(tags["git.commit"])
     tags.update({f"metaaug.{key}": digest for key, digest in borrowed.items()})
     for name, digest in digests.items():
@@ -252,7 +298,5 @@ def _end_run(mlflow, status: str) -> None:
     except Exception:  # noqa: BLE001  (reported: the error that made the stage fail)
         pass
 
-
-SPLIT_STAGES = ("train", "evaluate")  # the stages that use the splits experiment (log_split_runs, accuracies)
 
 

@@ -27,6 +27,7 @@ import yaml
 from conftest import tiny_params
 from metaaug import publish
 from metaaug.cli import main
+from metaaug.declaration import declarations
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # the scratch projects the benches make too
 from _common import kill_group, make_project, sh  # noqa: E402
@@ -71,7 +72,7 @@ def repro_in_process(root: Path) -> None:
     assert committed.returncode == 0 and "up to date" in dvc(root, "status").stdout, committed.stderr
 
 
-STAGES = ("prepare", "metatrain", "augment", "train", "evaluate")
+STAGES = tuple(declarations())  # every stage module's DECLARATION, in pipeline order
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from metaaug.config import leaf_fields, spec
 from metaaug.ops import OP_TABLE_VERSION
 from metaaug.ownership import write_marker
 from metaaug.tasks import prepare
-from helpers import atomic_dir, cifar_files, free_port, write_cifar_tar, write_idx
+from helpers import STAGES, atomic_dir, cifar_files, free_port, write_cifar_tar, write_idx
 
 RNG = np.random.default_rng(0)
 
@@ -356,7 +356,7 @@ def run_pipeline(project, params: dict, **outs) -> None:
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(project)
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
-        for stage in ("prepare", "metatrain", "augment", "train", "evaluate"):
+        for stage in STAGES:
             args = [f"--{k}={v}" for k, v in outs.get(stage, {}).items()]
             with pytest.raises(SystemExit) as exit:
                 main([stage, *args])

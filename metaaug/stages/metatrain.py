@@ -15,22 +15,30 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import typer
 
-from metaaug import datasets, distributed, ownership, registry, runner, tracking, workers
+from metaaug import distributed, ownership, registry, runner, tracking, workers
 from metaaug.config import Params, load_params
+from metaaug.declaration import Declaration, Output
 from metaaug.files import output_path
 from metaaug.publish import write_json
 from metaaug.search import SearchSpace, downstream_flops, meta_train_tasks, search, serve, tasks_needed
 from metaaug.ops import OP_NAMES
 from metaaug.plots import policy_figure
 from metaaug.policies import Policy, describe, export_albumentations, save_policy, what_it_is
-from metaaug.stages import PARAMS, POLICY, PREPARED, pipeline_facts
+from metaaug.stages import PARAMS
 from metaaug.tasks import load_prepared
 from metaaug.timing import timing_doc
 from metaaug.training import RECIPE, pick_device
 
-TIMING_KIND = "metatrain.timing"
+# Its outputs depend on the search's settings, the learner recipe it scores with (train.*), the shots and the
+# seed; not on its processes or ranks (the output is byte-identical whatever they are) or the tracking names.
+DECLARATION = Declaration(
+    "metatrain", inputs={"prepared": ("prepare", "data/prepared")},
+    outputs={"out": Output("models/policy", "metatrain")},
+    params=("seed", "metatrain", "tasks.shots", "train.epochs", "train.batch_size", "train.lr", "train.momentum",
+            "train.weight_decay", "train.width", "train.model", "train.device"),
+    reads=("metatrain.workers", "metatrain.distributed", "tracking.experiment", "tracking.policy_model"),
+    timing=True)
 
 
 def search_settings(params: Params) -> dict:
@@ -78,9 +86,8 @@ def search_and_publish(params: Params, prepared_dir: Path, out: Path, timing: Pa
     space = SearchSpace(tuple(cfg.ops or OP_NAMES), channels=prepared.meta_images.shape[-1])
     logged = {"metatrain": cfg.model_dump(), "metatrain.ranks": world.size, "metatrain.device_used": world.device.type,
               "seed": params.seed, "tasks.shots": params.tasks.shots}
-    with runner.stage_run("metatrain", logged, params.tracking.experiment, {"prepare": prepared_dir},
-                            output=out, files={timing: TIMING_KIND}) as stage:
-        tracking.name_run("metatrain", pipeline_facts(prepared.manifest))
+    with runner.stage_run(DECLARATION, logged, params.tracking.experiment,
+                          {"prepared": prepared_dir, "out": out, "timing": timing}) as stage:
         start = time.perf_counter()
         tasks = meta_train_tasks(prepared, params.tasks.shots, cfg, tasks_needed(cfg), params.seed)
         ckpt = checkpoint_path(out, params, stage.inputs["prepare"], world.device)
@@ -113,7 +120,6 @@ def search_and_publish(params: Params, prepared_dir: Path, out: Path, timing: Pa
         tracking.log_artifacts(tmp, "policy")
         name = params.tracking.policy_model_name
         registered = {}
-        stage.after_publish(lambda: datasets.log_datasets("metatrain", {"prepare": prepared_dir}, [out]))
         stage.after_publish(lambda: registered.update(version=registry.register_policy(
             out, name, policy_description(policy, baseline, provenance))))
         print(f"metatrain: {cfg.method}, {state.trainings} proxy trainings in {seconds:.1f} s; spent {state.spent:.2f} "
@@ -187,7 +193,7 @@ def log_answer(policy: Policy, baseline: str | None, finalists: list[dict]) -> N
                        **({"search.chosen": finalists[0]["candidate"]} if finalists else {})})
 
 
-def command(params: Path = PARAMS, prepared: Path = PREPARED, out: Path = POLICY,
-            timing: Path = typer.Option(None, help="Where the wall times go (dvc.yaml: timings/metatrain.json).")):
+def command(params: Path = PARAMS, prepared: Path = DECLARATION.option("prepared"),
+            out: Path = DECLARATION.option("out"), timing: Path = DECLARATION.option("timing")):
     """Meta-learn the augmentation policy on tasks from the meta-train classes (resumes from its checkpoint)."""
     run(load_params(params), prepared, out, timing)
