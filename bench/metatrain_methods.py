@@ -19,9 +19,9 @@ With `--seeds N` each method runs under search seeds 0..N-1 (the meta-train task
 the explorers vary), and the table gives, per method, how often its modal choice
 came out, its mean meta-val regret against the best fixed arm on the same
 meta-val tasks, and its mean cost — the stability of a decision rule, measured
-without the target. (The rule before the reference race was measured the same way at
-commit 28a0aa9, whose `--old-metalearn` loaded 30ed33f's metalearn.py; that file no longer
-imports against the typed config.)
+without the target. (The rule before the reference race was measured the same way, with an
+`--old-metalearn` option loading the old metalearn.py; that file no longer imports against
+the typed config.)
 """
 
 from __future__ import annotations

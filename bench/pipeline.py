@@ -39,7 +39,7 @@ import psutil
 import yaml
 from coloured_digits import coloured_digits  # bench/coloured_digits.py
 
-from metaaug.testing import REPO, make_project
+from _common import REPO, make_project
 from metaaug.timing import machine_description, search_cost
 
 GIB = 1 << 30

@@ -11,7 +11,9 @@ stages later (an empty arm list, a seed torch cannot take, CUDA where there is n
 
 from __future__ import annotations
 
+import hashlib
 import re
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple, get_args, get_origin
 
@@ -22,6 +24,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 from pydantic_core import PydanticCustomError
 
 from metaaug.errors import MetaaugError
+from metaaug.reading import MAX_DEPTH, MAX_PARAMS_BYTES, read_text
 
 ARMS = ("none", "handcrafted", "randaugment", "trivialaugment", "learned")
 ANCHORS = ("none", "handcrafted", "randaugment")  # fixed baselines metatrain can start from (metaaug.search.space.anchor_points)
@@ -200,16 +203,35 @@ class AugmentConfig(Section):
     copies: Annotated[int, Ge(1), Le(10000)] = 150  # augmented copies of every target training image
 
 
+def _experiment_name(name: str) -> str:
+    """An experiment name MLflow takes (at most 500 characters) that is safe wherever a name becomes a path
+    segment, a tag or a log line: printable, no path separator, no leading dot (`..`), no blank at either end."""
+    if (len(name) > 500 or not name.isprintable() or "/" in name or "\\" in name or name.startswith(".")
+            or name != name.strip()):
+        raise PydanticCustomError("bad_name", "is not a safe experiment name; expected 1-500 printable characters, "
+                                  "no `/` or `\\`, no leading dot, no blank at either end")
+    return name
+
+
+MODEL_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}$"  # what MLflow's registry takes, and no path can escape with
+
+
 class TrackingConfig(Section):
-    experiment: Annotated[str, Field(min_length=1)] = "metaaug"
+    experiment: Annotated[str, Field(min_length=1), AfterValidator(_experiment_name)] = "metaaug"
     # The MLflow registered model metatrain registers each policy under (null: `<experiment>-policy`);
-    # alias `current` moves to its newest version (metaaug/tracking.py, register_policy).
-    policy_model: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[\w.\-]+$")] | None = None
+    # alias `current` moves to its newest version (metaaug/registry.py, register_policy).
+    policy_model: Annotated[str, Field(min_length=1, max_length=200, pattern=MODEL_NAME)] | None = None
 
     @property
     def policy_model_name(self) -> str:
-        """The registered model's name: policy_model, or the experiment's name made one MLflow takes + `-policy`."""
-        return self.policy_model or re.sub(r"[^\w.\-]", "_", self.experiment)[:193] + "-policy"
+        """The registered model's name: policy_model, or the experiment's name made one MLflow takes + `-policy`;
+        where that changed the name (`my exp`), a hash of the exact name is added, so that no two experiments'
+        default names meet (`my_exp-policy`, `my_exp-1f3a9c-policy`); the registry refuses what still does."""
+        if self.policy_model:
+            return self.policy_model
+        safe = re.sub(r"[^\w.\-]", "_", self.experiment)[:186]
+        tail = "" if safe == self.experiment else "-" + hashlib.sha256(self.experiment.encode()).hexdigest()[:6]
+        return f"{safe}{tail}-policy"
 
 
 class Params(Section):
@@ -222,17 +244,6 @@ class Params(Section):
     metatrain: MetatrainConfig = MetatrainConfig()
     augment: AugmentConfig = AugmentConfig()
     tracking: TrackingConfig = TrackingConfig()
-
-    @model_validator(mode="after")
-    def _budget_pays_for_the_method(self) -> "Params":
-        from metaaug.search import minimum_budget  # the search needs torch: imported only when validating
-
-        least = minimum_budget(self)
-        if self.metatrain.budget < least:
-            raise PydanticCustomError("conflict", f"metatrain.budget = {self.metatrain.budget:g} cannot pay for the "
-                                      f"least the {self.metatrain.method} method needs to give an answer; expected "
-                                      f"metatrain.budget >= {least:.2f} (docs/search.md, the budget)")
-        return self
 
 
 def defaults() -> Params:
@@ -277,7 +288,10 @@ def describe_error(error: dict) -> str:
     if any(isinstance(part, int) for part in error["loc"]):  # an item of a list
         return f"{key} contains {value!r}; expected items from {list(spec(field).choices)}"
     if kind in ("string_pattern_mismatch", "string_too_long"):  # a name MLflow would refuse
-        return f"{key} = {value!r} is not a name MLflow takes; expected 1-200 letters, digits, `_`, `.` or `-`"
+        return (f"{key} = {value!r} is not a name MLflow takes; expected 1-200 ASCII letters, digits, `_`, `.` or "
+                "`-`, starting with a letter, digit or `_`")
+    if kind == "bad_name":
+        return f"{key} = {value!r} {error['msg']}"
     if kind in ("greater_than_equal", "less_than_equal", "literal_error", "too_short"):
         return f"{key} = {value!r} is out of range; expected {expected(field)}"
     return f"{key} = {value!r} has the wrong type; expected {expected(field)}"
@@ -353,12 +367,21 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     and that aliases (`*name`) are refused: nested aliases expand a few hundred bytes into gigabytes (a
     "billion laughs"), and params.yaml needs none."""
 
+    depth = 0  # levels of nesting being composed: a deep document stops at MAX_DEPTH, not at Python's stack
+
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise MetaaugError(f"alias *{str(event.anchor)[:40]} at line {event.start_mark.line + 1}; expected "
                                "plain values (YAML aliases are not accepted)")
-        return super().compose_node(parent, index)
+        if self.depth >= MAX_DEPTH:
+            raise MetaaugError(f"nests lists or mappings more than {MAX_DEPTH} levels deep at line "
+                               f"{self.peek_event().start_mark.line + 1}; expected `section: key: value` (two levels)")
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -371,16 +394,20 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+_PARAMS_FILE: ContextVar[str] = ContextVar("params_file", default="params.yaml")
+
+
+def params_file() -> str:
+    """The params file the running command loaded, as it was given (`--params other.yaml`): what an error
+    about a parameter found later (against the data, say) names."""
+    return _PARAMS_FILE.get()
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate a params file; a missing file is an error (never silently all defaults)."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise MetaaugError(f"{path}: params file not found; expected a params.yaml "
-                           "(the repository's is the documented default)") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise MetaaugError(f"{path}: cannot be read ({err.__class__.__name__}); expected a readable YAML file") from None
+    """Read and validate a params file; a missing file is an error (never silently all defaults). The file is
+    read up to MAX_PARAMS_BYTES, and every message names it as it was given."""
+    expected = "a params YAML file (the repository's params.yaml is the documented default)"
+    text = read_text(path, MAX_PARAMS_BYTES, expected)
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except MetaaugError as err:
@@ -389,5 +416,6 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" at line {line + 1}" if line is not None else ""
         raise MetaaugError(f"{path}: not valid YAML{where}; expected a mapping of parameters") from None
-    return validate(raw, "params.yaml" if path.name == "params.yaml" else str(path))
-
+    params = validate(raw, str(path))
+    _PARAMS_FILE.set(str(path))
+    return params

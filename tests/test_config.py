@@ -14,7 +14,7 @@ def test_repo_params_file_is_valid_and_matches_defaults():
 
 
 def test_a_missing_params_file_is_an_error_not_silently_all_defaults(tmp_path):
-    with pytest.raises(MetaaugError, match=r"absent.yaml: params file not found; expected"):
+    with pytest.raises(MetaaugError, match=r"absent.yaml: not found; expected"):
         load_params(tmp_path / "absent.yaml")
 
 

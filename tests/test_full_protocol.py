@@ -9,7 +9,8 @@ from conftest import tiny_config, tiny_params
 from metaaug.search import scoring
 from metaaug.cli import main
 from metaaug.errors import MetaaugError
-from metaaug.io import atomic_dir, read_json
+from helpers import atomic_dir
+from metaaug.files import read_json
 from metaaug.stages import metatrain
 from metaaug.tasks import load_prepared, prepare
 
@@ -55,7 +56,7 @@ def test_full_target_is_every_class_and_meta_train_is_its_training_split(tmp_pat
 
 
 def test_full_prepare_is_byte_deterministic(tmp_path):
-    from metaaug.tracking import dir_digest
+    from metaaug.files import dir_digest
 
     params = full_config(tmp_path)
     run_prepare(params, tmp_path / "a")

@@ -2,6 +2,7 @@
 group without NaN, tasks built lazily."""
 
 import dataclasses
+import re
 import subprocess
 import sys
 
@@ -14,8 +15,10 @@ from metaaug.config import validate
 from metaaug.errors import MetaaugError
 from metaaug.ops import OP_NAMES, OPS
 from metaaug.policies import RANDAUGMENT_OPS, TA_WIDE_OPS, fixed_policy
-from metaaug.search import SearchSpace, minimum_budget, sample_tasks
+from metaaug.search import SearchSpace, meta_train_tasks, sample_tasks, search_budget
 from metaaug.search.space import moves
+from metaaug.stages.metatrain import one_downstream_training
+from metaaug.tasks import load_prepared
 
 # The published op lists (torchvision TrivialAugmentWide / RandAugment._augmentation_space). A baseline's point
 # in the search space is fixed by these names alone: it moves only when its definition does.
@@ -65,27 +68,29 @@ def test_one_op_group_gives_finite_moves_and_policies():
         assert sum(policy.weights) == pytest.approx(1.0)
 
 
-def test_a_budget_too_small_for_the_method_is_refused_when_params_are_validated():
+def test_a_budget_too_small_for_the_method_is_refused_before_any_store_or_output(tmp_path):
+    """metatrain's first check, from the first meta-train task alone: one line naming the params file and the
+    least budget that pays, exit code 2, no MLflow run or output written; a budget just above it is taken."""
     params = tiny_params()
-    params["metatrain"]["budget"] = 0.05
-    least = minimum_budget(validate(tiny_params()))
-    with pytest.raises(MetaaugError, match=rf"^params.yaml: metatrain.budget = 0.05 cannot pay for the least the "
-                                           rf"race method needs to give an answer; expected metatrain.budget >= "
-                                           rf"{least:.2f} \(docs/search.md, the budget\)$"):
-        validate(params)
-    params["metatrain"]["budget"] = round(least + 0.01, 2)
-    assert validate(params).metatrain.budget > least
-
-
-def test_the_refusal_comes_before_any_stage_or_mlflow_store(tmp_path):
-    params = tiny_params()
-    params["metatrain"]["budget"] = 0.05
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    done = subprocess.run([sys.executable, "-m", "metaaug", "metatrain"], cwd=tmp_path, capture_output=True,
+    command = [sys.executable, "-m", "metaaug"]
+    subprocess.run([*command, "prepare"], cwd=tmp_path, check=True, capture_output=True)
+    store = (tmp_path / "mlflow.db").read_bytes()
+    params["metatrain"]["budget"] = 0.05
+    (tmp_path / "small.yaml").write_text(yaml.safe_dump(params))
+    done = subprocess.run([*command, "metatrain", "--params", "small.yaml"], cwd=tmp_path, capture_output=True,
                           text=True)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
-    assert done.stderr.startswith("error: params.yaml: metatrain.budget = 0.05 cannot pay for")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # no store, no output
+    match = re.fullmatch(r"error: small.yaml: metatrain.budget = 0.05 pays for 0 proxy trainings \(\S+ downstream "
+                         r"trainings each\); expected at least 4 \(the least the race method needs to give an "
+                         r"answer\): metatrain.budget >= (\S+)\n", done.stderr)
+    assert match, done.stderr
+    assert (tmp_path / "mlflow.db").read_bytes() == store and not (tmp_path / "models").exists()
+    least = float(match.group(1))
+    cfg = validate({**params, "metatrain": {**params["metatrain"], "budget": least}})
+    prepared = load_prepared(tmp_path / "data" / "prepared")
+    tasks = meta_train_tasks(prepared, cfg.tasks.shots, cfg.metatrain, 1, cfg.seed)
+    assert search_budget(tasks, cfg.metatrain, cfg.train, one_downstream_training(prepared, cfg)).trainings >= 4
 
 
 def test_meta_train_tasks_are_built_only_when_used():

@@ -7,7 +7,7 @@
 * `state` — the checkpointed search state;
 * `registry` — the interface a method implements; `race` and `cem` — the methods.
 
-The meta-objective is DESIGN §4's: a policy is good if learners trained to the end of
+The meta-objective: a policy is good if learners trained to the end of
 their schedule on augmented support images score well on clean query images, averaged
 over tasks from the meta-train classes. docs/search.md describes the method.
 """
@@ -23,7 +23,7 @@ from metaaug.distributed import World
 from metaaug.errors import MetaaugError
 from metaaug.population import population_size, populations
 from metaaug.search import cem as _cem, race as _race  # noqa: F401  (register the methods)
-from metaaug.search.budget import Budget, downstream_flops, minimum_budget, proxy_budget, task_flops
+from metaaug.search.budget import Budget, downstream_flops, proxy_budget, task_flops
 from metaaug.search.engine import Entrant, Race, Rule, Verdict
 from metaaug.search.registry import METHODS, BudgetSpent, Context, Method, register
 from metaaug.search.scoring import Scorer, score, score_population
@@ -33,12 +33,22 @@ from metaaug.search.tasks import MetaTasks, Task, meta_train_tasks, sample_tasks
 
 __all__ = ["METHODS", "Budget", "BudgetSpent", "Context", "Entrant", "MetaTasks", "Method", "Race", "Rule", "Scorer",
            "SearchSpace", "SearchState", "Task", "Verdict", "anchor_points", "downstream_flops", "explore",
-           "explorer_points", "meta_train_tasks", "minimum_budget", "policy_summary", "populations", "register",
-           "sample_tasks", "score", "score_population", "search", "serve", "tasks_needed"]
+           "explorer_points", "meta_train_tasks", "policy_summary", "populations", "register",
+           "sample_tasks", "score", "score_population", "search", "search_budget", "serve", "tasks_needed"]
 
 # Confirmation tasks a search may draw, at most, per method's racing tasks: the pool after them (tasks are
 # built lazily, so only the ones used cost anything).
 MAX_CONFIRMATIONS = 256
+
+
+def search_budget(tasks, cfg: MetatrainConfig, settings: TrainConfig, downstream: int | None = None) -> Budget:
+    """The search's budget in proxy trainings (see `search`), or one line when `metatrain.budget` cannot pay for
+    the least the method needs to give an answer: metatrain asks before any MLflow store or output, from the
+    first meta-train task alone."""
+    budget = proxy_budget(cfg.budget, task_flops(tasks[0], cfg.proxy_epochs, cfg.proxy_width, settings.model),
+                          downstream or task_flops(tasks[0], settings.epochs, settings.width, settings.model))
+    budget.require(METHODS[cfg.method].minimum(cfg), f"the least the {cfg.method} method needs to give an answer")
+    return budget
 
 
 def search(space: SearchSpace, tasks, cfg: MetatrainConfig, settings: TrainConfig, seed: int,
@@ -58,9 +68,7 @@ def search(space: SearchSpace, tasks, cfg: MetatrainConfig, settings: TrainConfi
     erase the gap between none and TrivialAugment-Wide (augmentation pays off late in training).
     """
     method = METHODS[cfg.method]
-    budget = proxy_budget(cfg.budget, task_flops(tasks[0], cfg.proxy_epochs, cfg.proxy_width, settings.model),
-                          downstream or task_flops(tasks[0], settings.epochs, settings.width, settings.model))
-    budget.require(method.minimum(cfg), f"the least the {cfg.method} method needs to give an answer")
+    budget = search_budget(tasks, cfg, settings, downstream)
     settings = proxy_settings(cfg, settings)
     state = (SearchState.load(checkpoint_path, method.state) if checkpoint_path.exists()
              else SearchState(cfg.method, own=method.state()))

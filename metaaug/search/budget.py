@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from metaaug.config import params_file
 from metaaug.errors import MetaaugError
 from metaaug.models import per_image_flops
 
@@ -52,7 +53,7 @@ class Budget:
     def require(self, trainings: int, what: str) -> None:
         """A one-line config error when the budget cannot pay for the least a method needs."""
         if self.trainings < trainings:
-            raise MetaaugError(f"params.yaml: metatrain.budget = {self.limit:g} pays for {self.trainings} proxy "
+            raise MetaaugError(f"{params_file()}: metatrain.budget = {self.limit:g} pays for {self.trainings} proxy "
                                f"trainings ({self.per_training:.3f} downstream trainings each); expected at least "
                                f"{trainings} ({what}): metatrain.budget >= {trainings * self.per_training:.2f}")
 
@@ -73,19 +74,3 @@ def downstream_flops(recipe, channels: int, image_size: int, n_classes: int, sup
     return training_flops(channels, image_size, n_classes, recipe.width, recipe.model, support, recipe.epochs)
 
 
-def minimum_budget(params) -> float:
-    """The least `metatrain.budget` the configured method can answer with, estimated from params alone, so that
-    config validation refuses it before any stage (or MLflow store) starts: grey images at `data.image_size`
-    (28 px when unset), a few-shot target of `ways` classes (or `tasks.target_classes`) x `tasks.shots`. The
-    exact check runs again at the search's start on the real images. 0 under `tasks.protocol: full` (its
-    downstream training, on every training image, dwarfs a proxy's)."""
-    from metaaug.search.registry import METHODS
-
-    cfg, train, tasks = params.metatrain, params.train, params.tasks
-    if tasks.protocol == "full":
-        return 0.0
-    size, target = params.data.image_size or 28, len(tasks.target_classes or []) or cfg.ways
-    proxy = training_flops(1, size, cfg.ways, cfg.proxy_width, train.model, cfg.ways * tasks.shots, cfg.proxy_epochs,
-                           cfg.ways * cfg.query_per_class)
-    downstream = training_flops(1, size, target, train.width, train.model, target * tasks.shots, train.epochs)
-    return METHODS[cfg.method].minimum(cfg) * proxy / downstream

@@ -8,7 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from metaaug.errors import MetaaugError
-from metaaug.io import read_json, write_json
+from metaaug.files import read_json
+from metaaug.ownership import verify_file
+from metaaug.publish import write_json
+
+KIND = "metatrain.checkpoint"
 
 
 @dataclass
@@ -42,13 +46,14 @@ class SearchState:
         return doc
 
     def save(self, path: Path) -> None:
-        write_json(path, self.to_dict())
+        write_json(path, self.to_dict(), kind=KIND)  # its sidecar holds its SHA-256: verified on resume
 
     @classmethod
     def load(cls, path: Path, own: type) -> "SearchState":
         """A saved search (its `own` part as the method's dataclass `own`); a damaged checkpoint stops with
         one line saying how to restart."""
         expected = "a checkpoint metaaug wrote (delete it to restart the search)"
+        verify_file(path, KIND, expected)  # an edited one would publish a policy its evidence contradicts
         doc = read_json(path, expected)
         try:
             state = cls(**doc)
