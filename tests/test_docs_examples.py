@@ -178,8 +178,6 @@ def test_example_runs_as_printed(name, line, language, code, tmp_path, monkeypat
         run([sys.executable, "-S", "-c", code], tmp_path, clean_env(PYTHONPATH=f"{project}:{site}"), timeout=600)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 31: the default store is ./mlflow.db of the working directory, not "
-                                      "the repository root's that docs/registry.md names (another change's fix)")
 def test_the_registry_example_finds_the_default_store_from_a_subfolder(tmp_path, monkeypatch):
     project = fresh_project(tmp_path / "project")
     register_default_policy(project, monkeypatch)
