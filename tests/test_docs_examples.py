@@ -26,7 +26,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, tiny_config, tiny_params
+from conftest import REPO, tiny_params
+from helpers import search_policies
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
@@ -151,13 +152,9 @@ def clean_env(**extra) -> dict:
 
 def register_default_policy(project: Path, monkeypatch) -> None:
     """A tiny prepare + metatrain, registered as the default model in the project's default store."""
-    from metaaug.stages import metatrain, prepare
-
     monkeypatch.chdir(project)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
-    params = tiny_config(**{"metatrain.workers": 1})
-    prepare.run(params, project / "data" / "prepared")
-    metatrain.run(params, project / "data" / "prepared", project / "models" / "policy")
+    search_policies(project / "data" / "prepared", [project / "models" / "policy"])
 
 
 def registry_example() -> str:
