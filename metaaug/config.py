@@ -15,7 +15,7 @@ import hashlib
 import re
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple, get_args, get_origin
 
 import yaml
 from annotated_types import Ge, Le
@@ -161,6 +161,9 @@ class CemConfig(RaceConfig):
 class MetatrainConfig(Section):
     """The search's common settings (what every method uses); each method's own are in its section."""
 
+    # the key whose value names the one section of its choices that is read (declaration.Declaration.dvc_params:
+    # metatrain depends on `metatrain.${metatrain.method}`, so another method's settings rerun nothing)
+    SELECTOR: ClassVar[str] = "method"
     method: Literal["race", "cem"] = "race"
     # The op space the policy learns in (null: every op in the table); e.g. drop Solarize for medical images.
     ops: Annotated[list[Name], Field(min_length=1), AfterValidator(_distinct)] | None = None

@@ -16,6 +16,7 @@ import importlib
 import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import get_args
 
 from metaaug.errors import MetaaugError
 
@@ -88,15 +89,21 @@ class Declaration:
 
     def dvc_params(self) -> list[str]:
         """The DVC params: each declared key; a declared section whole, or, where it holds keys the stage reads
-        without depending on them, each of its other keys (a key added to the section later is then a dependency
-        too, and tests/test_structure.py names it until dvc.yaml lists it)."""
+        without depending on them or one sub-section per choice of a key (its SELECTOR: metatrain.method), each
+        of its other keys (a key added to the section later is then a dependency too, and tests/test_structure.py
+        names it until dvc.yaml lists it) and only the chosen sub-section, `<section>.${<section>.<selector>}`,
+        which DVC resolves from params.yaml."""
         from metaaug.config import Params
 
         keys = []
         for key in self.params:
             section = getattr(Params.model_fields.get(key), "annotation", None)
-            if any(read.startswith(key + ".") for read in self.reads) and hasattr(section, "model_fields"):
-                keys += [f"{key}.{leaf}" for leaf in section.model_fields if f"{key}.{leaf}" not in self.reads]
+            selector = getattr(section, "SELECTOR", None)  # one sub-section per choice: only the chosen one
+            chosen = get_args(section.model_fields[selector].annotation) if selector else ()
+            if (chosen or any(read.startswith(key + ".") for read in self.reads)) and hasattr(section, "model_fields"):
+                keys += [f"{key}.{leaf}" for leaf in section.model_fields
+                         if f"{key}.{leaf}" not in self.reads and leaf not in chosen]
+                keys += [f"{key}.${{{key}.{selector}}}"] if chosen else []  # DVC templating: the chosen section
             else:
                 keys.append(key)
         return keys

@@ -77,20 +77,21 @@ def git(*args: str) -> str:
         out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=30)
     except OSError:  # git is not installed: the runs carry git.commit none, as outside a repository
         return ""
-    return out.stdout.strip() if out.returncode == 0 else ""
+    return out.stdout.rstrip() if out.returncode == 0 else ""  # leading blanks kept: `status --porcelain` columns
 
 
 def git_info(outputs: list[Path] = ()) -> dict[str, str]:
-    """The commit of the working directory and whether it has uncommitted changes, other than to the stage's
-    own outputs (`outputs`, with their sidecars): `dvc repro` deletes a stage's outputs before running it, so a
+    """The commit of the working directory and whether it has uncommitted changes (the first ten changed paths
+    in tag git.changed), other than to the stage's own outputs (`outputs`, with their sidecars): `dvc repro` deletes a stage's outputs before running it, so a
     git-tracked output (metrics.json) is missing on a clean tree while its stage runs."""
     commit = git("rev-parse", "HEAD") or "none"
     own = {p.resolve() for out in outputs for p in (Path(out), ownership.sidecar(Path(out)))}
     root = Path(git("rev-parse", "--show-toplevel") or ".")  # porcelain paths are relative to it
     changed = [(root / line[3:].split(" -> ")[-1].strip('"')).resolve()
                for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
-    dirty = any(not any(p == o or o in p.parents for o in own) for p in changed)
-    return {"git.commit": commit, "git.dirty": "true" if dirty else "false"}
+    dirty = [p for p in changed if not any(p == o or o in p.parents for o in own)]
+    shown = ", ".join(os.path.relpath(p, root) for p in dirty[:10]) + (", ..." if len(dirty) > 10 else "")
+    return {"git.commit": commit, "git.dirty": "true" if dirty else "false", **({"git.changed": shown} if dirty else {})}
 
 
 def pipeline_id(commit: str) -> str:

@@ -9,6 +9,7 @@ import struct
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -212,3 +213,20 @@ def test_a_policy_searched_on_other_data_is_applied_trained_and_evaluated(projec
                               order_by=["attributes.start_time DESC"], max_results=3)
     assert sorted(r.data.tags["metaaug.stage"] for r in runs) == ["augment", "evaluate", "train"]
     assert all(r.data.tags.get("metaaug.metatrain.made_from.prepare") for r in runs)
+
+
+def test_git_dirty_ignores_the_stage_own_outputs_and_names_the_others(tmp_path, monkeypatch):
+    """DVC deletes a stage's outputs before running it: that is no edit of the tree (the first porcelain line,
+    whose status column starts with a blank, included); any other change makes the run dirty and is named."""
+    from metaaug.runner import git_info
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("metrics.json", "params.yaml"):
+        (tmp_path / name).write_text("{}\n")
+    for args in (("init", "-q"), ("add", "-A"), ("commit", "-qm", "outputs")):
+        subprocess.run(["git", *args], check=True, capture_output=True)
+    (tmp_path / "metrics.json").unlink()
+    assert git_info([Path("metrics.json")])["git.dirty"] == "false"
+    (tmp_path / "params.yaml").write_text("seed: 1\n")
+    info = git_info([Path("metrics.json")])
+    assert info["git.dirty"] == "true" and info["git.changed"] == "params.yaml"

@@ -160,6 +160,20 @@ def test_a_fresh_clone_logs_every_stage_and_a_second_repro_runs_nothing(tmp_path
     assert len({r.data.tags["metaaug.pipeline"] for r in runs}) == 1
     evaluate = next(r for r in runs if r.data.tags["metaaug.stage"] == "evaluate")
     assert evaluate.data.tags["mlflow.note.content"].startswith("**Verdict") and "gain" in evaluate.data.metrics
+    dirty = {r.data.tags["metaaug.stage"]: r.data.tags.get("git.changed") for r in runs
+             if r.data.tags["git.dirty"] != "false"}
+    assert not dirty, dirty  # a clean clone: DVC deleting and rewriting the stages' own outputs is no edit
+
+    # another method's settings, execution knobs and tracking names rerun nothing; the chosen method's do
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    params["metatrain"]["cem"]["generations"] += 1
+    params["metatrain"]["workers"], params["train"]["workers"], params["tracking"]["experiment"] = 1, 1, "other"
+    (clone / "params.yaml").write_text(yaml.safe_dump(params))
+    assert "up to date" in dvc(clone, "status").stdout
+    params["metatrain"]["race"]["tasks"] += 1
+    (clone / "params.yaml").write_text(yaml.safe_dump(params))
+    assert "metatrain.race" in dvc(clone, "status").stdout
+    sh("git", "checkout", "params.yaml", cwd=clone)
 
     monkeypatch.chdir(clone)
     with pytest.raises(SystemExit) as exit:

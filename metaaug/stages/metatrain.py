@@ -86,8 +86,8 @@ def search_and_publish(params: Params, prepared_dir: Path, out: Path, timing: Pa
     prepared = load_prepared(prepared_dir)
     cfg = params.metatrain
     space = SearchSpace(tuple(cfg.ops or OP_NAMES), channels=prepared.meta_images.shape[-1])
-    logged = {"metatrain": cfg.model_dump(), "metatrain.ranks": world.size, "metatrain.device_used": world.device.type,
-              "seed": params.seed, "tasks.shots": params.tasks.shots}
+    logged = {"metatrain": cfg.model_dump(exclude=set(METHODS) - {cfg.method}), "metatrain.ranks": world.size,
+              "metatrain.device_used": world.device.type, "seed": params.seed, "tasks.shots": params.tasks.shots}
     tasks = meta_train_tasks(prepared, params.tasks.shots, cfg, tasks_needed(cfg), params.seed)  # built lazily
     search_budget(tasks, cfg, params.train, one_downstream_training(prepared, params))  # before any store or output
     with runner.stage_run(DECLARATION, logged, params.tracking.experiment,
