@@ -2,7 +2,7 @@
 
 * "Add an op": the guide's `Op(...)` row, read from the guide and filled in, appended to `OPS` with its
   `TOLERANCE` in the copy's tests/test_ops.py; the copy's op tests run there, and the default search space
-  holds the op in its group, which moves it.
+  holds the op in its group, whose moves switch it on.
 * "Add a search method" (docs/search.md's template, read from that file): the module, its import in
   metaaug/search/__init__.py, its `MetatrainConfig.method` choice and settings section; then `metaaug prepare`
   and `metaaug metatrain` with `metatrain.method: my_method` in a scratch project.
