@@ -50,10 +50,12 @@ NOT_RUN = {
                                            "pushes to and pulls from a local remote)",
     ("docs/registry.md", "dvc artifacts get"): "`<repo url or path>` stands for the user's repository "
                                                "(tests/test_shared_infra.py gets the artifact from a clone)",
-    ("docs/contributing.md", 'Op("Name"'): "a template line for metaaug/ops.py",
+    ("docs/contributing.md", 'Op("Name"'): "a template line for metaaug/ops.py (tests/test_contributing.py fills "
+                                            "it in and appends it to a copy's OPS)",
     ("docs/contributing.md", "KIND = \"mykind\""): "a template for a new metaaug/data/<kind>.py (tests/test_sources.py "
                                                    "adds such a module and loads it)",
-    ("docs/search.md", "def my_method"): "a template for a new file metaaug/search/my_method.py",
+    ("docs/search.md", "def my_method"): "a template for a new file metaaug/search/my_method.py "
+                                         "(tests/test_contributing.py writes it into a copy and runs metatrain with it)",
     ("docs/install.md", "/path/to/metaaug"): "/path/to/metaaug stands for the user's copy of the sources",
     ("docs/install.md", "/tmp/v_dev"): "the timing's recipe: 2 GB in /tmp/v_dev, outside the test's folders (the "
                                        "README's quick start block installs from the same constraints)",
