@@ -101,7 +101,7 @@ def main() -> None:
         xs, ys, ways, (test_x, test_y) = supports(size, args.learners or LEARNERS.get(size, 6))
         channels = xs[0].shape[1]
         settings = TrainConfig()  # the default recipe, 150 epochs
-        model = resolve_model("auto", size)
+        model = resolve_model(settings.model)
         grouped = population_size(0, channels, size, ways, settings.width, settings.model)
         policy = fixed_policy("trivialaugment", image_channels=channels)
         augment = lambda x, gen: sample_apply(policy, x, gen)  # noqa: E731

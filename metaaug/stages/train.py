@@ -17,11 +17,10 @@ import numpy as np
 import torch
 import typer
 
-from metaaug import distributed, io, tracking, workers
+from metaaug import distributed, io, learners, tracking, workers
 from metaaug.arms import arm_augmenter
 from metaaug.config import Params, load_params
 from metaaug.io import write_json
-from metaaug.models import resolve_model
 from metaaug.population import population_size, populations
 from metaaug.progress import progress
 from metaaug.stages import AUGMENTED, DOWNSTREAM, PARAMS, POLICY, PREPARED, pipeline_facts
@@ -46,6 +45,9 @@ def run(params: Params, prepared_dir: Path, out: Path, policy_dir: Path | None =
     n_classes, channels, size = len(prepared.manifest["target"]["classes"]), x_all.shape[1], x_all.shape[-1]
     splits = prepared.manifest["splits"]
     with distributed.world(cfg.distributed, pick_device(cfg.device)) as world:
+        learner = learners.shared(world, lambda: learners.choose(prepared, params, world.device, workers.count(
+            cfg.workers, world.device), policy_dir and Path(policy_dir) / learners.FILE))  # metatrain's answer
+        cfg = learners.with_learner(params, learner).train
         x_all, y_all = to_device(x_all, world.device), to_device(y_all, world.device)
         augmenters = {arm: arm_augmenter(arm, channels, cfg.learned_source, policy_dir, augmented_dir)
                       for arm in cfg.arms}
@@ -76,14 +78,16 @@ def run(params: Params, prepared_dir: Path, out: Path, policy_dir: Path | None =
         with stage as run_, workers.Pool(n_workers, {"train_group": train_group}) as pool:
             if world.is_main:
                 tracking.name_run("train", pipeline_facts(prepared.manifest))
+                tracking.set_description("\n".join(learners.markdown(learner)))
             mine = world.share(groups)
             done = world.collect(list(progress(pool.map(_train_group, mine), desc="train", total=len(mine))),
                                  len(groups))
             if world.is_main:
                 done = [result for group in done for result in group]
                 model = {"in_channels": channels, "image_size": size, "n_classes": n_classes, "width": cfg.width,
-                         "model": resolve_model(cfg.model, size)}  # evaluate rebuilds this learner
-                seconds = write_downstream(run_.output(out), run_.run.info.run_id, model, jobs, done, splits)
+                         "model": cfg.model}  # evaluate rebuilds this learner
+                seconds = write_downstream(run_.output(out), run_.run.info.run_id, model, jobs, done, splits,
+                                           learners.recorded(learner))
                 run_.write_json(timing, timing_doc(world.device, run_seconds=seconds))
                 run_.after_publish(lambda: tracking.log_datasets("train", upstream, [out]))
 
@@ -94,10 +98,10 @@ def _train_group(group: list[tuple[str, int]]) -> list[dict]:
 
 
 def write_downstream(tmp: Path, run_id: str, model: dict, jobs: list[tuple[str, int]], done: list[dict],
-                     splits: list[dict]) -> float:
-    """models/downstream/ into `tmp` (its temp: one state-dict list per arm, results.json) and one MLflow run
-    per job (arm x split). Returns the median seconds a training took."""
-    results = {"model": model, "arms": {}}
+                     splits: list[dict], learner: dict) -> float:
+    """models/downstream/ into `tmp` (its temp: one state-dict list per arm, results.json with the learner
+    choice's evidence) and one MLflow run per job (arm x split). Returns the median seconds a training took."""
+    results = {"model": model, "learner": learner, "arms": {}}
     for arm in dict.fromkeys(arm for arm, _ in jobs):
         runs = [(i, r) for (a, i), r in zip(jobs, done) if a == arm]
         torch.save([r["state"] for _, r in runs], tmp / f"{arm}.pt")
