@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from itertools import product
@@ -97,16 +98,30 @@ def main() -> None:
         images, labels = SOURCES[source](0)
         for protocol in args.protocols:
             configs[f"{source} {protocol}"] = configuration(images, labels, protocol, args.test_per_class)
-    runs = [(name, shots, arm) for name, shots, arm in product(configs, args.shots, args.arms)]
+    # fewest shots first, then protocol, then source: an interrupted run (Ctrl-C) has its smallest tasks
+    runs = [(f"{source} {protocol}", shots, arm)
+            for shots, protocol, source, arm in product(args.shots, args.protocols, args.sources, args.arms)]
     jobs = [(*run, split, model, args.epochs) for run in runs for model in LEARNERS for split in range(args.splits)]
     print("| task, protocol | classes x shots | arm | small CNN (%) | ResNet (%) | ResNet - small CNN (points) | "
           "s a training (small / ResNet) |\n|---|---|---|---|---|---|---|")
     results, per_run = {}, len(LEARNERS) * args.splits
+    signal.signal(signal.SIGTERM, interrupt)  # `kill PID` stops it with the rows done so far
     with workers.Pool(workers.count(0), {"configs": configs}) as pool:
-        for job, result in zip(jobs, pool.map(train_one, jobs)):
-            results[job] = result
-            if len(results) % per_run == 0:  # a configuration x arm is complete: its row
-                row(job[:3], configs[job[0]]["classes"], results, args)
+        try:
+            for job, result in zip(jobs, pool.map(train_one, jobs)):
+                results[job] = result
+                if len(results) % per_run == 0:  # a configuration x arm is complete: its row
+                    row(job[:3], configs[job[0]]["classes"], results, args)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: {len(results) // per_run} of {len(runs)} rows done")
+        summarise(runs[:len(results) // per_run], results, args, start)
+
+
+def interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
+def summarise(runs: list[tuple], results: dict, args, start: float) -> None:
     summary(runs, results, args)
     print(f"\nend: load average {', '.join(f'{v:.2f}' for v in os.getloadavg())}; {time.perf_counter() - start:.0f} s; "
           f"measured on: {machine_description()}.")
@@ -131,6 +146,8 @@ def summary(runs: list[tuple], results: dict, args) -> None:
     groups = {"all": runs, **{p: [r for r in runs if r[0].endswith(p)] for p in args.protocols},
               **{f"{s} shots": [r for r in runs if r[1] == s] for s in args.shots}}
     for label, members in groups.items():
+        if not members:
+            continue
         diff = np.concatenate([np.subtract(scores(r, COSTLY, results, args)[0], scores(r, CHEAP, results, args)[0])
                                for r in members])
         print(f"| {label} | {len(diff)} | {ci(diff)} | {int(np.sum(diff > 0))}/{len(diff)} |")
