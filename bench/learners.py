@@ -12,6 +12,7 @@ difference pooled per protocol and per shot count. What `train.model: auto` pick
 metaaug/learners.py's trial: the ResNet only where it is clearly better.
 
     nice -n 10 python bench/learners.py [--splits 3] [--shots 5 10] [--arms none trivialaugment] [--epochs 150]
+                                        [--device auto]   # on CUDA (a GPU session) one process, bfloat16
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from metaaug.config import TrainConfig  # noqa: E402
 from metaaug.learners import CHEAP, COSTLY  # noqa: E402
 from metaaug.stats import t_interval  # noqa: E402
 from metaaug.timing import machine_description  # noqa: E402
-from metaaug.training import predict, to_tensor, train_learner  # noqa: E402
+from metaaug.training import pick_device, predict, to_tensor, train_learner  # noqa: E402
 
 LEARNERS = (COSTLY, CHEAP)  # the costlier first: the workers finish together
 
@@ -69,7 +70,7 @@ def train_one(job: tuple) -> tuple[float, float]:
     augment = arm_augmenter(arm, cfg["x"].shape[1], "on_the_fly", None, None)(support)
     start = time.perf_counter()
     net, _ = train_learner(cfg["x"][support], cfg["y"][support], cfg["classes"], TrainConfig(model=model, epochs=epochs),
-                           seed=split, augment=augment)
+                           seed=split, augment=augment, device=workers.state()["device"])
     seconds = time.perf_counter() - start
     accuracy = float(np.mean(predict(net, cfg["x"][cfg["test"]]) == cfg["y"][cfg["test"]].numpy()))
     return accuracy, seconds
@@ -89,9 +90,11 @@ def main() -> None:
     parser.add_argument("--protocols", nargs="+", default=["few_shot", "full"], choices=["few_shot", "full"])
     parser.add_argument("--epochs", type=int, default=TrainConfig().epochs)
     parser.add_argument("--test-per-class", type=int, default=50)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="as train.device")
     args = parser.parse_args()
     start = time.perf_counter()
     print(f"start: load average {', '.join(f'{v:.2f}' for v in os.getloadavg())}; {args.splits} splits, "
+          f"device {pick_device(args.device).type}, "
           f"{args.epochs} epochs, arms {', '.join(args.arms)}\n")
     configs = {}
     for source in args.sources:
@@ -106,7 +109,8 @@ def main() -> None:
           "s a training (small / ResNet) |\n|---|---|---|---|---|---|---|")
     results, per_run = {}, len(LEARNERS) * args.splits
     signal.signal(signal.SIGTERM, interrupt)  # `kill PID` stops it with the rows done so far
-    with workers.Pool(workers.count(0), {"configs": configs}) as pool:
+    device = pick_device(args.device)
+    with workers.Pool(workers.count(0, device), {"configs": configs, "device": device}) as pool:
         try:
             for job, result in zip(jobs, pool.map(train_one, jobs)):
                 results[job] = result
