@@ -108,7 +108,7 @@ def main() -> None:
     print("| task, protocol | classes x shots | arm | small CNN (%) | ResNet (%) | ResNet - small CNN (points) | "
           "s a training (small / ResNet) |\n|---|---|---|---|---|---|---|")
     results, per_run = {}, len(LEARNERS) * args.splits
-    signal.signal(signal.SIGTERM, interrupt)  # `kill PID` stops it with the rows done so far
+    signal.signal(signal.SIGTERM, interrupt)  # `kill PID` prints the rows done so far (then waits for the running trainings)
     device = pick_device(args.device)
     with workers.Pool(workers.count(0, device), {"configs": configs, "device": device}) as pool:
         try:
