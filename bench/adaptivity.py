@@ -1,6 +1,6 @@
 """Adaptivity: on each target task, does `learned` come within noise of the best fixed arm?
 
-DESIGN §5's promise, checked on the default task and on target tasks of our own
+The promise (learned within 0.3 points of the best fixed arm on every target), checked on the default task and on target tasks of our own
 making where a different fixed policy is best:
 
 * `digits 5-9` — the default pipeline (meta-train digits 0-4);
@@ -100,7 +100,7 @@ def table(results: dict[str, dict]) -> str:
         best = max(FIXED, key=lambda a: arms[a]["mean"])
         vs_best = m["paired"][f"learned-{best}"]
         vs_ta = m["paired"]["learned-trivialaugment"]
-        # DESIGN §5: within 0.3 points of the best fixed arm; and where an alternative beats TA by more
+        # The promise: within 0.3 points of the best fixed arm; and where an alternative beats TA by more
         # than a point, learned beats TA with a CI that excludes 0.
         met = vs_best["mean"] >= -0.3 and (arms[best]["mean"] - arms["trivialaugment"]["mean"] <= 1.0
                                            or vs_ta["ci_low"] > 0)

@@ -5,7 +5,7 @@ Same images (scikit-learn digits; RGB = three digits as channels), same policy
 batches of float tensors versus the policy's Albumentations export (``A.load`` of
 ``export_albumentations``) applied image by image to uint8 arrays, as a user's per-image
 data loader would. Also times the small call the training loop makes (25 images of 8x8).
-Target (DESIGN: batches, not images, are the unit of work): batched >= 5x Albumentations
+Target (batches, not images, are the unit of work): batched >= 5x Albumentations
 at 28x28 on 2 CPU cores.
 
     python bench/augment_throughput.py [--batch 1024] [--repeats 5] [--device cpu|cuda] [--threads N]

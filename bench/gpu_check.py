@@ -2,7 +2,7 @@
 pipeline run on CUDA, does the GPU pick the CPU's policy, how fast is batched augmentation there, and do
 the train stage's torchrun modes run on NCCL. Prints one markdown table, a row per check.
 
-* A, the pipeline on CUDA: a fresh project in a temporary directory (metaaug.testing.make_project: the
+* A, the pipeline on CUDA: a fresh project in a temporary directory (bench/_common.py make_project: the
   repo's dvc.yaml, stages/, metaaug/ and params.yaml with `train.device: cuda`; MLflow in the project's
   own SQLite file), then the five stages in dvc.yaml order, each as its dvc.yaml command (`python
   stages/<name>.py ...`) in a process of its own, timed. Subprocesses rather than in-process calls (as
@@ -149,7 +149,7 @@ def run_logged(cmd: list[str], project: Path, env: dict, log: Path, timeout: flo
             code = None
         finally:
             if proc.poll() is None:  # timed out, or this script was interrupted: end the whole tree
-                from metaaug.testing import kill_group
+                from _common import kill_group
 
                 kill_group(proc)
     seconds = time.perf_counter() - start
@@ -183,8 +183,9 @@ def shrink(params: dict) -> dict:
     params["tasks"]["splits"] = 2
     params["train"]["epochs"] = 4
     params["train"]["arms"] = ["none", "trivialaugment", "learned"]
-    params["metatrain"].update(candidates=2, race_tasks=1, race_step=1, proxy_epochs=2, query_per_class=20,
-                               budget=3.0)
+    params["metatrain"].update(proxy_epochs=2, query_per_class=20, budget=3.0)
+    params["metatrain"]["race"].update(tasks=1, step=1, confirm_tasks=2)
+    params["metatrain"]["cem"].update(candidates=2, tasks=1, step=1, confirm_tasks=2)
     params["augment"]["copies"] = 2
     return params
 
@@ -207,7 +208,7 @@ def write_params(project: Path, name: str, params: dict) -> str:
 def part_a(report: Report, ctx: dict) -> None:
     import yaml
 
-    from metaaug.testing import REPO, make_project
+    from _common import REPO, make_project
 
     def build():
         params = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -453,7 +454,7 @@ def main() -> None:
         raise SystemExit(f"--keep {args.keep}: already exists; expected a new directory for the project")
 
     import metaaug  # noqa: F401  (sets NO_ALBUMENTATIONS_UPDATE before albumentations is imported)
-    from metaaug.testing import REPO
+    from _common import REPO
     from metaaug.timing import machine_description
 
     bin_dir = Path(sys.executable).parent

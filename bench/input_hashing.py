@@ -4,7 +4,7 @@ Run in a project after `dvc repro` (or `metaaug prepare`, `metatrain`, `augment`
 
     python bench/input_hashing.py
 
-For each input folder: its size, the time `metaaug.io.verify_input` takes the first time (hashing
+For each input folder: its size, the time `metaaug.ownership.verify_input` takes the first time (hashing
 every file against the marker) and again with its files unchanged (stat calls only); then the raw
 SHA-256 throughput of this machine on a 256 MiB file, to scale to other data.
 """
@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from metaaug import io
+from metaaug import files, ownership
 from metaaug.timing import machine_description
 
 INPUTS = {"data/prepared": "prepare", "models/policy": "metatrain", "data/augmented": "augment",
@@ -34,16 +34,16 @@ def main() -> None:
         if not path.is_dir():
             continue
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-        io._verified.clear()
-        first = timed(lambda: io.verify_input(path, kind))
-        again = timed(lambda: io.verify_input(path, kind))
+        ownership.forget_digests()
+        first = timed(lambda: ownership.verify_input(path, kind))
+        again = timed(lambda: ownership.verify_input(path, kind))
         print(f"{folder}: {size / 1e6:.1f} MB, verify {1000 * first:.1f} ms, again {1000 * again:.2f} ms")
     with tempfile.NamedTemporaryFile() as fh:
         block = os.urandom(1 << 20)
         for _ in range(256):
             fh.write(block)
         fh.flush()
-        seconds = timed(lambda: io.sha256_file(Path(fh.name)))
+        seconds = timed(lambda: files.sha256_file(Path(fh.name)))
     print(f"SHA-256: {256 / seconds:.0f} MiB/s")
 
 

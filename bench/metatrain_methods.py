@@ -13,15 +13,15 @@ method and settings are chosen.
 
 `METHOD:no-anchors` runs METHOD with `metatrain.anchors: []`: its first bracket is
 TrivialAugment-Wide and explorers around it only, without the baselines' points.
-`METHOD+key=value+...` overrides metatrain params (e.g. `race+race_confidence=0.95`).
+`METHOD+key=value+...` overrides METHOD's own settings, `metatrain.METHOD` (e.g. `race+confidence=0.95`).
 
 With `--seeds N` each method runs under search seeds 0..N-1 (the meta-train tasks and
 the explorers vary), and the table gives, per method, how often its modal choice
 came out, its mean meta-val regret against the best fixed arm on the same
 meta-val tasks, and its mean cost — the stability of a decision rule, measured
-without the target. (The rule before the reference race was measured the same way at
-commit 28a0aa9, whose `--old-metalearn` loaded 30ed33f's metalearn.py; that file no longer
-imports against the typed config.)
+without the target. (The rule before the reference race was measured the same way, with an
+`--old-metalearn` option loading the old metalearn.py; that file no longer imports against
+the typed config.)
 """
 
 from __future__ import annotations
@@ -134,8 +134,10 @@ def stability(args) -> None:
         overrides = dict(kv.split("=") for kv in rest.split("+") if kv)
         chosen, costs = [], []
         for seed in range(args.seeds):
+            own = getattr(mp, name)
             cfg = mp.model_copy(update={"method": name, **({"anchors": []} if variant == "no-anchors" else {}),
-                                        **{k: type(getattr(mp, k))(v) for k, v in overrides.items()}})
+                                        name: own.model_copy(update={k: type(getattr(own, k))(v)
+                                                                     for k, v in overrides.items()})})
             tasks = sample_tasks(images[~is_val], labels[~is_val], shots, mp.ways, mp.query_per_class,
                                  search.tasks_needed(cfg), seed)
             with tempfile.TemporaryDirectory() as d:

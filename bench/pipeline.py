@@ -40,9 +40,9 @@ import psutil
 import yaml
 from coloured_digits import coloured_digits  # bench/coloured_digits.py
 
+from _common import REPO, make_project
 from metaaug import learners
-from metaaug.io import read_json
-from metaaug.testing import REPO, make_project
+from metaaug.files import read_json
 from metaaug.timing import machine_description, search_cost
 
 GIB = 1 << 30

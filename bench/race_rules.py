@@ -3,14 +3,14 @@
 For one of bench/adaptivity.py's tasks: prepare once (the base seed); for each search seed, sample
 that seed's meta-train tasks exactly as `metatrain` does and score EVERY candidate the race offers
 (TA-Wide, the anchors' points, the one-move explorers) on every task once, with the search's proxy
-learner. Then replay each rule — a set of `metatrain` overrides — through the real
-`metaaug.search.race.race_candidates` on those scores, and print what each seed would choose, how it was
+learner. Then replay each rule — a set of `metatrain.race` overrides — through the real racing
+engine (`metaaug.search.engine.Race`) on those scores, and print what each seed would choose, how it was
 decided and what it would have cost in proxy trainings. A score is a function of (policy, task)
 (common random numbers), so a replay chooses what a real search under that rule chooses. Only
 meta-train tasks are used, never the target.
 
     python bench/race_rules.py [--task position] [--seeds 10] [--tasks 24]
-        [--rules "race_step=3,race_tasks=18;race_step=4,race_tasks=16"] [--keep DIR]
+        [--rules "step=3,tasks=18;step=4,tasks=16"] [--candidates 12] [--keep DIR]
 
 `--keep DIR` keeps the prepared data and the score table (`scores.npz`), which a rerun reuses.
 """
@@ -28,10 +28,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adaptivity import task_params  # noqa: E402  the task builders of the adaptivity benchmark
 
-from metaaug.config import MetatrainConfig, load_params  # noqa: E402
-from metaaug.search import (Scorer, SearchSpace, SearchState, anchor_points, explorer_points,  # noqa: E402
-                            meta_train_tasks)
-from metaaug.search.race import race_candidates  # noqa: E402
+from metaaug.config import MetatrainConfig, RaceConfig, load_params  # noqa: E402
+from metaaug.distributed import World  # noqa: E402
+from metaaug.search import (METHODS, Budget, Context, Entrant, Race, SearchSpace, SearchState,  # noqa: E402
+                            anchor_points, explorer_points, meta_train_tasks)
+from metaaug.search import scorer as search_scorer  # noqa: E402
 from metaaug.ops import OP_NAMES  # noqa: E402
 from metaaug.stages import prepare  # noqa: E402
 from metaaug.tasks import load_prepared  # noqa: E402
@@ -53,12 +54,13 @@ def policy_key(policy) -> tuple:
     return policy.ops, tuple(np.round(policy.weights, 9)), tuple(np.round(policy.mag_high, 9)), policy.layers
 
 
-def candidates(space: SearchSpace, cfg: MetatrainConfig) -> tuple[list[str | None], list[str], list[np.ndarray]]:
-    """What generation 0 of the race offers, built by the search's own functions: baseline names, explorer
-    labels, points (the explorers are the same for every seed)."""
+def candidates(space: SearchSpace, cfg: MetatrainConfig, count: int) -> tuple[list[str | None], list[str],
+                                                                             list[np.ndarray]]:
+    """`count` candidates: the references (TA-Wide, the anchors' points) and the one-move explorers from TA-Wide,
+    built by the search's own functions: baseline names, explorer labels, points (the same for every seed)."""
     init = space.initial()
-    named = anchor_points(space, cfg.anchors)[:cfg.candidates - 1]
-    explorers = explorer_points(init, np.zeros(space.dim), cfg.candidates - 1 - len(named), space,
+    named = anchor_points(space, cfg.anchors)[:count - 1]
+    explorers = explorer_points(init, np.zeros(space.dim), count - 1 - len(named), space,
                                 np.random.default_rng(0), moves_first=True, origin="TA-Wide")
     names = ["trivialaugment", *(name for name, _ in named)]
     return names, [label for label, _ in explorers], [init, *(p for _, p in named), *(p for _, p in explorers)]
@@ -75,7 +77,7 @@ def score_table(params, prepared, space, points, seeds: list[int], n_tasks: int,
     scores = []
     for seed in seeds:
         tasks = seed_tasks(params, prepared, n_tasks, seed)
-        with Scorer(tasks, settings, cfg.workers or 1, cfg.population) as scorer:
+        with search_scorer(tasks, cfg, settings, World()) as scorer:  # the stage's workers and populations
             done = scorer.map([(space.policy(p), t) for p in points for t in range(n_tasks)])
         scores.append(np.array([value for value, _ in done]).reshape(len(points), n_tasks))
         print(f"scored seed {seed}: {len(points)} candidates x {n_tasks} tasks", flush=True)
@@ -89,22 +91,27 @@ def seed_tasks(params, prepared, n_tasks: int, seed: int):
 
 
 def replay(params, prepared, space, names, labels, points, table, seeds, overrides: dict) -> list[dict]:
-    cfg = params.metatrain.model_copy(update=overrides)
+    """Race one bracket per seed on the table's scores: tasks beyond the racing ones are the confirmation pool."""
+    cfg = params.metatrain.model_copy(update={"race": params.metatrain.race.model_copy(update=overrides),
+                                              "method": "race"})
     keys = {policy_key(space.policy(p)): k for k, p in enumerate(points)}
+    entrants = ([Entrant(p, f"{n}'s point", True, n) for p, n in zip(points, names)]
+                + [Entrant(p, f"explorer: {label}", False) for p, label in zip(points[len(names):], labels)])
     runs = []
     for seed, scores in zip(seeds, table):
-        state = SearchState(cfg.method)
+        state = SearchState("race", own=METHODS["race"].state())
         scorer = TableScorer(seed_tasks(params, prepared, table.shape[2], seed), keys, scores)
-        race_candidates(space, points, list(range(table.shape[2])), cfg, scorer, state, lambda: None,
-                        lambda entry: None, references=len(names), names=names, labels=labels)
-        chosen = state.finalists[0]
-        runs.append({"seed": seed, "chosen": chosen["candidate"], "decision": chosen["decision"].split(":")[0],
-                     "trainings": state.trainings, "tasks": chosen["tasks"]})
+        ctx = Context(space, cfg, state, seed, lambda: None, lambda entry: None, Budget(1e9, 1.0), scorer,
+                      confirm_start=cfg.race.tasks)
+        verdict = Race(ctx).bracket(entrants, list(range(min(cfg.race.tasks, table.shape[2]))))
+        runs.append({"seed": seed, "chosen": entrants[verdict.chosen].label,
+                     "decision": f"{verdict.reference_rule.value} / {verdict.explorer_rule.value}",
+                     "trainings": state.trainings, "tasks": verdict.tasks})
     return runs
 
 
 def parse_rules(text: str) -> list[dict]:
-    fields = MetatrainConfig.model_fields
+    fields = RaceConfig.model_fields
     rules = []
     for rule in text.split(";"):
         pairs = [item.split("=") for item in rule.split(",") if item]
@@ -118,8 +125,9 @@ def main() -> None:
     ap.add_argument("--task", default="position", help="one of digits-5-9, digits-0-4, intensity, position")
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--tasks", type=int, default=24, help="tasks scored per seed (the longest race replayed)")
-    ap.add_argument("--rules", default="race_step=3,race_tasks=18;race_step=4,race_tasks=16;"
-                                       "race_step=4,race_tasks=16,race_confidence=0.95")
+    ap.add_argument("--rules", default="step=3,tasks=18;step=4,tasks=16;step=4,tasks=16,confidence=0.95",
+                    help="metatrain.race overrides; tasks past a rule's `tasks` are its confirmation pool")
+    ap.add_argument("--candidates", type=int, default=12, help="references and one-move explorers scored")
     ap.add_argument("--keep", type=Path, help="work here and keep the scores (default: a temporary directory)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="metaaug-rules-") as scratch:
@@ -131,7 +139,7 @@ def main() -> None:
         prepared = load_prepared(work / "prepared")
         space = SearchSpace(tuple(params.metatrain.ops or OP_NAMES), channels=prepared.meta_images.shape[-1])
         set_threads(prepared.meta_images.shape[1])
-        names, labels, points = candidates(space, params.metatrain)
+        names, labels, points = candidates(space, params.metatrain, args.candidates)
         seeds = list(range(args.seeds))
         table = score_table(params, prepared, space, points, seeds, args.tasks, work / "scores.npz")
         print(f"\n## {args.task}: {len(points)} candidates, search seeds 0-{args.seeds - 1}, up to {args.tasks} "

@@ -76,6 +76,7 @@ def run_task(name: str, base, budgets: list[float], seeds: list[int], splits: in
         rows.append({"task": name, "budget": budget, "modal": next(r["name"] for r in mine if r["key"] == key),
                      "modal_share": f"{n}/{len(mine)}", "regret_mean": float(regret.mean()),
                      "regret_min": float(regret.min()), "regret_max": float(regret.max()),
+                     "regret_se": float(regret.std(ddof=1) / np.sqrt(len(regret))) if len(regret) > 1 else 0.0,
                      "spent": float(np.mean([r["spent"] for r in mine])),
                      "spent_max": float(max(r["spent"] for r in mine)),
                      "wall_x": float(np.median([r["seconds"] for r in mine]) / one_run),
@@ -86,14 +87,28 @@ def run_task(name: str, base, budgets: list[float], seeds: list[int], splits: in
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| task | budget | modal choice | seeds | learned − best fixed (points, mean; min … max) | best fixed "
+    lines = ["| task | budget | modal choice | seeds | learned − best fixed (points, mean ± SE; min … max) | best fixed "
              "| spent (units, mean; max) | wall / one training (median; max) | rounds |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['task']} | {r['budget']:g} | {r['modal']} | {r['modal_share']} | {r['regret_mean']:+.2f} "
-                     f"({r['regret_min']:+.2f} … {r['regret_max']:+.2f}) | {r['best_fixed']} | {r['spent']:.2f} "
-                     f"({r['spent_max']:.2f}) | {r['wall_x']:.1f}× ({r['wall_x_max']:.1f}×) | {r['rounds']:.1f} |")
+                     f"± {r['regret_se']:.2f} ({r['regret_min']:+.2f} … {r['regret_max']:+.2f}) | {r['best_fixed']} | "
+                     f"{r['spent']:.2f} ({r['spent_max']:.2f}) | {r['wall_x']:.1f}× ({r['wall_x_max']:.1f}×) | "
+                     f"{r['rounds']:.1f} |")
     return "\n".join(lines)
+
+
+def monotone(rows: list[dict]) -> list[str]:
+    """Per task: does the mean of learned − best fixed never fall, as the budget grows, by more than one
+    standard error below the best mean of a smaller budget?"""
+    out = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        mine = sorted((r for r in rows if r["task"] == task), key=lambda r: r["budget"])
+        falls = [f"{b['budget']:g} ({b['regret_mean']:+.2f} ± {b['regret_se']:.2f}) below {a['budget']:g} "
+                 f"({a['regret_mean']:+.2f})" for i, b in enumerate(mine) for a in mine[:i]
+                 if b["regret_mean"] + b["regret_se"] < a["regret_mean"]]
+        out.append(f"{task}: {'monotone within one SE' if not falls else 'NOT monotone: ' + '; '.join(falls)}")
+    return out
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -141,9 +156,14 @@ def main() -> None:
         work = args.keep or Path(d)
         work.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{(work / 'mlflow.db').resolve()}")
-        rows = [row for name in args.task.split(",")
-                for row in run_task(name, base, budgets, list(range(args.seeds)), args.splits, work / name)]
+        rows = []
+        for name in args.task.split(","):  # each task's rows as soon as they are measured (a long run can stop)
+            rows += run_task(name, base, budgets, list(range(args.seeds)), args.splits, work / name)
+            print("\n" + table([r for r in rows if r["task"] == name]), flush=True)
+            if args.json:
+                args.json.write_text(json.dumps(rows, indent=1))
     print("\n" + table(rows))
+    print("\n" + "\n".join(monotone(rows)))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     plot(rows, args.plot)

@@ -127,8 +127,9 @@ def policy_key(out: Path) -> str:
     return json.dumps({k: v for k, v in policy.items() if k not in ("provenance", "name")}, sort_keys=True)
 
 
-def decision_kind(decision: str) -> str:
-    return decision.split(":")[0]
+def decision_kind(chosen: dict) -> str:
+    """Which rules decided: how the reference was chosen / what became of the explorers (engine.Rule names)."""
+    return f"{chosen['reference_rule']} / {chosen['rule']}" if "rule" in chosen else chosen["decision"].split(":")[0]
 
 
 def prepare_task(name: str, base, splits: int, work: Path, experiment: str) -> tuple[dict, Path]:
@@ -163,7 +164,7 @@ def run_task(name: str, base: dict, seeds: list[int], splits: int, work: Path) -
         runs.append({"seed": seed, "out": out, "key": key, "name": chosen["candidate"], "search": search_seconds,
                      "wall": wall, "trainings": log["trainings"],
                      "beside": beside})
-        print(f"| {seed} | {chosen['candidate']} | {decision_kind(chosen['decision'])} | {margin(log['finalists'])} "
+        print(f"| {seed} | {chosen['candidate']} | {decision_kind(chosen)} | {margin(log['finalists'])} "
               f"| {log['trainings']} | {search_seconds:.1f} ({search_seconds / beside:.1f}×) |", flush=True)
 
     # the fixed arms once, then each distinct chosen policy once, on the same target splits

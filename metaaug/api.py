@@ -35,14 +35,15 @@ __all__ = ["Policy", "load_policy", "PolicyTransform", "augment_batch", "albumen
 def load_policy(path: str | Path) -> Policy:
     """A policy from metaaug's policy JSON, from a directory holding `policy.json` (the metatrain output), or
     from MLflow's model registry: `models:/<name>@<alias>` (e.g. `models:/metaaug-policy@current`, the newest
-    policy metatrain registered) or `models:/<name>/<version>`, read from MLFLOW_TRACKING_URI (default
-    `sqlite:///mlflow.db`). Only a `models:/` URI imports MLflow (metaaug/tracking.py), so a core install
+    policy metatrain registered; `@champion`, the newest evaluate did not find clearly worse than the best fixed
+    arm) or `models:/<name>/<version>`, read from MLFLOW_REGISTRY_URI or MLFLOW_TRACKING_URI (default: the
+    project root's `mlflow.db`; outside a project, one line) and checked against its recorded SHA-256. Only a `models:/` URI imports MLflow (metaaug/registry.py), so a core install
     (without the `pipeline` extra) loads files and gets one line saying what to install for a URI."""
     if str(path).startswith("models:/"):
-        from metaaug import tracking
+        from metaaug import registry
 
         with tempfile.TemporaryDirectory() as tmp:
-            return _load_policy_file(tracking.download_registered_policy(str(path), Path(tmp)))
+            return _load_policy_file(registry.download_registered_policy(str(path), Path(tmp)))
     path = Path(path)
     return _load_policy_file(path / "policy.json" if path.is_dir() else path)
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from metaaug.bank import Bank
-from metaaug.io import load_array
+from metaaug.files import load_array
 from metaaug.policies import fixed_policy, load_policy, sample_apply
 from metaaug.training import Augment
 

@@ -49,7 +49,7 @@ def write_bank(path: Path, policy: Policy, x: torch.Tensor, copies: int, gen: to
                loop: Callable[[Iterable[int]], Iterable[int]] = iter) -> str:
     """Write `copies` augmented copies of `x` (float (N, C, H, W) in [0, 1]) to the uint8 .npy `path`.
 
-    Returns the file's digest as :func:`metaaug.tracking.dir_digest` computes it for one file
+    Returns the file's digest as :func:`metaaug.files.dir_digest` computes it for one file
     (SHA-256 of its name, a NUL byte, its bytes). `loop` wraps the range of copies (a progress bar).
     """
     n, c, h, w = x.shape

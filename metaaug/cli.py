@@ -1,4 +1,5 @@
-"""The `metaaug` command line (Typer): one command per pipeline stage, plus `results`.
+"""The `metaaug` command line (Typer): one command per pipeline stage (each module of metaaug/stages/),
+plus `results`.
 
 Each stage's command lives in its module (metaaug/stages/<stage>.py); this app only
 gathers them, and imports a stage only to run it: a stage imports torch, MLflow and
@@ -19,7 +20,8 @@ import typer
 
 from metaaug import __version__
 from metaaug.errors import MetaaugError
-from metaaug.stages import NAMES, one_line_errors, run_command
+from metaaug.declaration import names
+from metaaug.stages import one_line_errors, run_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Meta-learn image augmentation policies and prove the gain (DVC + MLflow).")
@@ -41,7 +43,7 @@ def add_stage(stage: str) -> None:
         run_command(importlib.import_module(f"metaaug.stages.{stage}").command, context.args, f"metaaug {stage}")
 
 
-for name in NAMES:
+for name in names():  # every module in metaaug/stages/, found without importing it
     add_stage(name)
 
 
@@ -51,14 +53,17 @@ def results_cmd(evaluation: Path = typer.Option(Path("reports/evaluation.json"),
                                                 help="The evaluate stage's full comparison."),
                 timings: Path = typer.Option(Path("timings"), help="The stages' wall times (timings/*.json).")):
     """Print the verdict and the results tables (markdown) from the latest evaluate output, and the search cost."""
-    from metaaug.io import read_json
+    from metaaug.files import read_json
     from metaaug.report import results_markdown
     from metaaug.timing import search_cost
 
     expected = "the output of `dvc repro` (evaluate stage)"
     if not evaluation.is_file():
         raise MetaaugError(f"{evaluation}: not found; expected {expected}")
-    doc, cost = read_json(evaluation, expected), search_cost(timings)
+    doc = read_json(evaluation, expected)
+    if not isinstance(doc, dict):
+        raise MetaaugError(f"{evaluation}: is not the evaluation evaluate writes; expected {expected} (rerun it)")
+    cost = search_cost(timings, doc.get("runs") if isinstance(doc.get("runs"), dict) else None)
     try:
         text = results_markdown(doc, cost)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:

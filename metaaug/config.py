@@ -11,7 +11,9 @@ stages later (an empty arm list, a seed torch cannot take, CUDA where there is n
 
 from __future__ import annotations
 
+import hashlib
 import re
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple, get_args, get_origin
 
@@ -22,6 +24,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 from pydantic_core import PydanticCustomError
 
 from metaaug.errors import MetaaugError
+from metaaug.reading import MAX_DEPTH, MAX_PARAMS_BYTES, read_text
 
 ARMS = ("none", "handcrafted", "randaugment", "trivialaugment", "learned")
 ANCHORS = ("none", "handcrafted", "randaugment")  # fixed baselines metatrain can start from (metaaug.search.space.anchor_points)
@@ -117,16 +120,53 @@ class TrainConfig(Section):
         return device
 
 
+class RaceConfig(Section):
+    """The racing engine's settings (metaaug.search.engine), and the `race` method's: every method that races
+    has its own copy in its own section, so changing one never reruns another's searches."""
+
+    # every candidate is raced: scored on `step` more tasks per rung, up to `tasks`, and dropped once clearly
+    # worse than the best reference (one-sided paired t-bound at `confidence`); references still not separated
+    # at the end go to the tie rule (the gentlest)
+    tasks: Annotated[int, Ge(1), Le(10000)] = 18
+    step: Annotated[int, Ge(1), Le(10000)] = 3
+    confidence: Annotated[float, Ge(0.5), Le(0.9999)] = 0.9
+    # a screen, not the acceptance: only an explorer that beats the reference by this many paired standard
+    # errors on the racing tasks goes on to confirmation
+    screen_z: Annotated[float, Ge(0.0), Le(10.0)] = 2.0
+    # an explorer replaces the reference only if it beats it on this many FRESH tasks (never used to choose
+    # it), one-sided paired t test at level confirm_alpha (docs/search.md: the false-acceptance rate)
+    confirm_tasks: Annotated[int, Ge(2), Le(10000)] = 6
+    confirm_alpha: Annotated[float, Ge(0.0001), Le(0.5)] = 0.05
+    # an explorer is dropped as futile when its paired z against the best reference trails the track to
+    # screen_z at `tasks` (screen_z * sqrt(n / tasks)) by more than this; 100 = never
+    futility: Annotated[float, Ge(0.0), Le(100.0)] = 1.5
+    # indifference margin (points of meta-task query accuracy): candidates whose paired one-sided bound puts
+    # them within it of the best are not raced further; the tie rule picks among them (docs/search.md)
+    indifference: Annotated[float, Ge(0.0), Le(100.0)] = 1.0
+    # the screen before the race (metaaug/search/screen.py): clean learners on `screen_tasks` tasks (they are
+    # `none`'s first scores) read query images augmented by each op group alone; a group keeps the largest
+    # magnitude cap at which they keep this share of their accuracy above chance, else it is off. 0: no screen
+    screen_keep: Annotated[float, Ge(0.0), Le(1.0)] = 0.6
+    screen_tasks: Annotated[int, Ge(1), Le(10000)] = 3
+
+
+class CemConfig(RaceConfig):
+    """The cross-entropy method's settings: its generations, and the racing engine's for each bracket."""
+
+    candidates: Annotated[int, Ge(2), Le(4096)] = 12  # raced per generation: its mean, anchors, explorers
+    generations: Annotated[int, Ge(1), Le(1000)] = 2
+    elite_fraction: Annotated[float, Ge(0.01), Le(1.0)] = 0.25
+    init_std: Annotated[float, Ge(0.0), Le(10.0)] = 0.6  # random step of explorers beyond the one-move ones
+
+
 class MetatrainConfig(Section):
+    """The search's common settings (what every method uses); each method's own are in its section."""
+
     method: Literal["race", "cem"] = "race"
     # The op space the policy learns in (null: every op in the table); e.g. drop Solarize for medical images.
     ops: Annotated[list[Name], Field(min_length=1), AfterValidator(_distinct)] | None = None
     # fixed baselines whose points in the space the first bracket scores beside TA-Wide ([] for none)
     anchors: Annotated[list[Literal[ANCHORS]], AfterValidator(_distinct)] = list(ANCHORS)
-    candidates: Annotated[int, Ge(2), Le(4096)] = 12  # policies raced per generation: TA-Wide, anchors, explorers
-    generations: Annotated[int, Ge(1), Le(1000)] = 2  # cem only
-    elite_fraction: Annotated[float, Ge(0.01), Le(1.0)] = 0.25  # cem only
-    init_std: Annotated[float, Ge(0.0), Le(10.0)] = 0.6
     proxy_epochs: Annotated[int, Ge(1), Le(100000)] = 100  # learner epochs when scoring a candidate
     proxy_width: Annotated[int, Ge(1), Le(1024)] = 16  # learner width when scoring a candidate
     workers: Annotated[int, Ge(0), Le(1024)] = 0  # scoring processes, one thread each; 0 = one per CPU core
@@ -134,26 +174,19 @@ class MetatrainConfig(Section):
     population: Annotated[int, Ge(0), Le(4096)] = 0
     # under torchrun: share every rung's proxy trainings among the ranks (docs/scaling.md)
     distributed: Literal["none", "shard"] = "none"
-    # a challenger replaces the incumbent policy only if better by this many standard errors (paired)
-    accept_z: Annotated[float, Ge(0.0), Le(10.0)] = 2.0
-    # every candidate is raced: scored on race_step more tasks per rung, up to race_tasks, and dropped once
-    # clearly worse than the best reference (one-sided paired t-bound at race_confidence); candidates still
-    # not separated at the end go to the tie rule (the gentlest)
-    race_tasks: Annotated[int, Ge(1), Le(10000)] = 18
-    race_step: Annotated[int, Ge(1), Le(10000)] = 3
-    race_confidence: Annotated[float, Ge(0.5), Le(0.9999)] = 0.9
-    # an explorer is dropped as futile when its paired z against the best reference trails the track to
-    # accept_z at race_tasks (accept_z * sqrt(tasks / race_tasks)) by more than this; 100 = never
-    futility: Annotated[float, Ge(0.0), Le(100.0)] = 1.5
     # the search's limit, in units of one downstream training (a proxy training's floating-point operations over
-    # one downstream training's: metaaug/search/budget.py); more budget refines the answer, on clear evidence only.
-    # 10 by default: at 3 the references are not always separated on the digits (docs/search.md, the frontier)
-    budget: Annotated[float, Ge(0.01), Le(100000.0)] = 10.0
-    # indifference margin (points of meta-task query accuracy): candidates whose paired one-sided bound puts
-    # them within it of the best are not raced further; the tie rule picks among them (docs/search.md)
-    indifference: Annotated[float, Ge(0.0), Le(100.0)] = 1.0
+    # one downstream training's: metaaug/search/budget.py); the framework stops a method at it
+    # (docs/search.md: the default, measured on the frontier)
+    budget: Annotated[float, Ge(0.01), Le(100000.0)] = 3.0
     ways: Annotated[int, Ge(2), Le(1000)] = 5
     query_per_class: Annotated[int, Ge(1), Le(100000)] = 100
+    race: RaceConfig = RaceConfig()  # method `race`
+    cem: CemConfig = CemConfig()  # method `cem`
+
+    @property
+    def settings(self) -> RaceConfig:
+        """The selected method's own section."""
+        return getattr(self, self.method)
 
     @field_validator("ops")
     @classmethod
@@ -171,16 +204,35 @@ class AugmentConfig(Section):
     copies: Annotated[int, Ge(1), Le(10000)] = 150  # augmented copies of every target training image
 
 
+def _experiment_name(name: str) -> str:
+    """An experiment name MLflow takes (at most 500 characters) that is safe wherever a name becomes a path
+    segment, a tag or a log line: printable, no path separator, no leading dot (`..`), no blank at either end."""
+    if (len(name) > 500 or not name.isprintable() or "/" in name or "\\" in name or name.startswith(".")
+            or name != name.strip()):
+        raise PydanticCustomError("bad_name", "is not a safe experiment name; expected 1-500 printable characters, "
+                                  "no `/` or `\\`, no leading dot, no blank at either end")
+    return name
+
+
+MODEL_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}$"  # what MLflow's registry takes, and no path can escape with
+
+
 class TrackingConfig(Section):
-    experiment: Annotated[str, Field(min_length=1)] = "metaaug"
+    experiment: Annotated[str, Field(min_length=1), AfterValidator(_experiment_name)] = "metaaug"
     # The MLflow registered model metatrain registers each policy under (null: `<experiment>-policy`);
-    # alias `current` moves to its newest version (metaaug/tracking.py, register_policy).
-    policy_model: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[\w.\-]+$")] | None = None
+    # alias `current` moves to its newest version (metaaug/registry.py, register_policy).
+    policy_model: Annotated[str, Field(min_length=1, max_length=200, pattern=MODEL_NAME)] | None = None
 
     @property
     def policy_model_name(self) -> str:
-        """The registered model's name: policy_model, or the experiment's name made one MLflow takes + `-policy`."""
-        return self.policy_model or re.sub(r"[^\w.\-]", "_", self.experiment)[:193] + "-policy"
+        """The registered model's name: policy_model, or the experiment's name made one MLflow takes + `-policy`;
+        where that changed the name (`my exp`), a hash of the exact name is added, so that no two experiments'
+        default names meet (`my_exp-policy`, `my_exp-1f3a9c-policy`); the registry refuses what still does."""
+        if self.policy_model:
+            return self.policy_model
+        safe = re.sub(r"[^\w.\-]", "_", self.experiment)[:186]
+        tail = "" if safe == self.experiment else "-" + hashlib.sha256(self.experiment.encode()).hexdigest()[:6]
+        return f"{safe}{tail}-policy"
 
 
 class Params(Section):
@@ -237,7 +289,10 @@ def describe_error(error: dict) -> str:
     if any(isinstance(part, int) for part in error["loc"]):  # an item of a list
         return f"{key} contains {value!r}; expected items from {list(spec(field).choices)}"
     if kind in ("string_pattern_mismatch", "string_too_long"):  # a name MLflow would refuse
-        return f"{key} = {value!r} is not a name MLflow takes; expected 1-200 letters, digits, `_`, `.` or `-`"
+        return (f"{key} = {value!r} is not a name MLflow takes; expected 1-200 ASCII letters, digits, `_`, `.` or "
+                "`-`, starting with a letter, digit or `_`")
+    if kind == "bad_name":
+        return f"{key} = {value!r} {error['msg']}"
     if kind in ("greater_than_equal", "less_than_equal", "literal_error", "too_short"):
         return f"{key} = {value!r} is out of range; expected {expected(field)}"
     return f"{key} = {value!r} has the wrong type; expected {expected(field)}"
@@ -313,12 +368,21 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     and that aliases (`*name`) are refused: nested aliases expand a few hundred bytes into gigabytes (a
     "billion laughs"), and params.yaml needs none."""
 
+    depth = 0  # levels of nesting being composed: a deep document stops at MAX_DEPTH, not at Python's stack
+
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise MetaaugError(f"alias *{str(event.anchor)[:40]} at line {event.start_mark.line + 1}; expected "
                                "plain values (YAML aliases are not accepted)")
-        return super().compose_node(parent, index)
+        if self.depth >= MAX_DEPTH:
+            raise MetaaugError(f"nests lists or mappings more than {MAX_DEPTH} levels deep at line "
+                               f"{self.peek_event().start_mark.line + 1}; expected `section: key: value` (two levels)")
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -331,16 +395,20 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+_PARAMS_FILE: ContextVar[str] = ContextVar("params_file", default="params.yaml")
+
+
+def params_file() -> str:
+    """The params file the running command loaded, as it was given (`--params other.yaml`): what an error
+    about a parameter found later (against the data, say) names."""
+    return _PARAMS_FILE.get()
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate a params file; a missing file is an error (never silently all defaults)."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise MetaaugError(f"{path}: params file not found; expected a params.yaml "
-                           "(the repository's is the documented default)") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise MetaaugError(f"{path}: cannot be read ({err.__class__.__name__}); expected a readable YAML file") from None
+    """Read and validate a params file; a missing file is an error (never silently all defaults). The file is
+    read up to MAX_PARAMS_BYTES, and every message names it as it was given."""
+    expected = "a params YAML file (the repository's params.yaml is the documented default)"
+    text = read_text(path, MAX_PARAMS_BYTES, expected)
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except MetaaugError as err:
@@ -349,5 +417,6 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" at line {line + 1}" if line is not None else ""
         raise MetaaugError(f"{path}: not valid YAML{where}; expected a mapping of parameters") from None
-    return validate(raw, "params.yaml" if path.name == "params.yaml" else str(path))
-
+    params = validate(raw, str(path))
+    _PARAMS_FILE.set(str(path))
+    return params

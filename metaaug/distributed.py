@@ -16,15 +16,19 @@ and gathers the rest; the other ranks only score.
   is scaled so that DDP's averaged gradient is the whole batch's gradient. The same training as one
   process within float tolerance; it pays when batches are big enough to split.
 
-Rank 0 alone writes outputs and talks to MLflow; the other ranks only train.
+Rank 0 alone writes outputs and talks to MLflow; the other ranks only train. Before any of it every rank
+proves it runs rank 0's job (`same_job`): the same params, inputs and code.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import os
 import signal
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -107,6 +111,42 @@ def world(mode: str, device: torch.device, stage: str = "train") -> Iterator[Wor
     finally:
         signal.signal(signal.SIGTERM, previous)
         dist.destroy_process_group()
+
+
+def same_job(world: World, facts: dict[str, object]) -> None:
+    """Stop every rank, before any scoring, unless all ranks run the same job: `facts` (flat name -> value: the
+    params that shape the output, the inputs' digests) and the code version (code_digest) compared with rank
+    0's. Ranks may be started by hand on several machines; one with another seed, proxy budget or metaaug would
+    silently score other work. Every rank sees every rank's facts, so all stop with the same line."""
+    if world.size == 1:
+        return
+    mine = {**{k: v if isinstance(v, (str, int, float, bool, type(None))) else repr(v) for k, v in facts.items()},
+            "code version (metaaug's source files)": code_digest()}
+    everyone: list = [None] * world.size
+    with peers_alive(world):
+        dist.all_gather_object(everyone, mine)
+    for rank, theirs in enumerate(everyone):
+        differ = [k for k in sorted(set(theirs) | set(everyone[0])) if theirs.get(k) != everyone[0].get(k)]
+        if differ:
+            shown = "; ".join(f"{k}: {_short(theirs.get(k))} vs {_short(everyone[0].get(k))}" for k in differ[:3])
+            raise MetaaugError(f"rank {rank} of {world.size} runs another job than rank 0 ({shown}"
+                               f"{f'; {len(differ) - 3} more' if len(differ) > 3 else ''}); expected every rank "
+                               "started with the same params, inputs and metaaug version")
+
+
+def _short(value: object) -> str:
+    text = str(value)
+    return text[:12] if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else text[:60]
+
+
+@functools.cache
+def code_digest(root: Path = Path(__file__).resolve().parent) -> str:
+    """The code version: SHA-256 over the names and bytes of metaaug's Python source files (an installed
+    wheel and a checkout of the same commit agree; a local edit does not)."""
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
 
 
 def _stopped_by_torchrun(signum, frame) -> None:

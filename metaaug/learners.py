@@ -27,8 +27,9 @@ import numpy as np
 
 from metaaug import workers
 from metaaug.config import Params
-from metaaug.io import read_json
+from metaaug.files import read_json
 from metaaug.models import resolve_model
+from metaaug.publish import write_json
 from metaaug.search.budget import training_flops
 from metaaug.search.scoring import score_population  # imports torch._dynamo before the workers fork
 from metaaug.search.tasks import Task, sample_tasks
@@ -148,8 +149,6 @@ def with_learner(params: Params, choice: dict) -> Params:
 
 def save(directory: Path, choice: dict) -> None:
     """learner.json: the answer and its evidence, without the wall times (the output is byte-identical)."""
-    from metaaug.io import write_json
-
     write_json(directory / FILE, recorded(choice))
 
 

@@ -1,6 +1,6 @@
 """Downstream / task-learner networks, sized to the input.
 
-Two learners: a 3-block conv-BatchNorm CNN (`small_cnn`, DESIGN §5's reference
+Two learners: a 3-block conv-BatchNorm CNN (`small_cnn`, the reference
 learner, ~1 s per 150-epoch run on the digits) and a small ResNet (`resnet`),
 whose residual stages downsample to a few pixels before pooling. `train.model`
 chooses one; `auto` is decided by a paired trial on meta-train tasks (metaaug.learners),
@@ -14,6 +14,8 @@ import functools
 
 import torch
 from torch import nn
+
+from metaaug.errors import MetaaugError
 
 
 def conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
@@ -79,7 +81,7 @@ def resolve_model(model: str) -> str:
     if model == "auto":
         return "small_cnn"
     if model not in MODELS:
-        raise ValueError(f"unknown model {model!r}; expected auto or one of {list(MODELS)}")
+        raise MetaaugError(f"model {model!r} is unknown; expected auto or one of {list(MODELS)}")
     return model
 
 

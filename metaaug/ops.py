@@ -416,12 +416,6 @@ assert {op.group for op in OPS.values()} <= set(GROUPS), "every op's group must 
 _IDENTITY = OP_NAMES.index("Identity")
 
 
-def op_value(name: str, magnitude: float, sign: float = 1.0) -> float:
-    """The op value a normalised magnitude (and sign, for signed ops) maps to."""
-    op = OPS[name]
-    return magnitude * op.max_value * (sign if op.signed else 1.0)
-
-
 def apply_ops(images, op_index, magnitude, sign, generator=None):
     """Apply op ``op_index[i]`` with ``magnitude[i]`` and ``sign[i]`` to image i.
 

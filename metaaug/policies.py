@@ -27,8 +27,9 @@ import metaaug  # noqa: F401  (sets NO_ALBUMENTATIONS_UPDATE before albumentatio
 import albumentations as A
 
 from metaaug.errors import MetaaugError
-from metaaug.io import atomic_file
+from metaaug.publish import atomic_file
 from metaaug.ops import OP_NAMES, OP_TABLE_VERSION, OPS, apply_ops
+from metaaug.reading import load_json
 
 POLICY_FORMAT_VERSION = 1
 MAX_POLICY_LAYERS = 16  # ops in a row per image: each costs a pass over the batch; the search uses at most 2
@@ -269,14 +270,7 @@ def read_policy(path) -> tuple[Policy, dict]:
     """A policy JSON's policy and its provenance (e.g. `baseline_point`: the fixed baseline it is the
     point of); every problem is one MetaaugError line naming the file."""
     where = f"policy file {path}"
-    try:
-        doc = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise MetaaugError(f"{where}: not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise MetaaugError(f"{where}: cannot be read ({err})") from None
-    except json.JSONDecodeError as err:
-        raise MetaaugError(f"{where}: not valid JSON (line {err.lineno}: {err.msg})") from None
+    doc = load_json(path, "a policy JSON written by metaaug metatrain")
     if not isinstance(doc, dict) or not isinstance(doc.get("policy"), dict):
         raise MetaaugError(f"{where}: expected a JSON object with a 'policy' object (metaaug policy format)")
     version = doc.get("format_version")

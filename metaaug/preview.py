@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from metaaug.errors import MetaaugError  # noqa: E402
-from metaaug.io import atomic_file  # noqa: E402
+from metaaug.publish import atomic_file  # noqa: E402
 from metaaug.plots import show_image  # noqa: E402
 from metaaug.policies import Policy, sample_apply  # noqa: E402
 

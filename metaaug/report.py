@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from metaaug.arms import arm_augmenter  # noqa: E402
-from metaaug.io import write_json  # noqa: E402
+from metaaug.publish import write_json  # noqa: E402
 from metaaug.learners import markdown as learner_markdown  # noqa: E402
 from metaaug.plots import policy_figure, show_image  # noqa: E402
 from metaaug.policies import BASELINE_TITLES, load_policy, what_it_is  # noqa: E402
@@ -172,10 +172,13 @@ def accuracy_tables(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def results_markdown(evaluation: dict, cost: dict | None) -> str:
-    """The README's results section, from reports/evaluation.json and the timings (`metaaug results`)."""
+def results_markdown(evaluation: dict, cost: dict | str | None) -> str:
+    """The README's results section, from reports/evaluation.json and the timings (`metaaug results`); `cost`
+    is search_cost's answer (a string: why there is none to show)."""
     lines = [evaluation["verdict"], "", accuracy_tables(evaluation), ""]
-    if cost is not None:
+    if isinstance(cost, str):
+        lines.append(f"Search cost: not shown: {cost}.")
+    elif cost is not None:
         lines.append(f"Search cost: metatrain took {cost['search_cost']:.1f}× one downstream training run "
                      f"({cost['downstream_run_seconds']:.2f} s) in wall time with {cost['workers']} scoring "
                      f"process(es); its proxy trainings alone, summed over processes, {cost['search_cost_one_core']:.1f}×.")

@@ -21,11 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from metaaug.config import DataConfig, TasksConfig
-from metaaug.data import Dataset, load_source
-from metaaug.data.sources import same_source
+from metaaug.config import DataConfig, TasksConfig, params_file
+from metaaug.data import Dataset, load_source, same_source
 from metaaug.errors import MetaaugError
-from metaaug.io import MARKER, load_array, read_json, read_marker, save_arrays, verify_input, write_json
+from metaaug.files import load_array, read_json
+from metaaug.ownership import MARKER, read_marker, verify_input
+from metaaug.publish import save_arrays, write_json
 
 ARRAYS = ("meta_images", "meta_labels", "meta_is_val", "target_images", "target_labels")
 
@@ -40,10 +41,6 @@ class Prepared:
     target_images: np.ndarray
     target_labels: np.ndarray
     manifest: dict
-
-    def split(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Indices into the target arrays: (support of split i, the shared test set)."""
-        return np.asarray(self.manifest["splits"][i]["support"]), np.asarray(self.manifest["test"])
 
 
 def subset(ds: Dataset, class_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -65,10 +62,10 @@ def check_target_names(names: list[str], source: Dataset, hint: str = "") -> Non
     """The target classes exist in the source and are at least two."""
     unknown = [c for c in names if c not in source.classes]
     if unknown:
-        raise MetaaugError(f"params.yaml: tasks.target_classes names {unknown[0]!r}, which {source.source} does not "
+        raise MetaaugError(f"{params_file()}: tasks.target_classes names {unknown[0]!r}, which {source.source} does not "
                            f"have; expected classes from {list(source.classes)}{hint}")
     if len(names) < 2:
-        raise MetaaugError(f"params.yaml: tasks.target_classes has {len(names)} class; expected at least 2")
+        raise MetaaugError(f"{params_file()}: tasks.target_classes has {len(names)} class; expected at least 2")
 
 
 def choose_classes(meta: Dataset, target: Dataset, target_classes: list[str] | None, same_source: bool):
@@ -85,7 +82,7 @@ def choose_classes(meta: Dataset, target: Dataset, target_classes: list[str] | N
     check_target_names(names, target)
     meta_names = [c for c in meta.classes if not (same_source and c in names)]
     if len(meta_names) < 2:
-        raise MetaaugError(f"params.yaml: only {len(meta_names)} class left for meta-training in {meta.source}; "
+        raise MetaaugError(f"{params_file()}: only {len(meta_names)} class left for meta-training in {meta.source}; "
                            "expected at least 2 (hold out fewer tasks.target_classes or set tasks.target_source)")
     return meta_names, names
 
@@ -106,7 +103,7 @@ def few_shot_splits(labels: np.ndarray, pool: np.ndarray, shots: int, n_splits: 
     for c, name in enumerate(class_names):
         have = int(np.sum(labels[pool] == c))
         if have < shots:
-            raise MetaaugError(f"params.yaml: tasks.shots = {shots} but target class {name!r} has only {have} "
+            raise MetaaugError(f"{params_file()}: tasks.shots = {shots} but target class {name!r} has only {have} "
                                "training images after the test hold-out; expected shots <= that")
     splits = []
     for i in range(n_splits):
@@ -195,7 +192,7 @@ def prepare_full(data: DataConfig, tasks: TasksConfig, seed: int, out: Path) -> 
     for c, name in enumerate(names):
         have = int(np.sum(y[pool] == c))
         if have < tasks.shots + 2:  # metatrain: a task needs shots + a query image; the hold-out needs one
-            raise MetaaugError(f"params.yaml: tasks.shots = {tasks.shots} but class {name!r} has only {have} "
+            raise MetaaugError(f"{params_file()}: tasks.shots = {tasks.shots} but class {name!r} has only {have} "
                                "training images after the test hold-out; expected at least shots + 2")
     meta_x, meta_y = x[pool], y[pool]
     meta_is_val = split_per_class(meta_y, tasks.meta_val_fraction, rng)

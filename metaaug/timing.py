@@ -6,17 +6,23 @@ timed stage logs them to its MLflow run and writes them to its own small JSON fi
 in the git-ignored `timings/` (`timings/metatrain.json`, `timings/train.json`), which
 dvc.yaml does not declare. `metaaug results` turns them into the search cost:
 metatrain's wall time as a multiple of one downstream training.
+
+`timings/` is not versioned with the outputs, so a timing records what it describes (the MLflow run of the
+stage that took it) and the search cost is shown only beside the evaluation of those very runs (evaluate
+records the runs it read in evaluation.json: report.write_report).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 from pathlib import Path
 
 import torch
 
-from metaaug.io import read_json
+from metaaug.errors import MetaaugError
+from metaaug.files import read_json
 
 
 def machine_description(device: torch.device | str | None = None) -> str:
@@ -34,16 +40,43 @@ def machine_description(device: torch.device | str | None = None) -> str:
 
 
 def timing_doc(device: torch.device | None = None, **figures: float) -> dict:
-    """One stage's wall times (seconds) with the machine (the device the stage ran on) they were taken on."""
-    return {**figures, "machine": machine_description(device)}
+    """One stage's wall times (seconds) with the machine (the device the stage ran on) they were taken on, and
+    the MLflow run they describe (the active one: the stage's own)."""
+    from metaaug.tracking import active_run
+
+    return {**figures, "machine": machine_description(device), "run_id": active_run()[0]}
 
 
-def search_cost(timings: Path) -> dict | None:
-    """Metatrain's cost from `timings/metatrain.json` and `timings/train.json`; None while either is missing."""
-    search, train = Path(timings) / "metatrain.json", Path(timings) / "train.json"
-    if not (search.is_file() and train.is_file()):
+FIGURES = {"metatrain.json": ("search_seconds", "proxy_seconds", "workers"), "train.json": ("run_seconds",)}
+EXPECTED = "the file the pipeline's metatrain or train stage writes there (rerun `dvc repro`)"
+
+
+def _timing(path: Path) -> dict:
+    """One timing file, checked: a mapping with positive finite figures and the machine, else one line."""
+    doc = read_json(path, EXPECTED)
+    figures = FIGURES[path.name]
+    bad = next((k for k in figures if not isinstance(doc, dict) or isinstance(doc.get(k), bool)
+                or not isinstance(doc.get(k), (int, float)) or not math.isfinite(doc[k]) or doc[k] <= 0), None)
+    if bad is not None or not isinstance(doc.get("machine"), str):
+        what = f"{bad!r} is {doc.get(bad)!r}" if bad is not None and isinstance(doc, dict) else "no timing"
+        raise MetaaugError(f"{path}: {what}; expected {', '.join(figures)} as positive numbers and the machine, "
+                           f"in {EXPECTED}")
+    return doc
+
+
+def search_cost(timings: Path, runs: dict | None = None) -> dict | str | None:
+    """Metatrain's cost from `timings/metatrain.json` and `timings/train.json`; None while either is missing.
+    With `runs` (evaluation.json's `runs`: the metatrain and train runs it evaluated), a reason (a string)
+    instead of the cost when the timings describe other runs, or cannot be matched to them."""
+    search_path, train_path = Path(timings) / "metatrain.json", Path(timings) / "train.json"
+    if not (search_path.is_file() and train_path.is_file()):
         return None
-    search, train = read_json(search), read_json(train)
+    search, train = _timing(search_path), _timing(train_path)
+    if runs is not None:
+        for stage, doc in (("metatrain", search), ("train", train)):
+            if doc.get("run_id") is None or doc.get("run_id") != runs.get(stage):
+                return (f"{timings}/{stage}.json describes MLflow run {doc.get('run_id')}, but the evaluation read "
+                        f"the output of run {runs.get(stage)}; rerun the pipeline to time these outputs")
     one_run = train["run_seconds"]
     return {"search_cost": search["search_seconds"] / one_run,
             "search_cost_one_core": search["proxy_seconds"] / one_run,  # proxy trainings summed over processes

@@ -47,44 +47,64 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
+OVERSUBSCRIBE = 2  # processes a core at most: one-thread trainings gain nothing from more, and each holds memory
+
+
+def cores() -> int:
+    """The CPU cores this process may run on (its affinity mask: a container's or taskset's limit, not the
+    machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def count(requested: int, device: torch.device | None = None) -> int:
     """Worker processes for `requested`: 0 = one per CPU core, shared among the ranks torchrun started on
-    this machine (LOCAL_WORLD_SIZE); one on CUDA."""
+    this machine (LOCAL_WORLD_SIZE); a request is capped at OVERSUBSCRIBE processes a core; one on CUDA.
+    The pool forks no more of them than a map has items (Pool.map)."""
     if device is not None and device.type == "cuda":
         return 1
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return requested or max(1, (os.cpu_count() or 1) // local_ranks)
+    available = max(1, cores() // local_ranks)
+    return min(requested, OVERSUBSCRIBE * available) if requested else available
 
 
 class Pool:
-    """`map(fn, items)` in `workers` forked processes (in-process for one), `shared` set as `state()`.
+    """`map(fn, items)` in up to `workers` forked processes (in-process for one), `shared` set as `state()`.
 
-    Trainings run one thread each in either case, so a result does not depend on `workers`.
-    `fn` must be a module-level function (it is pickled by name).
+    Processes are forked when a map needs them, never more than it has items: four trainings fork four
+    processes whatever `workers` says. Trainings run one thread each in either case, so a result does not
+    depend on `workers`. `fn` must be a module-level function (it is pickled by name).
     """
 
     def __init__(self, workers: int, shared: dict[str, Any]):
-        self.workers, self.shared, self.pool = workers, shared, None
+        self.workers, self.shared, self.pool, self.size = workers, shared, None, 0
 
     def __enter__(self) -> "Pool":
         _STATE.clear()
         _STATE.update(self.shared)
         self.threads = torch.get_num_threads()
         torch.set_num_threads(1)
-        if self.workers > 1:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            self.pool = ProcessPoolExecutor(self.workers, multiprocessing.get_context("fork"),
-                                            initializer=_init_worker, initargs=(os.getpid(),))
         return self
 
     def __exit__(self, *exc) -> None:
         if self.pool is not None:
             self.pool.shutdown(cancel_futures=True)
+            self.pool = None
         torch.set_num_threads(self.threads)
         _STATE.clear()
 
     def map(self, fn: Callable, items: Iterable) -> Iterator:
         """fn(item) for every item, in order (lazily: results arrive as they are done)."""
-        return map(fn, items) if self.pool is None else self.pool.map(fn, items)
+        items = list(items)
+        needed = min(self.workers, len(items))
+        if needed <= 1 and self.pool is None:
+            return map(fn, items)
+        if needed > self.size:  # the first map that needs processes, or one that needs more than are running
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            if self.pool is not None:
+                self.pool.shutdown()
+            self.pool = ProcessPoolExecutor(needed, multiprocessing.get_context("fork"),
+                                            initializer=_init_worker, initargs=(os.getpid(),))
+            self.size = needed
+        return self.pool.map(fn, items)

@@ -3,6 +3,7 @@ in-process, a live `mlflow server` with a pipeline logged to it, and writers of 
 the formats metaaug reads (IDX, CIFAR).
 """
 
+import contextlib
 import gzip
 import io
 import os
@@ -17,21 +18,44 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
 import yaml
 
 from conftest import tiny_params
+from metaaug import publish
 from metaaug.cli import main
-from metaaug.testing import dvc, kill_group, make_project, sh
+from metaaug.declaration import declarations
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # the scratch projects the benches make too
+from _common import kill_group, make_project, sh  # noqa: E402
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def dvc(root: Path, *args, check=True):
+    bin_dir = Path(sys.executable).parent
+    env_path = f"{bin_dir}:{os.environ['PATH']}"
+    return subprocess.run([str(bin_dir / "dvc"), *args], cwd=root, capture_output=True, text=True,
+                          env={**os.environ, "PATH": env_path}, check=False)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path, kind: str | None = None, inputs: dict | None = None) -> Iterator[Path]:
+    """Yield an empty folder that replaces `path` (marked as `kind`, made from `inputs`) only if the block
+    succeeds. A stage's outputs go through `runner.stage_run` instead, which publishes them only once
+    their MLflow run has its record."""
+    staged = publish.stage_output(path, kind)
+    with publish.discarded_on_failure(staged):
+        yield staged.content
+        publish.finish(staged, inputs)
+    publish.publish(staged)
 
 
 def repro_in_process(root: Path) -> None:
@@ -48,7 +72,7 @@ def repro_in_process(root: Path) -> None:
     assert committed.returncode == 0 and "up to date" in dvc(root, "status").stdout, committed.stderr
 
 
-STAGES = ("prepare", "metatrain", "augment", "train", "evaluate")
+STAGES = tuple(declarations())  # every stage module's DECLARATION, in pipeline order
 
 
 @dataclass(frozen=True)

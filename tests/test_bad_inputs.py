@@ -22,10 +22,10 @@ from PIL import Image
 from conftest import REPO, tiny_config, tiny_params
 from metaaug.cli import main
 from metaaug.config import leaf_fields, spec
-from metaaug.io import atomic_dir
 from metaaug.ops import OP_TABLE_VERSION
+from metaaug.ownership import write_marker
 from metaaug.tasks import prepare
-from helpers import cifar_files, free_port, write_cifar_tar, write_idx
+from helpers import STAGES, atomic_dir, cifar_files, free_port, write_cifar_tar, write_idx
 
 RNG = np.random.default_rng(0)
 
@@ -240,14 +240,21 @@ GOOD_POLICY = {"format_version": 1, "op_table_version": OP_TABLE_VERSION, "prove
                           "mag_high": [1], "layers": 1}}
 
 
+def policy_output(root, doc: dict):
+    """A metatrain output (marked, so it is read) holding `doc` as its policy.json."""
+    policy = root / "policy"
+    policy.mkdir()
+    (policy / "policy.json").write_text(json.dumps(doc))
+    write_marker(policy, "metatrain")
+    return policy
+
+
 @pytest.mark.parametrize("doc, names, expected", [
     ({**GOOD_POLICY, "policy": {**GOOD_POLICY["policy"], "ops": ["Warp"]}}, ["unknown op 'Warp'"], "known ops: "),
     ({**GOOD_POLICY, "format_version": 2}, ["format_version 2 is newer"], "; expected <= 1"),
 ], ids=["unknown_op", "newer_format_version"])
 def test_bad_policy_file_stops_augment_in_one_line(doc, names, expected, prepared, tmp_path, capsys):
-    policy = tmp_path / "policy"
-    policy.mkdir()
-    (policy / "policy.json").write_text(json.dumps(doc))
+    policy = policy_output(tmp_path, doc)
     code, err = cli(capsys, "augment", "--params", params_file(tmp_path), "--prepared", prepared,
                     "--policy", policy, "--out", tmp_path / "out" / "augmented")
     assert_one_line_error(code, err, str(policy / "policy.json"), *names, expected=expected)
@@ -331,7 +338,7 @@ def tree(root) -> dict:
         for name in dirs + files:
             path = os.path.join(here, name)
             rel = os.path.relpath(path, root)
-            if rel.split(os.sep)[0] in ("mlflow.db", "mlruns"):
+            if rel.split(os.sep)[0] in ("mlflow.db", "mlflow.db.lock", "mlruns"):  # the lock records its holder
                 continue
             if os.path.islink(path):
                 found[rel] = "-> " + os.readlink(path)
@@ -349,7 +356,7 @@ def run_pipeline(project, params: dict, **outs) -> None:
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(project)
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
-        for stage in ("prepare", "metatrain", "augment", "train", "evaluate"):
+        for stage in STAGES:
             args = [f"--{k}={v}" for k, v in outs.get(stage, {}).items()]
             with pytest.raises(SystemExit) as exit:
                 main([stage, *args])
@@ -429,19 +436,21 @@ def test_output_path_metaaug_did_not_write_is_left_untouched(row, project, capsy
     refused(capsys, project, *[a.format(root=project) for a in args], names=names)
 
 
-def test_own_outputs_are_replaced_legacy_and_empty_ones_too(project, capsys):
-    """The other side of the rule: metaaug's own output (with its marker), an output from before markers
-    (recognised by its layout), and an empty folder are written; the user's files beside them are not touched."""
-    from metaaug.io import MARKER
+def test_own_and_empty_outputs_are_replaced_a_look_alike_is_refused(project, capsys):
+    """The other side of the rule: metaaug's own output (with its marker) and an empty folder are written; a
+    folder that merely looks like an output (its files, no marker) is refused and left untouched, and the
+    user's files beside them are not touched."""
+    from metaaug.ownership import MARKER
 
-    legacy = project / "legacy"
-    shutil.copytree(project / "data" / "prepared", legacy)
-    (legacy / MARKER).unlink()
+    look_alike = project / "look_alike"
+    shutil.copytree(project / "data" / "prepared", look_alike)
+    (look_alike / MARKER).unlink()
     (project / "empty").mkdir()
-    for out in ("data/prepared", "legacy", "empty"):
+    for out in ("data/prepared", "empty"):
         code, err = cli(capsys, "prepare", "--out", out)
         assert code == 0, err
         assert (project / out / MARKER).is_file()
+    refused(capsys, project, "prepare", "--out", "look_alike", names=["look_alike", f"no {MARKER}"])
     assert (project / "mydata" / "keep.txt").read_text() == "the user's own file\n"
     assert not [p for p in project.rglob(".*.tmp-*")]
 
@@ -494,7 +503,7 @@ MISMATCH_ROWS = {  # a CLI stage given inputs that do not belong together: (args
     "evaluate_prepared_of_same_shape": (["evaluate", "--prepared", "same_shape"],
                                         ["models/downstream", "another prepare output than same_shape"]),
     "train_augmented_of_other_prepared": (["train", "--prepared", "same_shape", "--out", "models/new"],
-                                          ["another prepare output than same_shape"]),  # policy is checked first
+                                          ["another prepare output than same_shape"]),  # the augmented set (a policy is portable)
     "evaluate_downstream_is_prepared": (["evaluate", "--downstream", "data/prepared"],
                                         ["data/prepared", "output of `metaaug prepare`"]),
     "train_prepared_is_policy": (["train", "--prepared", "models/policy", "--out", "models/new"],
@@ -512,17 +521,19 @@ def test_mismatched_stage_inputs_stop_in_one_line(row, project, capsys):
     refused(capsys, project, *args, names=names)
 
 
-@pytest.mark.parametrize("args, names", [
-    (["evaluate", "--prepared", "other"], ["models/downstream", "does not fit other"]),
-    (["train", "--prepared", "other", "--out", "models/new"], ["data/augmented", "does not fit other"]),
-], ids=["evaluate_legacy_downstream", "train_legacy_augmented"])
-def test_outputs_from_before_markers_are_checked_by_shape(args, names, project, capsys):
-    """Outputs written before markers recorded no input digests: their shapes are checked against the prepared set."""
-    from metaaug.io import MARKER
+@pytest.mark.parametrize("stage, args, unmarked", [
+    ("metatrain", ["--out", "models/new"], "data/prepared"),
+    ("augment", ["--out", "data/new"], "models/policy"),
+    ("train", ["--out", "models/new"], "data/augmented"),
+    ("evaluate", ["--metrics", "m.json"], "models/downstream"),
+])
+def test_an_input_without_its_marker_is_refused(stage, args, unmarked, project, capsys):
+    """A folder that holds an output's files but no marker (copied without it, or from before markers): nothing
+    vouches for its files, so the stage stops in one line naming it, before reading anything."""
+    from metaaug.ownership import MARKER
 
-    for out in ("models/downstream", "data/augmented", "models/policy"):
-        (project / out / MARKER).unlink()
-    refused(capsys, project, *args, names=names)
+    (project / unmarked / MARKER).unlink()
+    refused(capsys, project, stage, *args, names=[unmarked, f"has no {MARKER}"])
 
 
 # --- MLflow and its store ---------------------------------------------------------------------------------------
@@ -567,7 +578,8 @@ STORE_ROWS = {  # root -> (MLFLOW_TRACKING_URI or None for the project's store, 
     "unsupported_scheme": lambda r: ("foo://bar", {}, ["foo://bar"]),
     "missing_db_driver": lambda r: ("postgresql://user@localhost/db", {}, ["postgresql://", "psycopg"]),
     "deleted_experiment": deleted_experiment,
-    "experiment_name_too_long": lambda r: (None, {"tracking.experiment": "x" * 600}, ["maximum length"]),
+    "experiment_name_too_long": lambda r: (None, {"tracking.experiment": "x" * 600},
+                                           ["tracking.experiment", "1-500 printable characters"]),
 }
 
 
@@ -586,9 +598,9 @@ def test_store_failures_stop_in_seconds_before_any_output(row, project, capsys, 
 def test_locked_store_stops_in_seconds(project, capsys, monkeypatch):
     import sqlite3
 
-    from metaaug import tracking
+    from metaaug import store
 
-    monkeypatch.setattr(tracking, "LOCK_WAIT_S", 1)
+    monkeypatch.setattr(store, "LOCK_WAIT_S", 1)
     db = project / "locked.db"
     holder = sqlite3.connect(db)
     holder.execute("create table t(x)")
@@ -632,7 +644,7 @@ def test_killed_stage_run_is_marked_failed_by_the_next_run(project):
     recorded in tag metaaug.process, is gone)."""
     import mlflow
 
-    from metaaug.io import KILL_ENV
+    from metaaug.publish import KILL_ENV
 
     env = {**os.environ, KILL_ENV: "again"}
     killed = subprocess.run([sys.executable, "-m", "metaaug", "prepare", "--out", "again"], cwd=project, env=env,
@@ -699,7 +711,7 @@ def test_unwritable_folder(project, capsys):
 
 # --- integrity: one path per output, markers that prove ownership, inputs read as written --------------------------
 #
-# The rules (metaaug/io.py, tracking.stage_run; docs/integrity.md): the path checked is the path written; an output
+# The rules (metaaug/ownership.py, runner.stage_run; docs/integrity.md): the path checked is the path written; an output
 # is replaced only while its files match its marker; an input is read only while its files match its marker; outputs
 # are published only after the MLflow run recorded them.
 
@@ -743,7 +755,7 @@ def edit_metrics(root):
 
 
 def fake_marker(root):
-    from metaaug.io import MARKER
+    from metaaug.ownership import MARKER
 
     (root / "mine").mkdir()
     (root / "mine" / "data.txt").write_text("the user's data\n")
@@ -815,43 +827,10 @@ INPUT_ROWS = {  # (damage, stage and args, names): an input whose files differ f
 }
 
 
-def legacy(root, out):
-    from metaaug.io import MARKER
-
-    (root / out / MARKER).unlink()
-
-
-def legacy_labels(root, value, dtype=np.int64):
-    legacy(root, "data/prepared")
-    path = root / "data" / "prepared" / "target_labels.npy"
-    labels = np.load(path).astype(np.int64)
-    labels[0] = value
-    np.save(path, labels.astype(dtype), allow_pickle=True)
-
-
-LEGACY_ROWS = {  # outputs from before markers (nothing vouches for them): damage still stops in one line
-    "truncated_manifest": (lambda r: (legacy(r, "data/prepared"), truncate("data/prepared/manifest.json")(r)),
-                           ["metatrain", "--out", "models/new"], ["manifest.json", "not valid JSON"]),
-    "edited_manifest": (lambda r: (legacy(r, "data/prepared"), (r / "data/prepared/manifest.json").write_text("{}")),
-                        ["metatrain", "--out", "models/new"], ["data/prepared", "prepared layout"]),
-    "out_of_range_labels": (lambda r: legacy_labels(r, 99), ["metatrain", "--out", "models/new"],
-                            ["data/prepared", "target_labels span"]),
-    "object_array": (lambda r: legacy_labels(r, 1, object), ["metatrain", "--out", "models/new"],
-                     ["target_labels.npy", "readable .npy"]),
-    "truncated_results": (lambda r: (legacy(r, "models/downstream"), truncate("models/downstream/results.json")(r)),
-                          ["evaluate", "--metrics", "m.json"], ["results.json", "not valid JSON"]),
-    "edited_results": (lambda r: (legacy(r, "models/downstream"),
-                                  (r / "models/downstream/results.json").write_text('{"arms": {"none": []}}')),
-                       ["evaluate", "--metrics", "m.json"], ["models/downstream", "expected the output of"]),
-    "truncated_model": (lambda r: (legacy(r, "models/downstream"), truncate("models/downstream/none.pt")(r)),
-                        ["evaluate", "--metrics", "m.json"], ["models/downstream", "do not load"]),
-}
-
-
-@pytest.mark.parametrize("row", [*INPUT_ROWS, *(f"legacy_{k}" for k in LEGACY_ROWS)], ids=str)
+@pytest.mark.parametrize("row", INPUT_ROWS, ids=str)
 def test_inputs_are_verified_by_content_and_damage_stops_in_one_line(row, project, capsys):
-    """Marked inputs are hashed against their markers; inputs from before markers are read defensively."""
-    damage, args, names = INPUT_ROWS[row] if row in INPUT_ROWS else LEGACY_ROWS[row.removeprefix("legacy_")]
+    """Inputs are hashed against their markers: damage stops in one line naming the file."""
+    damage, args, names = INPUT_ROWS[row]
     damage(project)
     refused(capsys, project, *args, names=names)
 
@@ -865,7 +844,7 @@ def test_truncated_evaluation_json_stops_results_in_one_line(project, capsys):
 
 def test_truncated_search_checkpoint_stops_metatrain_in_one_line(project, capsys):
     from metaaug.config import load_params
-    from metaaug.io import verify_input
+    from metaaug.ownership import verify_input
     from metaaug.stages.metatrain import checkpoint_path
 
     import torch
@@ -909,7 +888,8 @@ def test_tracking_failure_keeps_previous_output_and_marks_the_run_failed(project
     before = tree(project)
     code, err = cli(capsys, "prepare")
     assert_one_line_error(code, err, "mlruns")
-    assert tree(project) == {**before, "fresh.db": tree(project)["fresh.db"]}
+    after = tree(project)  # the new store and its lock beside it (metaaug.store.lock_path), nothing else
+    assert after == {**before, "fresh.db": after["fresh.db"], "fresh.db.lock": after["fresh.db.lock"]}
     client = mlflow.MlflowClient(f"sqlite:///{project / 'fresh.db'}")
     runs = client.search_runs([client.get_experiment_by_name("metaaug").experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]
@@ -920,13 +900,13 @@ def test_sqlite_cause_is_named_not_the_autoflush_hint():
 
     import sqlalchemy.exc
 
-    from metaaug.tracking import _first_line
+    from metaaug.store import first_line
 
     cause = sqlite3.OperationalError("database or disk is full")
     exc = sqlalchemy.exc.OperationalError("INSERT INTO metrics ...", {}, cause)
     exc = sqlalchemy.exc.OperationalError("(raised as a result of Query-invoked autoflush; consider using a "
                                           "session.no_autoflush block)\n" + str(exc), {}, cause)
-    assert _first_line(exc) == "SQLite: database or disk is full"
+    assert first_line(exc) == "SQLite: database or disk is full"
 
 
 @pytest.mark.parametrize("umask, dir_mode, file_mode", [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600)])
@@ -977,9 +957,9 @@ def test_gzip_bomb_stops_prepare_early(dims, payload, names, tmp_path, capsys):
 
 
 def test_cifar_member_larger_than_any_cifar_file_is_not_read(tmp_path, capsys, monkeypatch):
-    from metaaug.data import sources
+    from metaaug.data import cifar
 
-    monkeypatch.setattr(sources, "CIFAR_MAX_FILE", 1 << 20)
+    monkeypatch.setattr(cifar, "CIFAR_MAX_FILE", 1 << 20)
     folder_name, files, _, _ = cifar_files(hundred=False)
     files["data_batch_1"] = bytes(2 << 20)
     write_cifar_tar(tmp_path / "c.tar.gz", folder_name, files)
@@ -999,10 +979,7 @@ def test_yaml_alias_bomb_is_refused_in_a_short_line(tmp_path, capsys):
 
 
 def test_policy_with_absurd_layers_stops_augment_at_once(prepared, tmp_path, capsys):
-    policy = tmp_path / "policy"
-    policy.mkdir()
-    (policy / "policy.json").write_text(json.dumps({**GOOD_POLICY, "policy": {**GOOD_POLICY["policy"],
-                                                                              "layers": 1000000000}}))
+    policy = policy_output(tmp_path, {**GOOD_POLICY, "policy": {**GOOD_POLICY["policy"], "layers": 1000000000}})
     start = time.monotonic()
     code, err = cli(capsys, "augment", "--params", params_file(tmp_path), "--prepared", prepared,
                     "--policy", policy, "--out", tmp_path / "out" / "augmented")
@@ -1012,7 +989,7 @@ def test_policy_with_absurd_layers_stops_augment_at_once(prepared, tmp_path, cap
 
 def test_augment_checks_its_disk_estimate_before_writing(tmp_path):
     from metaaug.errors import MetaaugError
-    from metaaug.io import check_free_space
+    from metaaug.files import check_free_space
 
     with pytest.raises(MetaaugError, match=r"needs .* GB but .* GB free; expected more free space there, or fewer"):
         check_free_space(tmp_path / "augmented", shutil.disk_usage(tmp_path).free * 2, "augment", "fewer copies")

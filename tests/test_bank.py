@@ -9,7 +9,7 @@ from metaaug.arms import bank_augment, load_bank
 from metaaug.bank import Bank, npy_header, write_bank
 from metaaug.errors import MetaaugError
 from metaaug.policies import fixed_policy, sample_apply
-from metaaug.tracking import dir_digest
+from metaaug.files import dir_digest
 from metaaug.training import to_tensor
 
 

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from conftest import tiny_params
-from metaaug.tracking import dir_digest
+from metaaug.files import dir_digest
 from helpers import dvc, make_project
 
 pytestmark = pytest.mark.slow

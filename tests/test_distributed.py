@@ -14,8 +14,9 @@ import torch
 import yaml
 
 from conftest import REPO, tiny_params
+from helpers import atomic_dir
 from metaaug.errors import MetaaugError
-from metaaug.io import read_json
+from metaaug.files import read_json
 from metaaug.config import validate
 from metaaug.stages import metatrain, train
 from metaaug.tasks import prepare
@@ -36,8 +37,8 @@ def single(tmp_path_factory):
     """Prepared target splits and the train stage's outputs from one process."""
     root = tmp_path_factory.mktemp("dist")
     params = validate(params_for("none"))
-    (root / "prepared").mkdir()
-    prepare(params.data, params.tasks, params.seed, root / "prepared")
+    with atomic_dir(root / "prepared") as tmp:  # marked, as the prepare stage writes it: the stages read it
+        prepare(params.data, params.tasks, params.seed, tmp)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", tracking_uri(root))
         train.run(params, root / "prepared", root / "single")
@@ -135,7 +136,7 @@ def test_cuda_training_matches_cpu_within_mixed_precision_tolerance():
 
 def metatrain_params(mode: str) -> dict:
     """A search of several rungs whose populations (2 learners each) spread over both ranks."""
-    params = tiny_params(**{"metatrain.distributed": mode, "metatrain.race_tasks": 6, "metatrain.race_step": 2,
+    params = tiny_params(**{"metatrain.distributed": mode, "metatrain.race.tasks": 6, "metatrain.race.step": 2,
                             "metatrain.population": 2, "metatrain.workers": 1, "metatrain.proxy_epochs": 30,
                             "metatrain.budget": 2000.0})
     params["tracking"]["experiment"] = f"meta-{mode}"
@@ -234,3 +235,46 @@ def test_distributed_without_torchrun_stops_before_writing(single, monkeypatch, 
     with pytest.raises(MetaaugError, match=pattern):
         stage.run(validate(params()), single / "prepared", single / "never")
     assert not (single / "never").exists()
+
+
+def test_ranks_started_with_other_params_all_stop_before_scoring(single, tmp_path):
+    """Two ranks started by hand (as on two machines), the second with another seed and proxy budget: every
+    rank stops before any scoring with the one line naming what differs; no output, no MLflow store."""
+    from helpers import free_port
+
+    port, ranks = free_port(), []
+    for rank, changes in enumerate([{}, {"seed": 3, "proxy_epochs": 31}]):
+        params = metatrain_params("shard")
+        params["seed"] = changes.get("seed", params["seed"])
+        params["metatrain"]["proxy_epochs"] = changes.get("proxy_epochs", params["metatrain"]["proxy_epochs"])
+        (tmp_path / f"rank{rank}.yaml").write_text(yaml.safe_dump(params))
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'fresh.db'}",
+               "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port)}
+        ranks.append(subprocess.Popen([sys.executable, str(REPO / "stages/metatrain.py"), "--params",
+                                       str(tmp_path / f"rank{rank}.yaml"), "--prepared", str(single / "prepared"),
+                                       "--out", str(tmp_path / "policy")], cwd=tmp_path, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    lines = []
+    for proc in ranks:
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 2 and "Traceback" not in stderr, stderr
+        lines.append(stderr.strip().splitlines()[-1])
+    assert lines[0] == lines[1], lines  # every rank says the same
+    assert lines[0].startswith("error: rank 1 of 2 runs another job than rank 0") and "expected" in lines[0]
+    assert "metatrain.proxy_epochs: 31 vs 30" in lines[0] and "seed: 3 vs " in lines[0], lines[0]
+    assert not (tmp_path / "policy").exists() and not (tmp_path / "fresh.db").exists()
+
+
+def test_the_code_version_changes_with_any_source_file(tmp_path):
+    import shutil
+
+    import metaaug
+    from metaaug.distributed import code_digest
+
+    package = Path(metaaug.__file__).parent
+    shutil.copytree(package, tmp_path / "a", ignore=shutil.ignore_patterns("__pycache__"))
+    assert code_digest(tmp_path / "a") == code_digest()  # a copy of the same sources: the same version
+    shutil.copytree(tmp_path / "a", tmp_path / "b")  # kept per folder: the edited copy is another one
+    (tmp_path / "b" / "search" / "race.py").write_text((package / "search" / "race.py").read_text() + "# edit\n")
+    assert code_digest(tmp_path / "b") != code_digest()

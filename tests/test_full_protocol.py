@@ -9,7 +9,8 @@ from conftest import tiny_config, tiny_params
 from metaaug.search import scoring
 from metaaug.cli import main
 from metaaug.errors import MetaaugError
-from metaaug.io import atomic_dir, read_json
+from helpers import atomic_dir
+from metaaug.files import read_json
 from metaaug.stages import metatrain
 from metaaug.tasks import load_prepared, prepare
 
@@ -55,7 +56,7 @@ def test_full_target_is_every_class_and_meta_train_is_its_training_split(tmp_pat
 
 
 def test_full_prepare_is_byte_deterministic(tmp_path):
-    from metaaug.tracking import dir_digest
+    from metaaug.files import dir_digest
 
     params = full_config(tmp_path)
     run_prepare(params, tmp_path / "a")
@@ -69,8 +70,8 @@ def test_test_images_never_reach_metatrain(tmp_path, monkeypatch):
     p = run_prepare(params, tmp_path / "prepared")
     test = {im.tobytes() for im in np.asarray(p.target_images)[p.manifest["test"]]}
     train = {im.tobytes() for im in np.asarray(p.meta_images)}
-    seen = set()
-    train_population, predict = scoring.train_population, scoring.predict
+    seen, derived = set(), set()  # derived: the screen's augmented copies of images already seen (query images)
+    train_population, predict, sample_apply = scoring.train_population, scoring.predict, scoring.sample_apply
 
     def spy_train(xs, *args, **kwargs):
         for x in xs:
@@ -81,11 +82,18 @@ def test_test_images_never_reach_metatrain(tmp_path, monkeypatch):
         seen.update(as_bytes(x))
         return predict(model, x, *args, **kwargs)
 
+    def spy_augment(policy, x, *args, **kwargs):
+        seen.update(as_bytes(x))
+        out = sample_apply(policy, x, *args, **kwargs)
+        derived.update(as_bytes(out.clamp(0, 1)))
+        return out
+
+    monkeypatch.setattr(scoring, "sample_apply", spy_augment)
     monkeypatch.setattr(scoring, "train_population", spy_train)
     monkeypatch.setattr(scoring, "predict", spy_predict)
     metatrain.run(params, tmp_path / "prepared", tmp_path / "policy", tmp_path / "timing.json")
     assert (tmp_path / "policy" / "policy.json").exists()
-    assert seen and seen <= train and not seen & test
+    assert seen and seen - derived <= train and not seen & test
 
 
 def test_full_pipeline_compares_the_arms_over_paired_seeds(tmp_path, monkeypatch):

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from conftest import REPO
+from helpers import STAGES
 
 SCRIPT = REPO / "bench" / "gpu_check.py"
-STAGES = ("prepare", "metatrain", "augment", "train", "evaluate")
 
 
 def rows(table: str) -> list[list[str]]:

@@ -1,6 +1,6 @@
 """SIGKILL each stage mid-write: its previous outputs stay intact, and the next `dvc repro` completes.
 
-The kill is real: with METAAUG_KILL_BEFORE_RENAME=<output name>, metaaug.io SIGKILLs its own process once the
+The kill is real: with METAAUG_KILL_BEFORE_RENAME=<output name>, metaaug.publish SIGKILLs its own process once the
 new output is completely written to its hidden temp directory, just before the rename that would publish it
 -- the latest moment a crash can hit, when the most has been written.
 """
@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from conftest import tiny_params
-from metaaug.io import KILL_ENV
-from metaaug.tracking import dir_digest
+from metaaug.publish import KILL_ENV
+from metaaug.files import dir_digest
 from helpers import dvc, make_project, repro_in_process
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ import yaml
 
 from conftest import tiny_params
 from metaaug.data import load_source
-from metaaug.config import ANCHORS, MetatrainConfig, TrainConfig
+from metaaug.config import ANCHORS, CemConfig, MetatrainConfig, RaceConfig, TrainConfig
 from metaaug.search import SearchSpace, Task, policy_summary, sample_tasks, score, search
 from metaaug.ops import OP_NAMES, OPS, apply_ops
 from metaaug.policies import Policy
@@ -65,7 +65,7 @@ def test_every_explored_direction_moves_the_policy():
 
 def test_parallel_scoring_gives_the_same_search_as_one_process(digits, tmp_path):
     tasks = sample_tasks(*digits, shots=3, ways=3, query_per_class=5, n_tasks=2, seed=0)
-    cfg = MetatrainConfig(candidates=3, race_tasks=2, race_step=2, proxy_epochs=2, workers=1, budget=3.0)
+    cfg = MetatrainConfig(race=RaceConfig(tasks=2, step=2), proxy_epochs=2, workers=1, budget=3.0)
     one = search(SearchSpace(OP_NAMES), tasks, cfg, TrainConfig(epochs=2), 0, tmp_path / "one.json")
     two = search(SearchSpace(OP_NAMES), tasks, cfg.model_copy(update={"workers": 2}), TrainConfig(epochs=2), 0, tmp_path / "two.json")
     assert one.history == two.history and one.best == two.best and one.trainings == two.trainings
@@ -110,9 +110,9 @@ def test_search_learns_geometry_when_queries_are_rotated_and_shifted(digits, tmp
     space = SearchSpace(("Identity", "Rotate", "TranslateX", "TranslateY", "Brightness", "Contrast", "Sharpness"),
                         channels=1)
     # accept_z=0: this checks where the search moves; the guard against noise is tested on its own below.
-    cfg = MetatrainConfig(method="race", race_tasks=8, race_step=4, proxy_epochs=40, accept_z=0.0, workers=2,
-                          budget=40.0)
-    state = search(space, shifted_query_tasks(digits, 8), cfg, SETTINGS, 0, tmp_path / "ckpt.json")
+    cfg = MetatrainConfig(method="race", race=RaceConfig(tasks=8, step=4, screen_z=0.0, confirm_tasks=4,
+                                                         confirm_alpha=0.25), proxy_epochs=40, workers=2, budget=40.0)
+    state = search(space, shifted_query_tasks(digits, 16), cfg, SETTINGS, 0, tmp_path / "ckpt.json")
     policy = space.policy(np.array(state.best))
     weight = dict(zip(policy.ops, policy.weights))
     geometric = np.mean([weight[op] for op in ("Rotate", "TranslateX", "TranslateY")])
@@ -134,10 +134,10 @@ def test_incumbent_is_kept_unless_clearly_beaten():
 
 def test_cem_runs_generations_and_keeps_initialisation_in_the_race(digits, tmp_path):
     tasks = sample_tasks(*digits, shots=3, ways=3, query_per_class=5, n_tasks=4, seed=0)
-    cfg = MetatrainConfig(method="cem", candidates=4, generations=2, proxy_epochs=2, race_tasks=2, race_step=2,
-                          workers=1, budget=100.0)
+    cfg = MetatrainConfig(method="cem", cem=CemConfig(candidates=4, generations=2, tasks=2, step=2, confirm_tasks=2),
+                          proxy_epochs=2, workers=1, budget=100.0)
     state = search(SearchSpace(OP_NAMES), tasks, cfg, TrainConfig(epochs=2), 0, tmp_path / "ckpt.json")
-    assert state.generation == 2 and state.trainings == 2 * 4 * 2
+    assert state.generation == 2 and state.trainings >= 2 * 4 * 2 and len(state.rounds) == 2
     assert len(state.best) == SearchSpace(OP_NAMES).dim
 
 
@@ -158,7 +158,7 @@ def session_members(session: int) -> list[int]:
 def test_metatrain_resumes_after_being_killed(tmp_path):
     """SIGKILL metatrain after its first checkpoint; the rerun resumes and ends as an uninterrupted run does."""
     # proxies of 30 epochs cost ~2 of tiny_params' 4-epoch downstream trainings: a budget for a few rounds
-    params = tiny_params(**{"metatrain.race_tasks": 6, "metatrain.race_step": 2, "metatrain.proxy_epochs": 30,
+    params = tiny_params(**{"metatrain.race.tasks": 6, "metatrain.race.step": 2, "metatrain.proxy_epochs": 30,
                             "metatrain.budget": 120.0})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     cmd = [sys.executable, "-m", "metaaug"]
@@ -179,7 +179,7 @@ def test_metatrain_resumes_after_being_killed(tmp_path):
         time.sleep(0.1)
     assert not session_members(proc.pid), "the scoring workers outlived the killed metatrain"
     partial = yaml.safe_load(checkpoints[0].read_text())
-    assert 0 < partial["rung"]
+    assert 0 < partial["trainings"]  # killed after something was scored (the screen or a rung)
     resumed = subprocess.run([*cmd, "metatrain"], cwd=tmp_path, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     search_log = yaml.safe_load((tmp_path / "models/policy/search.json").read_text())
@@ -230,7 +230,7 @@ def test_search_drops_the_ops_that_rewrite_the_label_cue(tmp_path):
 
     # a budget that pays for the 4 references on the 4 tasks (16 proxy trainings) and no round of moves
     per_training = task_flops(tasks[0], 40, 16, "auto") / task_flops(tasks[0], SETTINGS.epochs, SETTINGS.width, "auto")
-    cfg = MetatrainConfig(race_tasks=4, race_step=4, proxy_epochs=40, workers=2, budget=16.5 * per_training)
+    cfg = MetatrainConfig(race=RaceConfig(tasks=4, step=4), proxy_epochs=40, workers=2, budget=16.5 * per_training)
     space = SearchSpace(OP_NAMES, channels=1)
     state = search(space, tasks, cfg, SETTINGS, 0, tmp_path / "ckpt.json")
     policy = space.policy(np.array(state.best))
@@ -239,7 +239,12 @@ def test_search_drops_the_ops_that_rewrite_the_label_cue(tmp_path):
     assert [f["reference"] for f in state.finalists] == [True] * 4 and {f["tasks"] for f in state.finalists} == {4}
     assert state.trainings == 16 and state.done.startswith("the budget left (0 proxy trainings)")
     assert state.finalists[0]["policy"] == policy_summary(policy)
-    assert state.finalists[0]["score"] == max(f["score"] for f in state.finalists)
+    chosen = state.finalists[0]  # the best mean when the budget ended the race; the gentlest when it was a tie
+    if chosen["reference_rule"] == "BEST_MEAN":
+        assert chosen["score"] == max(f["score"] for f in state.finalists)
+    else:
+        assert chosen["reference_rule"] == "TIE" and "the gentlest kept" in chosen["decision"]
+    assert state.own.screen["limits"]["histogram"] == 0.0  # the screen saw histogram ops rewrite the cue
     assert sum(w for op, w in weight.items() if OPS[op].group in ("colour", "histogram")) < 0.1, \
         policy_summary(policy)
 
@@ -268,11 +273,23 @@ class FakeScorer:
         return out
 
 
-def race(table, n_refs: int, names=None, explorers=None, labels=None, **cfg_kwargs):
-    """Run race_candidates on candidates 0..len(table)-1 (the first n_refs references, then `explorers`,
-    random points by default) with fake scores."""
-    from metaaug.search import SearchState, anchor_points
-    from metaaug.search.race import race_candidates
+def context(scorer, budget: float = 1000.0, per_training: float = 0.18, state=None, checkpoint=lambda: None,
+            method: str = "race", **race):
+    """A method's context on a fake scorer: `budget` units at `per_training` units a proxy training."""
+    from metaaug.search import METHODS, Budget, Context, SearchState
+
+    space = SearchSpace(OP_NAMES, channels=1)
+    settings = {"tasks": 16, "step": 4, "confidence": 0.9, "screen_keep": 0.0, **race}  # the screen: test_search.py
+    cfg = MetatrainConfig(method=method, budget=budget, **{method: settings})
+    state = state or SearchState(method, own=METHODS[method].state())
+    return Context(space, cfg, state, 0, checkpoint, lambda e: None, Budget(budget, per_training), scorer,
+                   confirm_start=cfg.settings.tasks)
+
+
+def race(table, n_refs: int, names=None, explorers=None, labels=None, **race_settings):
+    """Race one bracket of candidates 0..len(table)-1 (the first n_refs references, then `explorers`, random
+    points by default) with fake scores; tasks 0-15 race, the confirmation pool starts at task 16."""
+    from metaaug.search import Entrant, Race, anchor_points
 
     space = SearchSpace(OP_NAMES, channels=1)
     init = space.initial()
@@ -280,16 +297,14 @@ def race(table, n_refs: int, names=None, explorers=None, labels=None, **cfg_kwar
     rng = np.random.default_rng(0)
     if explorers is None:
         explorers = [init + 0.3 * rng.standard_normal(space.dim) for _ in range(len(table) - n_refs)]
-    thetas = refs + list(explorers)
-    scorer = FakeScorer(space, thetas, table)
-    cfg = MetatrainConfig(**{"race_tasks": 16, "race_step": 4, "race_confidence": 0.9, "budget": 3.0, **cfg_kwargs})
-    state = SearchState("race")
-    ranked, _ = race_candidates(space, thetas, list(range(32)), cfg, scorer, state, lambda: None,
-                                lambda e: None, references=n_refs,
-                                names=names or ["trivialaugment", "none", "handcrafted", "randaugment"][:n_refs],
-                                labels=labels)
-    chosen = next(k for k, t in enumerate(thetas) if np.array_equal(t, ranked[0]))
-    return chosen, state, scorer
+    names = names or ["trivialaugment", "none", "handcrafted", "randaugment"][:n_refs]
+    labels = labels or [f"{k}" for k in range(len(explorers))]
+    scorer = FakeScorer(space, refs + list(explorers), table)
+    ctx = context(scorer, **race_settings)
+    entrants = ([Entrant(p, f"{n}'s point", True, n) for p, n in zip(refs, names)]
+                + [Entrant(p, f"explorer: {label}", False) for p, label in zip(explorers, labels)])
+    verdict = Race(ctx).bracket(entrants, list(range(16)))
+    return verdict.chosen, ctx.state, scorer
 
 
 def noise(seed: int, sd: float):
@@ -308,7 +323,8 @@ def test_references_separated_by_a_clear_paired_margin():
     assert chosen == 1
     final = state.finalists
     assert final[0]["baseline"] == "randaugment" and final[0]["status"] == "chosen"
-    assert final[0]["decision"].startswith("separated")
+    assert final[0]["reference_rule"] == "SEPARATED"
+    assert "every other reference was clearly worse" in final[0]["decision"]
     loser = final[1]
     assert loser["baseline"] == "trivialaugment" and loser["status"].startswith("dropped after")
     assert loser["diff_to_chosen"] < 0 and loser["ci_high"] is not None and loser["ci_low"] < loser["diff_to_chosen"]
@@ -323,9 +339,9 @@ def test_references_that_cannot_be_separated_go_to_the_stated_tie_rule():
     table = [lambda t: 0.90 + task(t) + noise(2, 0.02)(t), lambda t: 0.899 + task(t) + noise(3, 0.02)(t)]
     chosen, state, _ = race(table, n_refs=2, names=["trivialaugment", "none"])
     assert state.finalists[0]["baseline"] == "none" and chosen == 1
-    assert state.finalists[0]["decision"].startswith("tie rule")
+    assert state.finalists[0]["reference_rule"] == "TIE" and "tie rule" in state.finalists[0]["decision"]
     other = state.finalists[1]
-    assert other["tasks"] == 16 and other["status"].startswith("not separated")
+    assert other["tasks"] == 16 and other["status"] == "reference, not chosen"
     assert other["ci_low"] < 0 < other["ci_high"]
 
 
@@ -335,7 +351,7 @@ def test_tie_rule_does_not_depend_on_which_mean_came_out_higher():
         table = [lambda t, s=seed: 0.90 + task(t) + noise(10 + s, 0.02)(t),
                  lambda t, s=seed: 0.90 + task(t) + noise(20 + s, 0.02)(t)]
         chosen, state, _ = race(table, n_refs=2, names=["trivialaugment", "none"])
-        if state.finalists[0]["decision"].startswith("tie rule"):
+        if state.finalists[0]["reference_rule"] == "TIE":
             assert chosen == 1
 
 
@@ -348,9 +364,25 @@ def test_explorer_with_a_lucky_small_margin_is_not_accepted():
     assert chosen == 0
     explorers = [f for f in state.finalists if not f["reference"]]
     assert len(explorers) == 8 and all(f["baseline"] is None for f in explorers)
-    lucky = [f for f in explorers if f["status"].startswith("explorer, not clearly better")]
+    assert state.finalists[0]["rule"] == "NOT_SCREENED"
+    assert "no explorer passed the screen" in state.finalists[0]["decision"]
+    lucky = [f for f in explorers if f["status"] == "explorer, not accepted (not screened)"]
     assert len(lucky) == 1 and lucky[0]["tasks"] == 16 and lucky[0]["ci_low"] < 0 < lucky[0]["ci_high"]
     assert all(f["status"].startswith("dropped after") for f in explorers if f is not lucky[0])
+
+
+def test_an_explorer_lucky_on_the_tasks_that_chose_it_is_not_confirmed_on_fresh_ones():
+    """The winner's curse, made certain: an explorer 5 points up on every racing task (0-15) and level with the
+    reference on every other task passes the screen, is confirmed against the reference on fresh tasks only
+    (16-21), and is not accepted; the verdict says which rule decided."""
+    task = noise(1, 0.05)
+    table = [lambda t: 0.90 + task(t)] + [lambda t: 0.90 + task(t) + (0.05 if t < 16 else 0) + noise(9, 0.01)(t)]
+    chosen, state, scorer = race(table, n_refs=1, names=["trivialaugment"])
+    assert chosen == 0 and state.finalists[0]["rule"] == "NOT_CONFIRMED"
+    assert state.confirm["tasks"] == list(range(16, 22)) and {t for _, t in scorer.calls} == set(range(22))
+    decision = state.finalists[0]["decision"]
+    assert decision.startswith("trivialaugment's point kept") and "passed the screen on 16 tasks but was not " \
+        "confirmed" in decision and "on 6 fresh tasks, one-sided paired t" in decision, decision
 
 
 def test_explorer_with_clear_evidence_replaces_the_reference():
@@ -359,6 +391,9 @@ def test_explorer_with_clear_evidence_replaces_the_reference():
         + [lambda t: 0.95 + task(t) + noise(99, 0.005)(t)]
     chosen, state, _ = race(table, n_refs=1, names=["trivialaugment"])
     assert chosen == 8 and state.finalists[0]["decision"].startswith("explorer accepted")
+    assert state.finalists[0]["rule"] == "CONFIRMED" and state.finalists[0]["confirmed_on"] == 6
+    assert "confirmed against trivialaugment's point on 6 fresh tasks" in state.finalists[0]["decision"]
+    assert state.confirm["tasks"] == list(range(16, 22))  # the pool after the racing tasks
     ref = next(f for f in state.finalists if f["reference"])
     assert ref["baseline"] == "trivialaugment" and ref["ci_high"] < 0 and ref["paired_tasks"] == 16
 
@@ -382,22 +417,25 @@ def test_race_with_anchors_and_explorers_stays_within_its_training_budget():
 def test_a_lone_reference_without_explorers_is_still_scored():
     chosen, state, _ = race([lambda t: 0.9], n_refs=1, names=["trivialaugment"])
     assert chosen == 0 and len(state.finalists) == 1 and state.finalists[0]["tasks"] == 4
-    assert state.finalists[0]["decision"].startswith("the only reference")
+    assert state.finalists[0]["rule"] == "NO_EXPLORER" and state.finalists[0]["reference_rule"] == "ONLY"
+    assert state.finalists[0]["decision"] == "trivialaugment's point kept: the only reference"
 
 
-def test_explorers_no_better_than_the_references_are_rarely_accepted_at_the_default_accept_z():
-    """Null searches (every candidate the same in expectation, a shared task effect, a per-task spread of the
-    paired difference of ~2 points): the best explorer is tested on the tasks it was selected on, so
-    accept_z = 1 lets about one in four through; the default keeps it near 5 %."""
-    default_z = MetatrainConfig().accept_z
-    accepted = {1.0: 0, default_z: 0}  # (indifference 0: explorers reach the accept test, the rule under test)
+def test_explorers_no_better_than_the_references_are_rarely_accepted():
+    """Null brackets (every candidate the same in expectation, a shared task effect, a per-task spread of the
+    paired difference of ~2 points): the best explorer passes a screen of z = 1 on the tasks that chose it in
+    about a third of the brackets (the winner's curse), but the fresh confirmation tasks let at most about
+    confirm_alpha of all brackets through; confirm_alpha = 0.5 lets several times more through."""
+    passed, accepted = 0, {0.05: 0, 0.5: 0}  # (indifference 0: explorers reach the screen, the rule under test)
     for rep in range(60):
         rng = np.random.default_rng(rep)
         task, own = rng.normal(0, 0.05, 64), rng.normal(0, 0.015, (10, 64))
         table = [lambda t, k=k: 0.9 + task[t] + own[k, t] for k in range(10)]
-        for z in accepted:
-            accepted[z] += race(table, n_refs=4, accept_z=z, indifference=0.0)[0] >= 4
-    assert accepted[default_z] <= 6 < accepted[1.0], accepted
+        for alpha in accepted:
+            chosen, state, _ = race(table, n_refs=4, screen_z=1.0, confirm_alpha=alpha, indifference=0.0)
+            accepted[alpha] += chosen >= 4
+        passed += state.finalists[0]["rule"] in ("CONFIRMED", "NOT_CONFIRMED")
+    assert accepted[0.05] <= 5 and accepted[0.5] > accepted[0.05] and passed >= 10, (passed, accepted)
 
 
 def test_explorers_are_the_same_moves_for_every_seed():
@@ -436,7 +474,7 @@ def test_close_explorers_are_decided_by_the_tie_rule_not_by_the_luckier_mean():
         images = torch.cat([scorer.tasks[t].support_x for t in range(4)])
         change = {k: image_change(space.policy(points[k]), images) for k in good}
         assert chosen - 1 == min(good, key=change.get), state.finalists[0]["decision"]
-        assert "the gentlest kept" in state.finalists[0]["decision"]
+        assert "the contender is the gentlest of the 2 explorers" in state.finalists[0]["decision"]
         assert {len(state.scores[1 + k]) for k in good} == {16}
         leaders.add(max(good, key=lambda k: np.mean(state.scores[1 + k])))
         assert state.finalists[0]["candidate"] == f"explorer: {labels[chosen - 1]}"
@@ -449,7 +487,7 @@ def test_race_stops_when_the_reference_is_decided_and_leads_every_explorer():
              lambda t: 0.85 + task(t) + noise(4, 0.01)(t), lambda t: 0.95 + task(t) + noise(5, 0.01)(t)] \
         + [lambda t, k=k: 0.90 + task(t) + noise(10 + k, 0.01)(t) for k in range(8)]
     chosen, state, _ = race(table, n_refs=4)
-    assert chosen == 3 and state.trainings == 12 * 4 and state.finalists[0]["decision"].startswith("separated")
+    assert chosen == 3 and state.trainings == 12 * 4 and state.finalists[0]["reference_rule"] == "SEPARATED"
 
 
 def test_an_explorer_that_cannot_reach_accept_z_is_dropped_as_futile():
@@ -461,6 +499,7 @@ def test_an_explorer_that_cannot_reach_accept_z_is_dropped_as_futile():
     explorer = state.finalists[1]
     assert chosen == 0 and explorer["tasks"] < 16, explorer
     assert explorer["status"].startswith(f"dropped after {explorer['tasks']} tasks: futile"), explorer["status"]
+    assert state.finalists[0]["rule"] == "DROPPED" and "0 by the indifference margin of 0 point(s), 0 as clearly worse, 1 as futile" in state.finalists[0]["decision"]
 
 
 # --- the budget, with a fake scorer whose scores are a known function of the policy ---------------------------
@@ -469,7 +508,7 @@ class LandscapeScorer:
     """Scores any policy: a shared task effect, the policy's true value (`value(policy)`), and per-(policy, task)
     noise of `sd`; counts every training it is asked for."""
 
-    def __init__(self, value, sd: float = 0.01, n_tasks: int = 18):
+    def __init__(self, value, sd: float = 0.01, n_tasks: int = 80):
         import zlib
 
         self.value, self.sd, self.crc, self.calls = value, sd, zlib.crc32, []
@@ -495,16 +534,14 @@ def geometric_value(policy: Policy) -> float:
     return 0.04 * geometric - 0.04 * (1 - geometric - weight.get("Identity", 0.0))
 
 
-def run_race(scorer, budget: float, per_training: float = 0.18, state=None, checkpoint=lambda: None, **cfg):
-    """The race method on a fake scorer, `budget` units at `per_training` units a proxy training."""
-    from metaaug.search import METHODS, Budget, Context, SearchState
+def run_race(scorer, budget: float, per_training: float = 0.18, state=None, checkpoint=lambda: None, **race):
+    """The race method on a fake scorer, `budget` units at `per_training` units a proxy training (the default
+    racing settings)."""
+    from metaaug.search import METHODS
 
-    space = SearchSpace(OP_NAMES, channels=1)
-    state = state or SearchState("race")
-    config = MetatrainConfig(budget=budget, **cfg)
-    METHODS["race"].run(Context(space, config, scorer, state, 0, checkpoint, lambda e: None,
-                                Budget(budget, per_training)))
-    return space, state
+    ctx = context(scorer, budget, per_training, state, checkpoint, **{"tasks": 18, "step": 3, **race})
+    METHODS["race"].run(ctx)
+    return ctx.space, ctx.state
 
 
 def test_the_search_never_spends_more_than_its_budget():
@@ -539,17 +576,18 @@ def test_more_budget_moves_the_answer_only_uphill():
 def test_references_within_the_indifference_margin_stop_early_and_go_to_the_tie_rule():
     """All policies equal up to tiny noise: the references are settled (within 1 point) long before
     race_tasks, the gentlest (none) is kept, and the budget is not spent on the tie."""
-    _, state = run_race(LandscapeScorer(lambda p: 0.0, sd=0.001), 30, race_step=3, race_tasks=18)
+    _, state = run_race(LandscapeScorer(lambda p: 0.0, sd=0.001), 30)
     first = state.rounds[0]
-    assert first["chosen"] == "none's point" and "within the indifference margin" in first["decision"]
+    assert first["chosen"] == "none's point" and first["reference_rule"] == "TIE"
     assert first["trainings"] == 4 * 3  # one rung: 4 references on 3 tasks
-    assert state.done.startswith("round 1 replaced nothing")
+    assert state.done == "round 1 replaced nothing (every explorer dropped)"
 
 
 def test_an_interrupted_budgeted_search_resumes_to_the_same_answer(tmp_path):
     """Kill the search at each checkpoint in turn (a rung cut short by the budget included); the resumed
     search ends with the same answer, trainings and rounds as the uninterrupted one."""
     from metaaug.search import SearchState
+    from metaaug.search.race import RaceState
 
     _, whole = run_race(LandscapeScorer(geometric_value), 12)
     path = tmp_path / "ckpt.json"
@@ -561,34 +599,45 @@ def test_an_interrupted_budgeted_search_resumes_to_the_same_answer(tmp_path):
             state_ref[0].save(path)
             if saved[0] == stop_at:
                 raise KeyboardInterrupt
-        state = SearchState("race")
+        state = SearchState("race", own=RaceState())
         checkpoint.__defaults__[0][0] = state
         try:
             run_race(LandscapeScorer(geometric_value), 12, state=state, checkpoint=checkpoint)
         except KeyboardInterrupt:
             pass
-        resumed = SearchState.load(path)
+        resumed = SearchState.load(path, RaceState)
         _, resumed = run_race(LandscapeScorer(geometric_value), 12, state=resumed)
         assert (resumed.best, resumed.trainings, resumed.rounds) == (whole.best, whole.trainings, whole.rounds)
 
 
-def test_every_registered_method_is_a_configurable_choice_and_a_new_one_plugs_in():
+def test_every_registered_method_is_a_configurable_choice_with_its_own_section():
     from typing import get_args
 
-    from metaaug.search import METHODS, register
+    from metaaug.search import METHODS
 
     assert set(get_args(MetatrainConfig.model_fields["method"].annotation)) == set(METHODS)
+    for name in METHODS:  # each method's settings are its own section, and its state its own dataclass
+        assert isinstance(MetatrainConfig(method=name).settings, RaceConfig)
+        assert MetatrainConfig(method=name).settings is getattr(MetatrainConfig(method=name), name)
+    assert "candidates" not in MetatrainConfig.model_fields and "candidates" not in RaceConfig.model_fields
 
-    @register("fixed-trivialaugment", tasks=lambda cfg: 1)
-    def fixed(ctx):
-        ctx.state.best = list(map(float, ctx.space.initial()))
-    try:
-        space = SearchSpace(OP_NAMES, channels=1)
-        from metaaug.search import Budget, Context, SearchState
 
-        state = SearchState("fixed-trivialaugment")
-        METHODS["fixed-trivialaugment"].run(Context(space, MetatrainConfig(), None, state, 0, lambda: None,
-                                                    lambda e: None, Budget(3, 0.18)))
-        assert np.array_equal(state.best, space.initial()) and METHODS["fixed-trivialaugment"].tasks(None) == 1
-    finally:
-        del METHODS["fixed-trivialaugment"]
+def test_a_method_that_forgets_the_budget_is_stopped_at_it_not_crashed(digits, tmp_path, monkeypatch):
+    """A new method that scores forever without looking at the budget: the framework refuses the batch the
+    budget cannot pay for, before training it, and the search ends with the method's answer so far."""
+    from metaaug.search import METHODS, Method
+
+    def greedy(ctx):
+        theta = ctx.space.initial()
+        for t in range(10 ** 6):
+            ctx.score([(theta, t % 4), (theta, (t + 1) % 4)])
+            ctx.state.best = list(map(float, theta))
+    monkeypatch.setitem(METHODS, "race", Method(greedy, tasks=lambda s: 4, minimum=lambda cfg: 1,
+                                               state=METHODS["race"].state))
+    tasks = sample_tasks(*digits, shots=3, ways=3, query_per_class=5, n_tasks=4, seed=0)
+    cfg = MetatrainConfig(proxy_epochs=2, workers=1, budget=1.0)
+    state = search(SearchSpace(OP_NAMES, channels=1), tasks, cfg, TrainConfig(epochs=2), 0, tmp_path / "c.json")
+    per_training = state.spent / state.trainings
+    assert state.trainings == 2 * math.floor(math.floor(1.0 / per_training + 1e-9) / 2) and state.spent <= 1.0
+    assert state.done.startswith("the framework stopped the method at its budget (a batch of 2 proxy trainings")
+    assert state.best == list(map(float, SearchSpace(OP_NAMES, channels=1).initial()))

@@ -48,9 +48,29 @@ def test_experiment_page_lists_the_stage_runs(served_pipeline, tmp_path):  # noq
                   tmp_path / "profile")
     assert "Run Name" in text and f"{len(everything)} matching runs" in text, text[:2000]
     assert set(re.findall(r"\b(" + "|".join(STAGES) + r")\b", text)) == set(STAGES), text[:2000]
-    # the Dataset column: what each run read or wrote, under the md5 dvc.lock records (tracking.log_datasets)
+    # the Dataset column: what each run read or wrote, under the md5 dvc.lock records (datasets.log_datasets)
     lock = yaml.safe_load((served_pipeline.project / "dvc.lock").read_text())["stages"]["prepare"]["outs"][0]
     assert f"data/prepared ({lock['md5'][:12]}" in text, text[:2000]
+
+
+def test_the_experiment_opens_on_its_runs_and_names_the_winner(served_pipeline, tmp_path):  # noqa: F811
+    """The experiment is marked as model development (MLflow 3's experiment kind tag). MLflow 3.17's UI follows
+    its GenAI / Model training switch instead (remembered per browser, GenAI at first; URL parameter
+    `workflowType`), so the documented link carries `?workflowType=machine_learning`: it opens on the runs
+    table, not the GenAI overview. The evaluate run's name, in the first column, says which arm won with the
+    gain's CI, so no column needs configuring."""
+    import mlflow
+
+    evaluate = stage_runs(served_pipeline.url)["evaluate"]
+    experiment = mlflow.MlflowClient(served_pipeline.url).get_experiment(evaluate.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    winner = evaluate.data.tags["metaaug.winner"]
+    assert re.fullmatch(r"(learned (beats|ties) \w+|\w+ beats learned), [-+]\d+\.\d\d \[[-+]\d+\.\d\d, "
+                        r"[-+]\d+\.\d\d\] pts", winner), winner
+    text = render(f"{served_pipeline.url}/#/experiments/{experiment.experiment_id}?workflowType=machine_learning",
+                  ARTIFACTS / "mlflow_experiment_opened.png", tmp_path / "profile")
+    assert "Run Name" in text and f"evaluate: {winner}" in text, text[:2000]
+    assert "Token usage" not in text and "Latency" not in text, text[:2000]
 
 
 def as_in_the_ui(value: float) -> str | None:

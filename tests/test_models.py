@@ -25,10 +25,15 @@ def test_an_unknown_model_is_one_line():
 
 
 def test_results_spec_rebuilds_the_trained_learner():
-    """evaluate calls build_model(**results['model']); train writes the resolved name there."""
+    """evaluate calls build_model(**results['model']); train writes the resolved name there, so a ResNet trained
+    at 8 px (where `auto` would build a SmallCNN) is rebuilt as a ResNet and computes what the trained one did."""
     spec = {"in_channels": 1, "image_size": 8, "n_classes": 3, "width": 8, "model": resolve_model("resnet")}
-    trained = build_model(**spec)
-    rebuilt = build_model(**spec)
-    rebuilt.load_state_dict(trained.state_dict())  # same architecture: the state fits
-    legacy = {k: v for k, v in spec.items() if k != "model"}  # results.json written before train.model
-    assert type(build_model(**legacy)) is SmallCNN
+    torch.manual_seed(0)
+    trained = build_model(**spec).eval()
+    torch.manual_seed(1)
+    rebuilt = build_model(**spec).eval()
+    assert type(rebuilt) is ResNet
+    rebuilt.load_state_dict(trained.state_dict(), strict=True)
+    x = torch.rand(2, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), trained(x))

@@ -16,9 +16,15 @@ import albumentations as A
 from sklearn.datasets import load_digits
 
 from metaaug.errors import MetaaugError
-from metaaug.ops import OP_NAMES, OPS, apply_ops, op_value
+from metaaug.ops import OP_NAMES, OPS, apply_ops
 
 MAGNITUDES = (0.1, 0.5, 0.9)
+
+
+def op_value(name: str, magnitude: float, sign: float = 1.0) -> float:
+    """The op value a normalised magnitude (and sign, for signed ops) maps to."""
+    op = OPS[name]
+    return magnitude * op.max_value * (sign if op.signed else 1.0)
 
 # (mean, max) absolute difference in uint8 levels, per op, and why it is not 0:
 # Albumentations returns uint8 (rounding: <= 0.5 level) and computes some intermediates in

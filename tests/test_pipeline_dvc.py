@@ -1,6 +1,7 @@
 """End to end: a real git + DVC repo in a temp dir, `dvc repro` with tiny params, MLflow queried after."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -8,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import tiny_params
-from helpers import dvc, make_project
+from conftest import REPO, tiny_params
+from helpers import STAGES, dvc, make_project, sh
+from metaaug.cli import main
 
 pytestmark = pytest.mark.slow
 
@@ -73,13 +75,11 @@ def test_dvc_repro_end_to_end(tmp_path, monkeypatch):
     by_stage = {}
     for run in runs:
         by_stage.setdefault(run.data.tags.get("metaaug.stage"), []).append(run)
-    assert {s: len(r) for s, r in by_stage.items() if s} == {"prepare": 1, "metatrain": 1, "augment": 1,
-                                                                         "train": 1, "evaluate": 1}
-    prepare, metatrain, augment, train, evaluate = (by_stage[s][0] for s in
-                                                     ("prepare", "metatrain", "augment", "train", "evaluate"))
+    assert {s: len(r) for s, r in by_stage.items() if s} == {stage: 1 for stage in STAGES}
+    prepare, metatrain, augment, train, evaluate = (by_stage[s][0] for s in STAGES)
     for run in (prepare, metatrain, augment, train, evaluate):
         assert len(run.data.tags["git.commit"]) == 40
-        assert run.data.tags["git.dirty"] in ("true", "false")
+        assert run.data.tags["git.dirty"] == "false", run.data.tags  # DVC deleting a stage's own outputs is no edit
     # one `dvc repro`, one pipeline execution id, though dvc.lock changed between stages
     assert len({run.data.tags["metaaug.pipeline"] for run in runs}) == 1
     assert train.data.tags["upstream.prepare"] == prepare.info.run_id
@@ -108,8 +108,7 @@ def test_dvc_repro_end_to_end(tmp_path, monkeypatch):
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
     recorded = {entry["path"]: entry["md5"] for stage in lock.values() for entry in stage.get("outs", [])}
     logged = {(stage, d.dataset.name, {t.key: t.value for t in d.tags}["mlflow.data.context"]): d.dataset.digest
-              for stage, run in zip(("prepare", "metatrain", "augment", "train", "evaluate"),
-                                    (prepare, metatrain, augment, train, evaluate))
+              for stage, run in zip(STAGES, (prepare, metatrain, augment, train, evaluate))
               for d in client.get_run(run.info.run_id).inputs.dataset_inputs}
     assert logged[("prepare", "data/prepared", "output")] == recorded["data/prepared"]
     assert logged[("metatrain", "data/prepared", "input")] == recorded["data/prepared"]
@@ -127,3 +126,42 @@ def test_dvc_repro_end_to_end(tmp_path, monkeypatch):
     import metaaug
 
     assert metaaug.load_policy("models:/metaaug-policy@current") == metaaug.load_policy(root / "models/policy")
+
+
+def test_a_fresh_clone_logs_every_stage_and_a_second_repro_runs_nothing(tmp_path, monkeypatch):
+    """The README's quick start on a fresh clone (no DVC cache): the committed outputs (metrics.json, reports/)
+    reproduce byte for byte, yet evaluate runs, because plots/ is a cached output a clone lacks; so MLflow gets
+    all five stage runs of that execution, evaluate's with its verdict; and a second
+    `dvc repro` runs nothing. `metaaug evaluate` by hand in the clone may replace the committed metrics.json
+    (its sidecar is committed)."""
+    origin = make_project(tmp_path / "origin", tiny_params())
+    shutil.copy(REPO / ".gitignore", origin / ".gitignore")  # what the repository commits and what it ignores
+    assert dvc(origin, "repro").returncode == 0
+    sh("git", "add", "-A", cwd=origin)
+    sh("git", "commit", "-qm", "pipeline outputs", cwd=origin)
+    tracked = sh("git", "ls-files", cwd=origin).stdout.split()
+    assert {"metrics.json", ".metrics.json.metaaug.json", "reports/report.md"} <= set(tracked)
+    assert not [path for path in tracked if path.startswith("plots/")]
+    clone = tmp_path / "clone"
+    sh("git", "clone", "-q", str(origin), str(clone), cwd=tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    first = dvc(clone, "repro")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert all(f"Running stage '{stage}'" in first.stdout for stage in STAGES), first.stdout
+    assert sh("git", "status", "--porcelain", cwd=clone).stdout == ""  # the same bytes as committed
+    assert "Running stage" not in dvc(clone, "repro").stdout
+
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{clone / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("metaaug").experiment_id],
+                              filter_string="tags.`metaaug.stage` != ''")
+    assert sorted(r.data.tags["metaaug.stage"] for r in runs) == sorted(STAGES)
+    assert len({r.data.tags["metaaug.pipeline"] for r in runs}) == 1
+    evaluate = next(r for r in runs if r.data.tags["metaaug.stage"] == "evaluate")
+    assert evaluate.data.tags["mlflow.note.content"].startswith("**Verdict") and "gain" in evaluate.data.metrics
+
+    monkeypatch.chdir(clone)
+    with pytest.raises(SystemExit) as exit:
+        main(["evaluate"])
+    assert exit.value.code == 0

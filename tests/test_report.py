@@ -10,7 +10,7 @@ from PIL import Image
 
 from conftest import tiny_config
 from metaaug.errors import MetaaugError
-from metaaug.io import read_json
+from metaaug.files import read_json
 from metaaug.stages import augment, evaluate, metatrain, prepare, train
 
 
@@ -81,8 +81,9 @@ def test_report_and_lineage_in_mlflow(pipeline):
         assert 1000 * c.data.metrics["seconds"] - 50 <= c.info.end_time - c.info.start_time \
             <= 1000 * c.data.metrics["seconds"] * population + 50
     # run names and params say which pipeline a run belongs to
-    for name, run in stages.items():
-        assert run.info.run_name.startswith(f"{name} · digits [5,6,7,8,9] 5-shot × 2"), run.info.run_name
+    for name, run in stages.items():  # evaluate's opens with which arm won (tracking.winner)
+        shown = f"{name}: {run.data.tags['metaaug.winner']}" if name == "evaluate" else name
+        assert run.info.run_name.startswith(f"{shown} · digits [5,6,7,8,9] 5-shot × 2"), run.info.run_name
         assert run.data.params["target.classes"] == '["5", "6", "7", "8", "9"]'
         assert run.data.params["target.shots"] == "5" and run.data.params["target.splits"] == "2"
     evaluate = stages["evaluate"]

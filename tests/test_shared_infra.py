@@ -7,6 +7,8 @@ directory): `dvc push`, then `dvc pull` into a fresh clone restores `data/augmen
 (test_pipeline_dvc.py covers `dvc repro` itself).
 """
 
+import re
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,55 @@ def test_dvc_push_then_pull_into_a_fresh_clone_restores_augmented_data(served_pi
     assert policy == sorted(p.relative_to(tmp_path / "got") for p in (tmp_path / "got").rglob("*") if p.is_file())
     assert all((project / "models/policy" / p).read_bytes() == (tmp_path / "got" / p).read_bytes() for p in policy)
     assert not (fresh / ".dvc" / "cache").exists() or not any((fresh / ".dvc" / "cache").rglob("*.dir"))
+
+
+def test_queued_experiments_keep_every_run_artifact_and_version_with_no_export(tmp_path, monkeypatch):
+    """Two queued experiments of a new experiment name, run by `dvc queue start -j 2` in DVC's temporary copies,
+    with MLFLOW_TRACKING_URI unset: the default store and artifact root are the repository's (DVC_ROOT), so once
+    DVC has deleted its copies every run, every artifact and every registered version is still there."""
+    import mlflow
+
+    import metaaug
+    from conftest import tiny_params
+    from helpers import make_project, repro_in_process
+    from test_concurrency import wait_for_queue  # noqa: F401  (polling `dvc queue status`)
+
+    root = make_project(tmp_path / "project", tiny_params(**{"metatrain.workers": 1}))
+    monkeypatch.chdir(root)
+    repro_in_process(root)  # the baseline, logged to the test's own store (conftest)
+    sh("git", "add", "-A", cwd=root)
+    sh("git", "commit", "-qm", "baseline", cwd=root)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    try:
+        for epochs in (1, 3):
+            queued = dvc(root, "exp", "run", "--queue", "-S", "tracking.experiment=fresh exp",
+                         "-S", f"metatrain.proxy_epochs={epochs}")
+            assert queued.returncode == 0, queued.stderr
+        assert dvc(root, "queue", "start", "-j", "2").returncode == 0
+        tasks = wait_for_queue(root, 2, timeout=900)
+        logs = "\n".join(dvc(root, "queue", "logs", task).stdout for task in tasks)
+        assert set(tasks.values()) == {"Success"}, logs
+    finally:
+        dvc(root, "queue", "stop", "--kill")
+    assert not list((root / ".dvc" / "tmp" / "exps").glob("tmp*")), "DVC's copies are gone"
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("fresh exp")
+    assert experiment.artifact_location == (root / "mlruns").as_uri()
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = client.search_runs([experiment.experiment_id, client.get_experiment_by_name("fresh exp-splits").experiment_id],
+                              max_results=1000)
+    stages = [r.data.tags.get("metaaug.stage") for r in runs]
+    ran = re.findall(r"Running stage '(\w+)'", logs)
+    assert sorted(s for s in stages if s) == sorted(ran) and all(r.info.status == "FINISHED" for r in runs)
+    assert ran.count("metatrain") == ran.count("evaluate") == 2, ran
+    for run in runs:  # every artifact a run lists is a file in the repository's mlruns/
+        folder = Path(urllib.parse.urlparse(run.info.artifact_uri).path)
+        assert folder.is_relative_to(root / "mlruns"), run.info.artifact_uri
+        for artifact in client.list_artifacts(run.info.run_id):
+            assert (folder / artifact.path).exists(), (run.info.run_id, artifact.path)
+    model = next(m.name for m in client.search_registered_models() if m.tags.get("metaaug.experiment") == "fresh exp")
+    versions = client.search_model_versions(f"name = '{model}'")
+    assert len(versions) == 2
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    for version in versions:  # downloads, and matches the digest it recorded
+        assert metaaug.load_policy(f"models:/{model}/{version.version}").ops

@@ -163,8 +163,8 @@ def test_idx_truncated_bad_magic_and_mismatch(tmp_path):
     assert "truncated" in expect_error(f"idx:{tmp_path}", str(path))
     path.write_bytes(b"\x08\x03" + idx_bytes(images)[2:])
     expect_error(f"idx:{tmp_path}", str(path))
-    path.write_bytes(struct.pack(">HBB", 0, 0x0D, 3) + idx_bytes(images)[4:])  # float32 dtype code
-    assert "0x08" in expect_error(f"idx:{tmp_path}", str(path))
+    path.write_bytes(struct.pack(">HBB", 0, 0x0A, 3) + idx_bytes(images)[4:])  # no IDX type has code 0x0a
+    assert "0x0a is unknown" in expect_error(f"idx:{tmp_path}", str(path))
     path.write_bytes(idx_bytes(images[:3]))
     expect_error(f"idx:{tmp_path}", "train-labels-idx1-ubyte")
     path.with_name("train-labels-idx1-ubyte").unlink()
@@ -278,8 +278,8 @@ def test_npz_float_and_int_pixel_range(tmp_path):
 @pytest.mark.parametrize("images, labels, hint", [
     (np.array([[[0.5, np.nan]], [[0.1, 0.2]]]), [0, 1], "NaN"),
     (np.array([[[0.5, np.inf]], [[0.1, 0.2]]]), [0, 1], "NaN"),
-    (np.array([[[300.0]], [[2.0]]]), [0, 1], "[0, 255]"),
-    (np.array([[[-1]], [[2]]]), [0, 1], "[0, 255]"),
+    (np.array([[[1j]], [[2j]]]), [0, 1], "expected numbers"),
+    (np.array([[["a"]], [["b"]]]), [0, 1], "expected numbers"),
     (np.zeros((2, 3, 3, 2), np.uint8), [0, 1], "C 1 or 3"),
     (np.zeros((2, 3), np.uint8), [0, 1], "(N,H,W)"),
     (np.zeros((3, 3, 3), np.uint8), [0, 1], "one per image"),
@@ -313,15 +313,46 @@ def test_npz_not_an_npz(tmp_path):
     expect_error(f"npz:{path}", str(path))
 
 
-def test_imagefolder_16_bit_and_palette_pngs(tmp_path):
+def test_imagefolder_palette_pngs(tmp_path):
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
-    Image.fromarray(np.array([[0, 256, 65535]], np.uint16)).save(tmp_path / "a" / "deep.png")
+    Image.fromarray(np.array([[0, 1, 255]], np.uint8)).save(tmp_path / "a" / "gray.png")
     palette = Image.new("P", (3, 1))
     palette.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
     palette.putdata([0, 1, 0])
     palette.save(tmp_path / "b" / "pal.png", transparency=1)
     ds = load_source(f"imagefolder:{tmp_path}")
     check_dataset(ds, (2, 1, 3, 3), ("a", "b"))
-    assert ds.images[0, 0, :, 0].tolist() == [0, 1, 255]  # 16-bit keeps its top 8 bits, as gray replicated
+    assert ds.images[0, 0, :, 0].tolist() == [0, 1, 255]  # gray, replicated over RGB
     assert ds.images[1, 0].tolist() == [[255, 0, 0], [0, 0, 255], [255, 0, 0]]
+
+
+def test_a_new_source_is_one_module(tmp_path):
+    """Adding a source is adding its module, as docs/contributing.md says: a copy of the package with one more
+    module in metaaug/data/ loads the new kind, and lists it in the unknown-kind error."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import metaaug
+
+    shutil.copytree(Path(metaaug.__file__).parent, tmp_path / "metaaug", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "metaaug" / "data" / "ramp.py").write_text('''"""The `ramp` source: a test's own kind."""
+import numpy as np
+from metaaug.data.base import stack
+from metaaug.data.pixels import to_uint8
+
+KIND = "ramp"
+EXPECTED = None
+
+
+def load(arg, image_size, classes=None):
+    images = np.arange(4 * 16, dtype=np.uint16).reshape(4, 4, 4, 1) * 64
+    return stack(to_uint8(images, "ramp"), image_size), np.array([0, 1, 0, 1]), ["a", "b"]
+''')
+    code = ("from metaaug.data import load_source\nds = load_source('ramp')\nprint(ds.images.shape, ds.images.max())\n"
+            "try:\n    load_source('nope')\nexcept Exception as exc:\n    print(exc)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)},
+                         capture_output=True, text=True, check=True).stdout
+    assert out.startswith("(4, 4, 4, 1) 251\n") and "ramp" in out.splitlines()[1]

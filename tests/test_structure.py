@@ -1,13 +1,21 @@
 """The code's boundaries, checked statically: what DVC must see, and who may import what.
 
+* dvc.yaml says what each stage's declaration says (metaaug.declaration): the same stages in pipeline order,
+  and per stage its cmd, data deps, params and outs; a stage reads no key but its params and the keys it
+  declares "read, not a dependency", which only execution knobs and tracking names may be.
 * For each dvc.yaml stage, every metaaug module its command imports (transitively, lazy
   imports included) is covered by the stage's deps, so editing any code a stage runs
   makes `dvc repro` rerun it (and the lock records the code that produced an output).
-* tracking.py is the only module that imports mlflow (with the pyfunc model file it logs, policy_model.py,
-  which no module imports); metaaug's modules import no cycle.
+* Only the MLflow modules (store.py, tracking.py, datasets.py, registry.py) import mlflow (with the pyfunc
+  model file the registry logs, policy_model.py, which no module imports); metaaug's modules import no cycle.
 """
 
 import ast
+import importlib
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,13 +80,15 @@ def test_stage_deps_cover_every_module_its_command_imports(name):
     assert not missing, f"dvc.yaml stage {name} runs code it does not list as deps: {missing}"
 
 
-def test_only_tracking_imports_mlflow():
-    """tracking.py, and the pyfunc model it logs by path (policy_model.py, which no module imports)."""
+def test_only_the_mlflow_modules_import_mlflow():
+    """store, tracking, datasets and registry, and the pyfunc model the registry logs by path (policy_model.py,
+    which no module imports)."""
     importers = sorted(str(p.relative_to(REPO)) for p in PACKAGE.rglob("*.py")
                        if any(m == "mlflow" or m.startswith("mlflow.") for m in all_imports(p)))
-    assert importers == ["metaaug/policy_model.py", "metaaug/tracking.py"]
+    assert importers == ["metaaug/datasets.py", "metaaug/policy_model.py", "metaaug/registry.py", "metaaug/store.py",
+                         "metaaug/tracking.py"]
     assert not [p for p in PACKAGE.rglob("*.py") if "metaaug.policy_model" in direct_imports(p)]
-    assert "policy_model.py" in (PACKAGE / "tracking.py").read_text()
+    assert "policy_model.py" in (PACKAGE / "registry.py").read_text()
     assert "metaaug/policy_model.py" in stages()["metatrain"]["deps"]  # the stage logs that file
 
 
@@ -113,14 +123,58 @@ def test_no_import_cycles_between_metaaug_modules():
         visit(node, [])
 
 
+def test_dvc_yaml_lists_the_declared_stages_in_pipeline_order():
+    """The same stages as metaaug/stages/*.py declare, each after the stages whose outputs it reads."""
+    from metaaug.declaration import declarations
+
+    declared, written = declarations(), list(stages())
+    assert sorted(written) == sorted(declared), f"dvc.yaml's stages {written} differ from the declared {list(declared)}"
+    for name, declaration in declared.items():
+        later = [up for up, _ in declaration.inputs.values() if written.index(up) > written.index(name)]
+        assert not later, f"dvc.yaml lists stage {name} before {later}, whose outputs it reads"
+
+
+CODE = ("stages/", "metaaug/")  # a dep under these is code the command runs (checked by its imports above)
+
+
+@pytest.mark.parametrize("name", list(stages()))
+def test_dvc_yaml_stage_says_what_its_declaration_says(name):
+    """cmd, data deps, params, outs and metrics as the declaration makes them (comments and order of the code
+    deps are free); the message names the stage, the field and what the declaration expects."""
+    from metaaug.declaration import declarations
+
+    declared, written = declarations()[name].dvc_stage(), dict(stages()[name])
+    written["deps"] = [d for d in written.get("deps", []) if not d.startswith(CODE)]
+    mismatched = {key: value for key, value in declared.items()
+                  if (sorted(map(str, written.get(key) or [])) if key == "deps" else written.get(key) or [])
+                  != (sorted(map(str, value)) if key == "deps" else value)}
+    assert not mismatched, f"dvc.yaml stage {name} differs from its declaration; expected {mismatched}"
+
+
+def test_only_execution_knobs_and_tracking_names_are_read_without_being_params():
+    from metaaug.declaration import declarations, may_be_no_dependency
+
+    for name, declaration in declarations().items():
+        wrong = [key for key in declaration.reads if not may_be_no_dependency(key)]
+        assert not wrong, f"stage {name} reads {wrong} without depending on them; only workers, distributed and " \
+                          "tracking.* may be (any other key changes its output bytes: list it in its params)"
+        listed = [key for key in declaration.dvc_params() if key in declaration.reads or may_be_no_dependency(key)]
+        assert not listed, f"stage {name} lists {listed} as DVC params: a sweep over them would rerun it for nothing"
+
+
 def recorded_reads(monkeypatch) -> set[str]:
     """Record every parameter the code reads from now on: attribute access of a leaf, or a section dumped whole."""
     from metaaug import config
 
     path_of = {config.Params: ""}
-    for name, field in config.Params.model_fields.items():
-        if isinstance(field.annotation, type) and issubclass(field.annotation, config.Section):
-            path_of[field.annotation] = name + "."
+
+    def walk(section: type, prefix: str) -> None:  # nested sections too (metatrain.race, metatrain.cem)
+        for name, field in section.model_fields.items():
+            if isinstance(field.annotation, type) and issubclass(field.annotation, config.Section):
+                path_of[field.annotation] = prefix + name + "."
+                walk(field.annotation, prefix + name + ".")
+
+    walk(config.Params, "")
     reads, get, dump = set(), config.Section.__getattribute__, config.Section.model_dump
 
     def getattribute(self, name):
@@ -140,26 +194,100 @@ def recorded_reads(monkeypatch) -> set[str]:
 
 
 def test_stage_params_declare_every_key_the_stage_reads(tmp_path, monkeypatch):
-    """Each stage run on tiny data with reads recorded: every key it read is in its dvc.yaml params."""
-    from conftest import tiny_config
-    from metaaug.stages import augment, evaluate, metatrain, prepare, train
+    """Each stage run through its command on tiny data, its paths the declared ones under a scratch folder, with
+    reads recorded: every key it read is one of its DVC params or declared as read without being one."""
+    from conftest import tiny_params
+    from metaaug import config
+    from metaaug.cli import main
+    from metaaug.declaration import declarations
 
-    params = tiny_config(**{"metatrain.workers": 1})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(**{"metatrain.workers": 1})))
     monkeypatch.chdir(tmp_path)
-    d = {name: tmp_path / name for name in ("prepared", "policy", "augmented", "downstream")}
-    runs = {"prepare": lambda: prepare.run(params, d["prepared"]),
-            "metatrain": lambda: metatrain.run(params, d["prepared"], d["policy"], tmp_path / "t1.json"),
-            "augment": lambda: augment.run(params, d["prepared"], d["policy"], d["augmented"]),
-            "train": lambda: train.run(params, d["prepared"], d["downstream"], d["policy"], d["augmented"],
-                                       tmp_path / "t2.json"),
-            "evaluate": lambda: evaluate.run(params, d["prepared"], d["downstream"], tmp_path / "metrics.json",
-                                             tmp_path / "plots", d["policy"], tmp_path / "reports")}
-    assert list(runs) == list(stages())
-    for name, run in runs.items():
+    for name, declaration in declarations().items():
+        module, load = importlib.import_module(f"metaaug.stages.{name}"), config.load_params
         with monkeypatch.context() as mp:
             reads = recorded_reads(mp)
-            run()
-        declared = stages()[name]["params"]
-        undeclared = sorted(key for key in reads if not any(key == p or key.startswith(p + ".") for p in declared))
-        assert not undeclared, f"dvc.yaml stage {name} reads params it does not declare: {undeclared}"
+            # what loading reads (its validators) is no read of the stage's
+            mp.setattr(module, "load_params", lambda path: (load(path), reads.clear())[0])
+            with pytest.raises(SystemExit) as exit:
+                main([name, *declaration.cmd().split()[2:]])
+            assert exit.value.code == 0, name
+        allowed = [*declaration.dvc_params(), *declaration.reads]
+        undeclared = sorted(key for key in reads if not any(key == p or key.startswith(p + ".") for p in allowed))
+        assert not undeclared, f"stage {name} reads params its declaration does not list: {undeclared}"
         assert reads, name
+
+
+COUNT_MODULE = '''"""Stage `count`: how many target images each class has (`data/counts/counts.json`)."""
+
+from pathlib import Path
+
+from metaaug import runner, tracking
+from metaaug.config import Params, load_params
+from metaaug.declaration import Declaration, Output
+from metaaug.stages import PARAMS
+from metaaug.tasks import load_prepared
+
+DECLARATION = Declaration("count", inputs={"prepared": ("prepare", "data/prepared")},
+                          outputs={"out": Output("data/counts", "count")}, params=("seed",))
+
+
+def run(params: Params, prepared_dir: Path, out: Path) -> None:
+    prepared = load_prepared(prepared_dir)
+    with runner.stage_run(DECLARATION, {"seed": params.seed}, params.tracking.experiment,
+                          {"prepared": prepared_dir, "out": out}) as stage:
+        counts = {str(c): int((prepared.target_labels == c).sum()) for c in sorted(set(prepared.target_labels))}
+        (stage.output(out) / "counts.json").write_text(str(counts))
+        tracking.log_metrics({"count.classes": len(counts)})
+
+
+def command(params: Path = PARAMS, prepared: Path = DECLARATION.option("prepared"),
+            out: Path = DECLARATION.option("out")):
+    """Count the target images of each class."""
+    run(load_params(params), prepared, out)
+'''
+
+COUNT_ENTRY = '''from metaaug.stages import count, run_command
+
+if __name__ == "__main__":
+    run_command(count.command)
+'''
+
+
+@pytest.mark.slow  # prepare and the new stage, through the CLI and through DVC, and the checks in the copy
+def test_a_new_stage_is_its_module_its_entry_and_its_dvc_yaml_entry(tmp_path, monkeypatch):
+    """docs/contributing.md's "Add a stage", followed literally in a scratch copy: the stage's module, its
+    two-line entry and its dvc.yaml entry (the declaration's, with the code it runs as deps) and nothing else;
+    then this file's declaration checks pass there, `metaaug count` runs, and `dvc repro count` runs it."""
+    from conftest import tiny_params
+    from helpers import dvc, make_project, sh
+    from metaaug.declaration import Declaration, Output
+
+    root = make_project(tmp_path / "project", tiny_params())
+    shutil.copytree(REPO / "tests", root / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "bench", root / "bench", ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "metaaug/stages/count.py").write_text(COUNT_MODULE)
+    (root / "stages/count.py").write_text(COUNT_ENTRY)
+    declared = Declaration("count", inputs={"prepared": ("prepare", "data/prepared")},
+                           outputs={"out": Output("data/counts", "count")}, params=("seed",)).dvc_stage()
+    code = ["stages/count.py", "metaaug/stages/count.py", *(d for d in stages()["prepare"]["deps"] if d != "stages/prepare.py"
+                                                          and d != "metaaug/stages/prepare.py")]
+    pipeline = yaml.safe_load((root / "dvc.yaml").read_text())
+    pipeline["stages"]["count"] = {**declared, "deps": code + declared["deps"]}
+    (root / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    monkeypatch.setenv("PYTHONPATH", str(root))  # the copy's package, with its new stage (dvc's commands too)
+    env = dict(os.environ)
+    checks = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_structure.py",
+                             "-k", "declaration or order or knobs or deps_cover"], cwd=root, env=env,
+                            capture_output=True, text=True)
+    assert checks.returncode == 0 and "count" in checks.stdout + str(pipeline), checks.stdout[-3000:]
+    cli = [str(Path(sys.executable).parent / "metaaug")]
+    assert "count" in subprocess.run([*cli, "--help"], cwd=root, env=env, capture_output=True, text=True).stdout
+    for command in (["prepare"], ["count"]):
+        done = subprocess.run([*cli, *command], cwd=root, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    assert (root / "data/counts/counts.json").exists()
+    sh("rm", "-rf", "data", cwd=root)
+    repro = dvc(root, "repro", "count")
+    assert repro.returncode == 0 and "Running stage 'count'" in repro.stdout, repro.stdout + repro.stderr
+    assert (root / "data/counts/counts.json").exists()

@@ -1,5 +1,10 @@
-"""Data: load a labelled image set from a spec string (``digits``, ``imagefolder:<dir>``, ...)."""
+"""Data: load a labelled image set from a spec string (``digits``, ``imagefolder:<dir>``, ...).
 
-from metaaug.data.sources import Dataset, load_source
+One module per source kind (digits, imagefolder, idx, cifar, npz), found by metaaug.data.registry;
+base holds what they share, pixels the one rule that brings any bit depth to uint8.
+"""
 
-__all__ = ["Dataset", "load_source"]
+from metaaug.data.base import Dataset
+from metaaug.data.registry import check_source, load_source, same_source
+
+__all__ = ["Dataset", "check_source", "load_source", "same_source"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from metaaug.config import params_file
 from metaaug.errors import MetaaugError
 from metaaug.models import per_image_flops
 
@@ -52,7 +53,7 @@ class Budget:
     def require(self, trainings: int, what: str) -> None:
         """A one-line config error when the budget cannot pay for the least a method needs."""
         if self.trainings < trainings:
-            raise MetaaugError(f"params.yaml: metatrain.budget = {self.limit:g} pays for {self.trainings} proxy "
+            raise MetaaugError(f"{params_file()}: metatrain.budget = {self.limit:g} pays for {self.trainings} proxy "
                                f"trainings ({self.per_training:.3f} downstream trainings each); expected at least "
                                f"{trainings} ({what}): metatrain.budget >= {trainings * self.per_training:.2f}")
 
@@ -71,3 +72,5 @@ def task_flops(task, epochs: int, width: int, model: str) -> int:
 def downstream_flops(recipe, channels: int, image_size: int, n_classes: int, support: int) -> int:
     """Operations of one downstream training: the `train` recipe on `support` target images (no query)."""
     return training_flops(channels, image_size, n_classes, recipe.width, recipe.model, support, recipe.epochs)
+
+

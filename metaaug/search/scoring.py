@@ -37,6 +37,33 @@ def score_population(jobs: list[tuple[Policy | None, Task]], settings: TrainConf
     return [float(np.mean(predict(model, t.query_x) == t.query_y)) for (model, _), (_, t) in zip(learners, jobs)]
 
 
+def probe_population(jobs: list[tuple[Policy, Task]], probes: list[Policy], settings: TrainConfig,
+                     device: torch.device | None = None) -> list[tuple[float, list[float]]]:
+    """`score` of every (policy, task), and each learner's accuracy on its task's query images augmented by
+    each probe (one draw per image, seeded by the task): how much of the class signal a probe's ops leave to a
+    learner that never saw them (Gontijo-Lopes et al. 2020's affinity)."""
+    augments = [functools.partial(sample_apply, policy) for policy, _ in jobs]
+    learners = train_population([t.support_x for _, t in jobs], [t.support_y for _, t in jobs], jobs[0][1].n_classes,
+                                settings, [t.seed for _, t in jobs], augments, device)
+    out = []
+    for (model, _), (_, t) in zip(learners, jobs):
+        gen = torch.Generator().manual_seed(t.seed)
+        out.append((float(np.mean(predict(model, t.query_x) == t.query_y)),
+                    [float(np.mean(predict(model, sample_apply(p, t.query_x, gen).clamp(0, 1)) == t.query_y))
+                     for p in probes]))
+    return out
+
+
+def _timed_probes(jobs: list[tuple[Policy, int, list[Policy]]]) -> list[tuple[float, float, list[float]]]:
+    """(score, seconds, probe accuracies) per job (Scorer.probe)."""
+    start = time.perf_counter()
+    shared = workers.state()
+    values = probe_population([(policy, shared["tasks"][t]) for policy, t, _ in jobs], jobs[0][2], shared["settings"],
+                              shared["device"])
+    seconds = (time.perf_counter() - start) / len(jobs)
+    return [(value, seconds, probed) for value, probed in values]
+
+
 def _timed_population(jobs: list[tuple[Policy, int]]) -> list[tuple[float, float]]:
     """(score, seconds) per job; a population's wall time is shared evenly by its members."""
     start = time.perf_counter()
@@ -81,6 +108,12 @@ class Scorer:
             self.world.broadcast(groups)
         done = self.world.collect(self._score(self.world.share(groups)), len(groups))
         return [result for group in done for result in group]
+
+    def probe(self, jobs: list[tuple[Policy, int]], probes: list[Policy]) -> list[tuple[float, float, list[float]]]:
+        """(score, seconds, accuracy under each probe) per (policy, task) job, on this rank's workers (the
+        screen before the race: a few learners, not worth spreading over ranks)."""
+        groups = populations([(policy, t, probes) for policy, t in jobs], self.population)
+        return [result for group in self.pool.map(_timed_probes, groups) for result in group]
 
     def serve(self) -> None:
         """A rank other than 0: score this rank's share of every rung rank 0 broadcasts, until it sends None."""

@@ -34,9 +34,11 @@ def op_groups(ops: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """Maps a vector (logit per group, magnitude cap per group, depth) to a Policy.
+    """Maps a vector (a weight logit per op, a magnitude cap per op group, depth) to a Policy.
 
-    On grey images (`channels=1`) Color is left out: it is the identity there.
+    Weights are per op so that a baseline's point is fixed by the ops it names: adding an op to a group
+    leaves TrivialAugment-Wide's and RandAugment's points as they were (the new op starts OFF), and moves
+    act on a group's mass as a whole. On grey images (`channels=1`) Color is left out: it is the identity there.
     """
 
     ops: tuple[str, ...]
@@ -50,29 +52,38 @@ class SearchSpace:
                                "images; expected at least one op other than Color on grey images")
 
     @property
+    def op_list(self) -> tuple[str, ...]:
+        """The space's ops, group by group (the order of the weight logits)."""
+        return tuple(op for members in self.groups.values() for op in members)
+
+    @property
     def dim(self) -> int:
-        return 2 * len(self.groups) + 1
+        return len(self.op_list) + len(self.groups) + 1
+
+    def members(self, g: int) -> slice:
+        """Where group g's op logits lie in a point."""
+        sizes = [len(m) for m in self.groups.values()]
+        return slice(sum(sizes[:g]), sum(sizes[:g + 1]))
 
     def initial(self) -> np.ndarray:
         """TrivialAugment-Wide: its ops equally likely, full ranges, one op per image.
 
-        Ops of the space that TrivialAugment-Wide lacks (Scale, Cutout) start off
+        Ops of the space that TrivialAugment-Wide lacks (Scale, Cutout, any op added later) start off
         (logit OFF) and are switched on only by candidates that explore them.
         """
         return self.project(fixed_policy("trivialaugment", image_channels=self.channels))
 
     def project(self, policy: Policy) -> np.ndarray | None:
-        """The point of the space nearest a policy: each group gets the policy's mass on its ops
-        (spread evenly inside it; groups without any are OFF), a cap twice the mean magnitude of
-        those ops (so the range [0, cap] has the same mean), the policy's depth. None if the
-        policy has no op in this space.
+        """The point of the space nearest a policy: each op the policy names gets its weight (the ops it does
+        not name are OFF), each group a cap twice the mean magnitude of the policy's ops in it (so the range
+        [0, cap] has the same mean), the policy's depth. None if the policy has no op in this space.
         """
         weight = dict(zip(policy.ops, policy.weights))
         middle = {op: (lo + hi) / 2 for op, lo, hi in zip(policy.ops, policy.mag_low, policy.mag_high)}
-        masses = np.array([sum(weight.get(op, 0.0) for op in members) for members in self.groups.values()])
-        if masses.max() <= 0:
+        w = np.array([weight.get(op, 0.0) for op in self.op_list])
+        if w.max() <= 0:
             return None
-        logits = [math.log(m / masses.max()) if m > 0 else OFF for m in masses]
+        logits = [math.log(m / w.max()) if m > 0 else OFF for m in w]
         caps = []
         for members in self.groups.values():
             sized = [middle[op] for op in members if op in middle and OPS[op].has_magnitude]
@@ -82,32 +93,63 @@ class SearchSpace:
     def layers(self, theta: np.ndarray) -> int:
         return int(np.clip(np.rint(theta[-1]), 1, MAX_LAYERS))
 
-    def masses(self, theta: np.ndarray) -> np.ndarray:
-        """Softmax of the group logits; groups under MIN_MASS are switched off exactly."""
-        logits = np.asarray(theta[:len(self.groups)], float)
+    def op_masses(self, theta: np.ndarray) -> np.ndarray:
+        """Softmax of the op logits; ops under MIN_MASS are switched off exactly."""
+        logits = np.asarray(theta[:len(self.op_list)], float)
         mass = np.exp(logits - logits.max())
         mass = np.where(mass / mass.sum() < MIN_MASS, 0.0, mass)
         return mass / mass.sum()
 
+    def masses(self, theta: np.ndarray) -> np.ndarray:
+        """Each group's share of the op mass."""
+        mass = self.op_masses(theta)
+        return np.array([mass[self.members(g)].sum() for g in range(len(self.groups))])
+
     def caps(self, theta: np.ndarray) -> np.ndarray:
-        k = len(self.groups)
-        return np.clip(np.asarray(theta[k:2 * k], float), 0.0, 1.0)
+        n = len(self.op_list)
+        return np.clip(np.asarray(theta[n:n + len(self.groups)], float), 0.0, 1.0)
+
+    def set_caps(self, theta: np.ndarray, caps: np.ndarray) -> np.ndarray:
+        out = np.array(theta, float)
+        n = len(self.op_list)
+        out[n:n + len(self.groups)] = caps
+        return out
 
     def policy(self, theta: np.ndarray, name: str = "learned") -> Policy:
-        ops, weights, highs = [], [], []
-        for (group, members), m, cap in zip(self.groups.items(), self.masses(theta), self.caps(theta)):
-            for op in members:
-                ops.append(op)
-                weights.append(float(m) / len(members))
-                highs.append(float(cap) if OPS[op].has_magnitude else 1.0)
-        return Policy(name=name, ops=tuple(ops), weights=tuple(weights), prob=(1.0,) * len(ops),
-                      mag_low=(0.0,) * len(ops), mag_high=tuple(highs), layers=self.layers(theta))
+        cap = {op: c for members, c in zip(self.groups.values(), self.caps(theta)) for op in members}
+        ops = self.op_list
+        return Policy(name=name, ops=ops, weights=tuple(float(m) for m in self.op_masses(theta)),
+                      prob=(1.0,) * len(ops), mag_low=(0.0,) * len(ops),
+                      mag_high=tuple(float(cap[op]) if OPS[op].has_magnitude else 1.0 for op in ops),
+                      layers=self.layers(theta))
 
     def describe(self, theta: np.ndarray) -> dict[str, float]:
         """Group masses, caps and depth, for MLflow curves."""
         out = {f"weight.{g}": float(m) for g, m in zip(self.groups, self.masses(theta))}
         out.update({f"cap.{g}": float(c) for g, c in zip(self.groups, self.caps(theta))})
         out["layers"] = float(self.layers(theta))
+        return out
+
+    def with_share(self, theta: np.ndarray, g: int, share: float) -> np.ndarray:
+        """Group g given `share` of the op mass: its ops that are on scaled together (all of them, evenly,
+        when none is on), the other groups' ops unchanged relative to each other."""
+        out = np.array(theta, float)
+        n, where = len(self.op_list), self.members(g)
+        on = self.op_masses(theta)[where] > 0
+        inside = out[where]
+        if not on.any():
+            inside, on = np.zeros_like(inside), np.ones_like(on)
+        others = np.delete(out[:n], np.arange(n)[where])
+        target = np.logaddexp.reduce(others) + math.log(share / (1 - share))
+        inside[on] += target - np.logaddexp.reduce(inside[on])
+        out[where] = np.where(on, inside, np.minimum(inside, target + OFF))
+        return out
+
+    def without(self, theta: np.ndarray, g: int) -> np.ndarray:
+        """Group g switched off (its ops OFF below the strongest other op)."""
+        out = np.array(theta, float)
+        n, where = len(self.op_list), self.members(g)
+        out[where] = np.delete(out[:n], np.arange(n)[where]).max() + OFF
         return out
 
 
@@ -152,10 +194,12 @@ def explore(mean: np.ndarray, std: np.ndarray, c: int, space: SearchSpace, rng: 
     k = len(space.groups)
     direction = c % (k + 2)
     if direction < k:
+        if k == 1:
+            return theta  # one group holds all the mass: there is no share to give it
         share = IDENTITY_SHARE if list(space.groups)[direction] == "identity" else SHARE
-        theta[direction] = np.logaddexp.reduce(np.delete(theta[:k], direction)) + math.log(share / (1 - share))
+        theta = space.with_share(theta, direction, share)
     elif direction == k:
-        theta[k:2 * k] = 0.5 * space.caps(theta)
+        theta = space.set_caps(theta, 0.5 * space.caps(theta))
     else:
         theta[-1] = MAX_LAYERS + 1 - space.layers(mean)
     return theta
@@ -179,16 +223,13 @@ def moves(space: SearchSpace, theta: np.ndarray) -> list[tuple[str, np.ndarray]]
     moves on every seed, so seeds differ only in their tasks."""
     k, zero = len(space.groups), np.zeros(space.dim)
     out = [(move_name(theta, c, space), explore(theta, zero, c, space, np.random.default_rng(0)))
-           for c in range(k + 2)]
+           for c in range(k + 2) if k > 1 or c >= k]  # one group alone: no share to move
     mass = space.masses(theta)
     for g, group in enumerate(space.groups):
         if mass[g] > 0 and (mass > 0).sum() > 1:
-            point = np.array(theta, float)
-            point[g] = np.delete(point[:k], g).max() + OFF
-            out.append((f"{group} ops off", point))
-    raised = np.array(theta, float)
-    raised[k:2 * k] = np.minimum(1.0, CAP_RAISE * space.caps(theta))
-    out.append((f"magnitude caps raised x{CAP_RAISE:g} (at most 1)", raised))
+            out.append((f"{group} ops off", space.without(theta, g)))
+    out.append((f"magnitude caps raised x{CAP_RAISE:g} (at most 1)",
+                space.set_caps(theta, np.minimum(1.0, CAP_RAISE * space.caps(theta)))))
     return out
 
 

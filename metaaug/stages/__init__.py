@@ -1,10 +1,10 @@
-"""The pipeline's five stages, one module each: `run()` reads its inputs, computes, writes its outputs
-atomically and logs one MLflow run; `command()` is its command line (`metaaug <stage>`, or
-`python stages/<stage>.py`, the entry dvc.yaml runs).
+"""The pipeline's stages, one module each: `DECLARATION` says what it reads, writes and depends on
+(metaaug.declaration), `run()` computes inside metaaug.runner.stage_run, which owns the boundary (checks,
+MLflow run, temps, publishing, datasets), and `command()` is its command line (`metaaug <stage>`, or
+`python stages/<stage>.py`, the entry dvc.yaml runs), its path options' defaults from the declaration.
 
 Shared here: the CPU kernels every stage runs with (pin_cpu_kernels, before any stage imports torch), the
-command-line options that name the stages' directories, and the rule that bad input is one `error:` line and
-exit code 2, never a traceback.
+`--params` option, and the rule that bad input is one `error:` line and exit code 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -24,9 +24,20 @@ PINNED_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "
 def pin_cpu_kernels() -> dict[str, str]:
     """Pin torch's, oneDNN's and MKL's CPU kernels to AVX2 on x86-64 CPUs that have it, so that every such CPU
     computes the pipeline's outputs bit for bit alike (dvc.lock's hashes). Environment variables the user set
-    win, and nothing changes on other CPUs, or once torch is imported (the libraries read them at load).
-    Returns what was set."""
-    if "torch" in sys.modules or platform.machine().lower() not in ("x86_64", "amd64"):
+    win once checked against the values each library accepts (metaaug.kernels: a typo stops here with one line
+    and exit code 2, as it would otherwise silently unpin the kernels); nothing changes on other CPUs, or once
+    torch is imported (the libraries read them at load). Returns what was set."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return {}
+    from metaaug.errors import MetaaugError
+    from metaaug.kernels import check_kernel_overrides
+
+    try:
+        check_kernel_overrides(os.environ)
+    except MetaaugError as exc:  # at import, before the commands' own error handling exists
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if "torch" in sys.modules:
         return {}
     try:
         with open("/proc/cpuinfo") as fh:
@@ -44,21 +55,7 @@ import typer  # noqa: E402
 
 from metaaug.errors import MetaaugError  # noqa: E402
 
-NAMES = ("prepare", "metatrain", "augment", "train", "evaluate")
-
 PARAMS = typer.Option(Path("params.yaml"), "--params", help="Validated configuration file.")
-PREPARED = typer.Option(Path("data/prepared"), help="Output of the prepare stage.")
-POLICY = typer.Option(Path("models/policy"), help="Output of the metatrain stage.")
-AUGMENTED = typer.Option(Path("data/augmented"), help="Output of the augment stage.")
-DOWNSTREAM = typer.Option(Path("models/downstream"), help="Output of the train stage.")
-
-
-def pipeline_facts(manifest: dict) -> dict:
-    """What tells one pipeline from another, from prepare's manifest: target data and classes, shots, splits."""
-    target = manifest["target"]
-    return {"target.source": target["source"], "target.classes": list(target["classes"]),
-            "target.shots": target["shots"], "target.splits": len(manifest["splits"]),
-            "meta.source": manifest["meta"]["source"]}
 
 
 EXPECTED = {errno.ENOSPC: "free space on that disk", errno.EDQUOT: "free space in this user's disk quota",

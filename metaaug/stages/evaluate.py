@@ -12,20 +12,31 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import typer
 
-from metaaug import io, tracking
+from metaaug import ownership, registry, runner, tracking
 from metaaug.config import Params, load_params
+from metaaug.declaration import Declaration, Output
 from metaaug.errors import MetaaugError
-from metaaug.io import read_json
+from metaaug.files import read_json
 from metaaug.models import build_model
 from metaaug.plots import write_dvc_plots
 from metaaug.policies import read_policy
 from metaaug.report import verdict, write_report
-from metaaug.stages import DOWNSTREAM, PARAMS, POLICY, PREPARED, pipeline_facts
-from metaaug.stats import compare, headline
+from metaaug.stages import PARAMS
+from metaaug.stats import best_fixed, compare, headline
 from metaaug.tasks import Prepared, load_prepared
 from metaaug.training import predict, set_threads, to_tensor
+
+# plots/ is DVC-cached, so a fresh clone (no cache) runs evaluate and MLflow gets its run and verdict
+# (docs/configuration.md, "The answer in MLflow"); metrics.json (for `dvc metrics diff`, its sidecar committed
+# too) and reports/ (the report, readable where the repository is) are git-tracked. Its outputs depend on its
+# inputs alone: it reads no params but the tracking names.
+DECLARATION = Declaration(
+    "evaluate", inputs={"prepared": ("prepare", "data/prepared"), "downstream": ("train", "models/downstream"),
+                        "policy": ("metatrain", "models/policy")},
+    outputs={"metrics": Output("metrics.json", "evaluate.metrics", file=True, cache=False, metric=True),
+             "plots": Output("plots", "evaluate.plots"), "reports": Output("reports", "evaluate.reports", cache=False)},
+    reads=("tracking.experiment", "tracking.policy_model"), splits=True)
 
 
 @contextlib.contextmanager
@@ -65,7 +76,7 @@ def run(params: Params, prepared_dir: Path, downstream_dir: Path, metrics_path: 
     upstream = {"prepare": prepared_dir, "train": downstream_dir}
     if policy_dir is not None and (Path(policy_dir) / "search.json").exists():
         upstream["metatrain"] = policy_dir
-    io.verify_inputs(upstream)  # before anything is read (stage_run reuses the digests)
+    ownership.verify_inputs(upstream)  # before anything is read (stage_run reuses the digests)
     prepared = load_prepared(prepared_dir)
     set_threads(prepared.target_images.shape[1])
     results = read_json(downstream_dir / "results.json")
@@ -75,14 +86,15 @@ def run(params: Params, prepared_dir: Path, downstream_dir: Path, metrics_path: 
     if "metatrain" in upstream:
         search = read_json(policy_dir / "search.json")
         baseline = read_policy(policy_dir / "policy.json")[1].get("baseline_point")
-    outputs = [(reports_dir, "evaluate.reports"), (plots_dir, "evaluate.plots")]
-    with tracking.stage_run("evaluate", {"evaluate.arms": arms}, params.tracking.experiment, upstream,
-                            outputs=outputs, files={metrics_path: "evaluate.metrics"}) as stage:
+    paths = {"prepared": prepared_dir, "downstream": downstream_dir, "policy": upstream.get("metatrain"),
+             "metrics": metrics_path, "plots": plots_dir, "reports": reports_dir}
+    with runner.stage_run(DECLARATION, {"evaluate.arms": arms}, params.tracking.experiment, paths) as stage:
         run_ = stage.run
-        tracking.name_run("evaluate", pipeline_facts(prepared.manifest))
         accuracy, confusion = test_accuracies(prepared, downstream_dir, arms)
         metrics = compare(accuracy)
         summary = verdict(metrics, baseline, search)
+        won = tracking.winner(headline(metrics), best_fixed(metrics["arms"]))
+        stage.headline = won
         if reports_dir is not None:
             write_report(stage.output(reports_dir), metrics, summary, accuracy, results, confusion, prepared,
                          policy_dir, baseline, search)
@@ -98,9 +110,8 @@ def run(params: Params, prepared_dir: Path, downstream_dir: Path, metrics_path: 
         tracking.log_split_accuracies(run_.data.tags.get("upstream.train", "unknown"),
                                       {(arm, i): 100 * a for arm, accs in accuracy.items() for i, a in enumerate(accs)})
         tracking.describe_evaluate_run(run_, summary)
-        stage.after_publish(lambda: tracking.log_datasets("evaluate", upstream, [metrics_path, plots_dir, reports_dir]))
-        tracking.describe_policy_verdict(params.tracking.policy_model_name, run_.data.tags.get("upstream.metatrain",
-                                                                                              "unknown"), summary)
+        registry.record_verdict(params.tracking.policy_model_name, run_.data.tags.get("upstream.metatrain", "unknown"),
+                                summary, numbers, won)
         for arm, s in metrics["arms"].items():
             print(f"evaluate: {arm:15s} {s['mean']:.2f} ± {s['std']:.2f} (n={s['n']})")
         for pair, d in metrics["paired"].items():
@@ -110,9 +121,9 @@ def run(params: Params, prepared_dir: Path, downstream_dir: Path, metrics_path: 
     return metrics
 
 
-def command(params: Path = PARAMS, prepared: Path = PREPARED, downstream: Path = DOWNSTREAM,
-            policy: Path = POLICY, metrics: Path = typer.Option(Path("metrics.json")),
-            plots: Path = typer.Option(Path("plots")),
-            reports: Path = typer.Option(Path("reports"), help="Where report.md and its PNGs go.")):
+def command(params: Path = PARAMS, prepared: Path = DECLARATION.option("prepared"),
+            downstream: Path = DECLARATION.option("downstream"), policy: Path = DECLARATION.option("policy"),
+            metrics: Path = DECLARATION.option("metrics"), plots: Path = DECLARATION.option("plots"),
+            reports: Path = DECLARATION.option("reports", "Where report.md and its PNGs go.")):
     """Test accuracy per arm, paired differences with bootstrap CIs, DVC plots, the report."""
     run(load_params(params), prepared, downstream, metrics, plots, policy, reports)

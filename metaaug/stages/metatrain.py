@@ -15,31 +15,45 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import typer
 
-from metaaug import distributed, io, learners, tracking, workers
+from metaaug import distributed, learners, ownership, registry, runner, tracking, workers
 from metaaug.config import Params, load_params
-from metaaug.io import output_path, write_json
-from metaaug.errors import MetaaugError
-from metaaug.search import SearchSpace, downstream_flops, meta_train_tasks, search, serve, tasks_needed
+from metaaug.declaration import Declaration, Output
+from metaaug.files import output_path
+from metaaug.publish import write_json
+from metaaug.search import (METHODS, SearchSpace, downstream_flops, meta_train_tasks, search, search_budget, serve,
+                            tasks_needed)
 from metaaug.ops import OP_NAMES
 from metaaug.plots import policy_figure
 from metaaug.policies import Policy, describe, export_albumentations, save_policy, what_it_is
-from metaaug.stages import PARAMS, POLICY, PREPARED, pipeline_facts
+from metaaug.stages import PARAMS
 from metaaug.tasks import load_prepared
 from metaaug.timing import timing_doc
 from metaaug.training import RECIPE, pick_device
 
-TIMING_KIND = "metatrain.timing"
+# Its outputs depend on the search's settings, the learner recipe it scores with (train.*), the shots and the
+# seed; not on its processes or ranks (the output is byte-identical whatever they are) or the tracking names.
+DECLARATION = Declaration(
+    "metatrain", inputs={"prepared": ("prepare", "data/prepared")},
+    outputs={"out": Output("models/policy", "metatrain")},
+    params=("seed", "metatrain", "tasks.shots", "train.epochs", "train.batch_size", "train.lr", "train.momentum",
+            "train.weight_decay", "train.width", "train.model", "train.device"),
+    reads=("metatrain.workers", "metatrain.distributed", "tracking.experiment", "tracking.policy_model"),
+    timing=True)
+
+
+def search_settings(params: Params) -> dict:
+    """Every setting that determines the search (workers, ranks and the other methods' sections never change it)."""
+    others = set(METHODS) - {params.metatrain.method}
+    return {"metatrain": params.metatrain.model_dump(exclude={"workers", "distributed", *others}),
+            "train": params.train.model_dump(include=RECIPE), "shots": params.tasks.shots, "seed": params.seed}
 
 
 def checkpoint_path(out: Path, params: Params, prepared_digest: str, device: torch.device) -> Path:
     """Beside the output (which is replaced atomically), keyed by everything that determines the search: the
     prepared set's digest (as the stage runner verified it), the settings and the kind of device scoring runs
     on (a GPU's bfloat16 scores must not continue a CPU's search)."""
-    search_params = params.metatrain.model_dump(exclude={"workers", "distributed"})  # these never change the search
-    settings = json.dumps({"metatrain": search_params, "train": params.train.model_dump(include=RECIPE),
-                           "shots": params.tasks.shots, "seed": params.seed, "device": device.type}, sort_keys=True)
+    settings = json.dumps({**search_settings(params), "device": device.type}, sort_keys=True)
     key = prepared_digest[:12] + "-" + hashlib.sha256(settings.encode()).hexdigest()[:12]
     out = output_path(out)
     return out.parent / f".{out.name}.checkpoint-{key}.json"
@@ -49,43 +63,42 @@ def run(params: Params, prepared_dir: Path, out: Path, timing: Path | None = Non
     cfg = params.metatrain
     with distributed.world(cfg.distributed, pick_device(params.train.device), "metatrain") as world:
         if world.mode == "shard":
-            same_input_everywhere(world, prepared_dir)
+            same_job_everywhere(world, params, prepared_dir)
         learner = learners.shared(world, lambda: learners.choose(load_prepared(prepared_dir), params, world.device,
                                                                  workers.count(cfg.workers, world.device)))
-        params = learners.with_learner(params, learner)  # the search's proxies and budget use the chosen learner
         if world.is_main:
             search_and_publish(params, prepared_dir, out, timing, world, learner)
         else:
             prepared = load_prepared(prepared_dir)
             serve(meta_train_tasks(prepared, params.tasks.shots, cfg, tasks_needed(cfg), params.seed), cfg,
-                  params.train, world)
+                  learners.with_learner(params, learner).train, world)
 
 
-def same_input_everywhere(world: distributed.World, prepared_dir: Path) -> None:
-    """Every rank checks its data/prepared by content (io.verify_inputs) and against rank 0's digest: on several
-    machines each reads its own copy, and a rank scoring other tasks would corrupt the search silently."""
-    mine = io.verify_inputs({"prepare": prepared_dir})["prepare"]
-    ours = world.broadcast(mine if world.is_main else None)
-    if mine != ours:
-        raise MetaaugError(f"rank {world.rank}: {prepared_dir} (md5 {mine[:12]}) differs from rank 0's (md5 "
-                           f"{ours[:12]}); expected the same prepared data on every machine (copy it, or share "
-                           "one file system)")
+def same_job_everywhere(world: distributed.World, params: Params, prepared_dir: Path) -> None:
+    """Every rank checks its data/prepared by content (on several machines each reads its own copy), then
+    proves it runs rank 0's job: the same search settings, prepared data and code (distributed.same_job)."""
+    facts = tracking.flatten(search_settings(params))
+    facts["prepared data (digest)"] = ownership.verify_inputs({"prepare": prepared_dir})["prepare"]
+    distributed.same_job(world, facts)
 
 
 def search_and_publish(params: Params, prepared_dir: Path, out: Path, timing: Path | None,
                        world: distributed.World, learner: dict) -> None:
-    """Rank 0 (or the only process): search, write models/policy/, log and register it."""
+    """Rank 0 (or the only process): search with the chosen `learner`, write models/policy/, log and register it.
+    The checkpoint is keyed by the params as given (`train.model: auto` too): auto's answer is a function of the
+    key's prepared data, settings and device kind."""
+    given, params = params, learners.with_learner(params, learner)  # the proxies and budget use the learner
     prepared = load_prepared(prepared_dir)
     cfg = params.metatrain
     space = SearchSpace(tuple(cfg.ops or OP_NAMES), channels=prepared.meta_images.shape[-1])
     logged = {"metatrain": cfg.model_dump(), "metatrain.ranks": world.size, "metatrain.device_used": world.device.type,
               "seed": params.seed, "tasks.shots": params.tasks.shots}
-    with tracking.stage_run("metatrain", logged, params.tracking.experiment, {"prepare": prepared_dir},
-                            output=out, files={timing: TIMING_KIND}) as stage:
-        tracking.name_run("metatrain", pipeline_facts(prepared.manifest))
+    tasks = meta_train_tasks(prepared, params.tasks.shots, cfg, tasks_needed(cfg), params.seed)  # built lazily
+    search_budget(tasks, cfg, params.train, one_downstream_training(prepared, params))  # before any store or output
+    with runner.stage_run(DECLARATION, logged, params.tracking.experiment,
+                          {"prepared": prepared_dir, "out": out, "timing": timing}) as stage:
         start = time.perf_counter()
-        tasks = meta_train_tasks(prepared, params.tasks.shots, cfg, tasks_needed(cfg), params.seed)
-        ckpt = checkpoint_path(out, params, stage.inputs["prepare"], world.device)
+        ckpt = checkpoint_path(out, given, stage.inputs["prepare"], world.device)
         state = search(space, tasks, cfg, params.train, params.seed, ckpt,
                        downstream=one_downstream_training(prepared, params), world=world)
         seconds = time.perf_counter() - start
@@ -98,7 +111,7 @@ def search_and_publish(params: Params, prepared_dir: Path, out: Path, timing: Pa
         save_policy(policy, tmp / "policy.json", provenance)
         export_albumentations(policy, tmp / "policy_albumentations.json")
         learners.save(tmp, learner)  # train reads the chosen learner back
-        write_json(tmp / "checkpoint.json", {k: v for k, v in state.__dict__.items() if k != "seconds"})
+        write_json(tmp / "checkpoint.json", {k: v for k, v in state.to_dict().items() if k != "seconds"})
         write_json(tmp / "search.json", {"method": cfg.method, "trainings": state.trainings,
                                          "budget": cfg.budget, "spent": state.spent, "rounds": state.rounds,
                                          "stopped": state.done,
@@ -118,8 +131,7 @@ def search_and_publish(params: Params, prepared_dir: Path, out: Path, timing: Pa
         tracking.log_artifacts(tmp, "policy")
         name = params.tracking.policy_model_name
         registered = {}
-        stage.after_publish(lambda: tracking.log_datasets("metatrain", {"prepare": prepared_dir}, [out]))
-        stage.after_publish(lambda: registered.update(version=tracking.register_policy(
+        stage.after_publish(lambda: registered.update(version=registry.register_policy(
             out, name, policy_description(policy, baseline, provenance))))
         print(f"metatrain: {cfg.method}, {state.trainings} proxy trainings in {seconds:.1f} s; spent {state.spent:.2f} "
               f"of a budget of {cfg.budget:g} downstream trainings (counted in operations)")
@@ -134,8 +146,9 @@ def search_and_publish(params: Params, prepared_dir: Path, out: Path, timing: Pa
             print(f"metatrain:   {line}")
         print("metatrain: " + " ".join(learners.markdown(learner)).replace("**", ""))
     ckpt.unlink(missing_ok=True)  # the search is published: nothing left to resume
+    ownership.sidecar(ckpt).unlink(missing_ok=True)
     print(f"metatrain: chosen policy -> {out / 'policy.json'}; registered as models:/{name}/{registered['version']} "
-          f"(models:/{name}@{tracking.POLICY_ALIAS})")
+          f"(models:/{name}@{registry.POLICY_ALIAS})")
 
 
 def one_downstream_training(prepared, params: Params) -> int:
@@ -195,7 +208,7 @@ def log_answer(policy: Policy, baseline: str | None, finalists: list[dict], lear
                        **({"search.chosen": finalists[0]["candidate"]} if finalists else {})})
 
 
-def command(params: Path = PARAMS, prepared: Path = PREPARED, out: Path = POLICY,
-            timing: Path = typer.Option(None, help="Where the wall times go (dvc.yaml: timings/metatrain.json).")):
+def command(params: Path = PARAMS, prepared: Path = DECLARATION.option("prepared"),
+            out: Path = DECLARATION.option("out"), timing: Path = DECLARATION.option("timing")):
     """Meta-learn the augmentation policy on tasks from the meta-train classes (resumes from its checkpoint)."""
     run(load_params(params), prepared, out, timing)

@@ -15,39 +15,51 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import typer
 
-from metaaug import distributed, io, learners, tracking, workers
+from metaaug import distributed, learners, ownership, runner, tracking, workers
 from metaaug.arms import arm_augmenter
 from metaaug.config import Params, load_params
-from metaaug.io import write_json
+from metaaug.declaration import Declaration, Output
+from metaaug.files import output_path
+from metaaug.publish import write_json
 from metaaug.population import population_size, populations
 from metaaug.progress import progress
-from metaaug.stages import AUGMENTED, DOWNSTREAM, PARAMS, POLICY, PREPARED, pipeline_facts
+from metaaug.stages import PARAMS
 from metaaug.tasks import load_prepared
 from metaaug.timing import timing_doc
 from metaaug.training import pick_device, to_device, to_tensor, train_population
 
-TIMING_KIND = "train.timing"
+# Its outputs depend on the recipe and the shots, and (train.model: auto, where metatrain's answer does not
+# apply) on the learner trial's tasks: the seed and their query images; not on its processes or ranks, nor
+# the tracking names.
+DECLARATION = Declaration(
+    "train", inputs={"prepared": ("prepare", "data/prepared"), "policy": ("metatrain", "models/policy"),
+                     "augmented": ("augment", "data/augmented")},
+    outputs={"out": Output("models/downstream", "train")},
+    params=("seed", "train", "tasks.shots", "metatrain.query_per_class"),
+    reads=("train.workers", "train.distributed", "tracking.experiment"), timing=True, splits=True)
 
 
 def run(params: Params, prepared_dir: Path, out: Path, policy_dir: Path | None = None,
         augmented_dir: Path | None = None, timing: Path | None = None) -> None:
     cfg = params.train
     upstream = {"prepare": prepared_dir}
-    if "learned" in cfg.arms:
+    if "learned" in cfg.arms or reads_learner(params, policy_dir):
         upstream["metatrain"] = policy_dir
-        if cfg.learned_source == "augmented":
-            upstream["augment"] = augmented_dir
-    io.verify_inputs(upstream)  # before anything is read (stage_run reuses the digests)
+    if "learned" in cfg.arms and cfg.learned_source == "augmented":
+        upstream["augment"] = augmented_dir
+    digests = ownership.verify_inputs(upstream)  # before anything is read (stage_run reuses the digests)
     prepared = load_prepared(prepared_dir)
     x_all, y_all = to_tensor(prepared.target_images), torch.tensor(np.asarray(prepared.target_labels))
     n_classes, channels, size = len(prepared.manifest["target"]["classes"]), x_all.shape[1], x_all.shape[-1]
     splits = prepared.manifest["splits"]
     with distributed.world(cfg.distributed, pick_device(cfg.device)) as world:
+        distributed.same_job(world, {**tracking.flatten({"train": cfg.model_dump(exclude={"workers"}),
+                                                         "seed": params.seed}),
+                                     **{f"{name} output (digest)": d for name, d in digests.items()}})
         learner = learners.shared(world, lambda: learners.choose(prepared, params, world.device, workers.count(
-            cfg.workers, world.device), policy_dir and Path(policy_dir) / learners.FILE))  # metatrain's answer
-        cfg = learners.with_learner(params, learner).train
+            cfg.workers, world.device), upstream.get("metatrain") and output_path(policy_dir) / learners.FILE))
+        cfg = learners.with_learner(params, learner).train  # metatrain's answer, or the trial's here
         x_all, y_all = to_device(x_all, world.device), to_device(y_all, world.device)
         augmenters = {arm: arm_augmenter(arm, channels, cfg.learned_source, policy_dir, augmented_dir)
                       for arm in cfg.arms}
@@ -72,12 +84,12 @@ def run(params: Params, prepared_dir: Path, out: Path, policy_dir: Path | None =
         logged = {"train": cfg.model_dump(), "train.ranks": world.size, "train.device_used": world.device.type,
                   "train.population_size": per_population,
                   "train.worker_processes": n_workers, "tasks.shots": params.tasks.shots}
-        stage = (tracking.stage_run("train", logged, params.tracking.experiment, upstream, output=out,
-                                    files={timing: TIMING_KIND})
+        paths = {"prepared": prepared_dir, "policy": upstream.get("metatrain"),
+                 "augmented": upstream.get("augment"), "out": out, "timing": timing}
+        stage = (runner.stage_run(DECLARATION, logged, params.tracking.experiment, paths)
                  if world.is_main else contextlib.nullcontext())
         with stage as run_, workers.Pool(n_workers, {"train_group": train_group}) as pool:
             if world.is_main:
-                tracking.name_run("train", pipeline_facts(prepared.manifest))
                 tracking.set_description("\n".join(learners.markdown(learner)))
             mine = world.share(groups)
             done = world.collect(list(progress(pool.map(_train_group, mine), desc="train", total=len(mine))),
@@ -89,7 +101,13 @@ def run(params: Params, prepared_dir: Path, out: Path, policy_dir: Path | None =
                 seconds = write_downstream(run_.output(out), run_.run.info.run_id, model, jobs, done, splits,
                                            learners.recorded(learner))
                 run_.write_json(timing, timing_doc(world.device, run_seconds=seconds))
-                run_.after_publish(lambda: tracking.log_datasets("train", upstream, [out]))
+
+
+def reads_learner(params: Params, policy_dir: Path | None) -> bool:
+    """Whether train reads metatrain's learner answer (train.model: auto, and policy_dir holds one): the policy
+    folder is then an input, verified like any other, even without the learned arm."""
+    return (params.train.model == "auto" and policy_dir is not None
+            and (output_path(policy_dir) / learners.FILE).is_file())
 
 
 def _train_group(group: list[tuple[str, int]]) -> list[dict]:
@@ -120,8 +138,8 @@ def write_downstream(tmp: Path, run_id: str, model: dict, jobs: list[tuple[str, 
     return seconds
 
 
-def command(params: Path = PARAMS, prepared: Path = PREPARED, policy: Path = POLICY, augmented: Path = AUGMENTED,
-            out: Path = DOWNSTREAM,
-            timing: Path = typer.Option(None, help="Where the wall times go (dvc.yaml: timings/train.json).")):
+def command(params: Path = PARAMS, prepared: Path = DECLARATION.option("prepared"),
+            policy: Path = DECLARATION.option("policy"), augmented: Path = DECLARATION.option("augmented"),
+            out: Path = DECLARATION.option("out"), timing: Path = DECLARATION.option("timing")):
     """Train the downstream learner for every arm on every target split."""
     run(load_params(params), prepared, out, policy, augmented, timing)

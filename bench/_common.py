@@ -1,4 +1,4 @@
-"""Scratch metaaug projects for the end-to-end tests and the pipeline benchmark.
+"""Scratch metaaug projects for the benchmarks and the end-to-end tests (tests/helpers.py imports these).
 
 A project is this checkout's pipeline files (dvc.yaml, stages/, metaaug/) and a params file in
 a fresh directory, with git and DVC initialised and everything committed: what a user's clone
@@ -46,13 +46,6 @@ def make_project(root: Path, params: dict) -> Path:
     sh("git", "add", "-A", cwd=root)
     sh("git", "commit", "-qm", "init", cwd=root)
     return root
-
-
-def dvc(root: Path, *args, check=True):
-    bin_dir = Path(sys.executable).parent
-    env_path = f"{bin_dir}:{os.environ['PATH']}"
-    return subprocess.run([str(bin_dir / "dvc"), *args], cwd=root, capture_output=True, text=True,
-                          env={**os.environ, "PATH": env_path}, check=False)
 
 
 def kill_group(proc: subprocess.Popen) -> None:
