@@ -63,7 +63,7 @@ def results_cmd(evaluation: Path = typer.Option(Path("reports/evaluation.json"),
     doc = read_json(evaluation, expected)
     if not isinstance(doc, dict):
         raise MetaaugError(f"{evaluation}: is not the evaluation evaluate writes; expected {expected} (rerun it)")
-    cost = search_cost(timings, doc.get("runs") if isinstance(doc.get("runs"), dict) else None)
+    cost = search_cost(timings, doc.get("inputs") if isinstance(doc.get("inputs"), dict) else {})
     try:
         text = results_markdown(doc, cost)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:

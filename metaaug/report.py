@@ -258,9 +258,11 @@ def closest_rival(others: list[dict]) -> dict | None:
 
 
 def write_report(out: Path, metrics: dict, summary: str, accuracy: dict[str, np.ndarray], results: dict,
-                 confusion: dict, prepared, policy_dir: Path | None, baseline: str | None, search: dict | None) -> None:
-    """Write report.md, its PNGs and evaluation.json (every figure of the comparison, with the verdict)
-    into `out` (an empty directory; the caller makes it atomic)."""
+                 confusion: dict, prepared, policy_dir: Path | None, baseline: str | None, search: dict | None,
+                 inputs: dict[str, str]) -> None:
+    """Write report.md, its PNGs and evaluation.json (every figure of the comparison, with the verdict and
+    `inputs`, the digests of the outputs compared: `metaaug results` matches the timings to them) into `out`
+    (an empty directory; the caller makes it atomic)."""
     manifest = prepared.manifest
     classes = manifest["target"]["classes"]
     support = np.asarray(manifest["splits"][0]["support"])[:SAMPLE_IMAGES]
@@ -274,7 +276,7 @@ def write_report(out: Path, metrics: dict, summary: str, accuracy: dict[str, np.
     if has_policy:
         save(policy_figure(load_policy(policy_dir / "policy.json"), "learned policy: " + what_it_is(baseline)),
              out / "policy.png")
-    write_json(out / "evaluation.json", {**metrics, "verdict": summary})
+    write_json(out / "evaluation.json", {**metrics, "verdict": summary, "inputs": inputs})
     lines = ["# metaaug report", "",
              f"Target classes {', '.join(classes)} ({manifest['target']['source']}), "
              f"{len(manifest['splits'])} splits, {len(manifest['test'])} test images. Written by the `evaluate` stage.",

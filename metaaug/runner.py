@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -213,6 +214,7 @@ def stage_run(declaration: Declaration, params: dict, experiment: str,
             marked = {path: publish.finish(s, digests) for path, s in body.staged.items()}
             if main is not None and marked.get(Path(main)):
                 mlflow.set_tag(DIGEST_TAG, marked[Path(main)])
+                _stamp_timings(body, marked[Path(main)])
         for s in body.staged.values():
             publish.publish(s)
         with mlflow_errors(uri, experiment):
@@ -229,6 +231,16 @@ def stage_run(declaration: Declaration, params: dict, experiment: str,
         raise
     with mlflow_errors(uri, experiment):
         mlflow.end_run("FINISHED")
+
+
+def _stamp_timings(body: Stage, digest: str) -> None:
+    """Write into the stage's wall-time file the digest of the output it timed: `metaaug results` shows a cost
+    only beside the outputs evaluate compared (their digests are in evaluation.json's `inputs`). Timings are
+    no DVC output, so this digest, unlike an MLflow run id, never keeps an output from reproducing."""
+    for staged in body.staged.values():
+        if staged.file and staged.kind == f"{body.stage}.timing":
+            doc = json.loads(staged.content.read_text())
+            staged.content.write_text(canonical({**doc, "output_digest": digest}))
 
 
 def declared_paths(declaration: Declaration, paths: dict[str, Path | None]):

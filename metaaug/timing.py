@@ -64,19 +64,19 @@ def _timing(path: Path) -> dict:
     return doc
 
 
-def search_cost(timings: Path, runs: dict | None = None) -> dict | str | None:
+def search_cost(timings: Path, inputs: dict | None = None) -> dict | str | None:
     """Metatrain's cost from `timings/metatrain.json` and `timings/train.json`; None while either is missing.
-    With `runs` (evaluation.json's `runs`: the metatrain and train runs it evaluated), a reason (a string)
-    instead of the cost when the timings describe other runs, or cannot be matched to them."""
+    With `inputs` (evaluation.json's `inputs`: the digests of the outputs evaluate compared), a reason (a
+    string) instead of the cost when the timings timed other outputs (each records its output's digest)."""
     search_path, train_path = Path(timings) / "metatrain.json", Path(timings) / "train.json"
     if not (search_path.is_file() and train_path.is_file()):
         return None
     search, train = _timing(search_path), _timing(train_path)
-    if runs is not None:
+    if inputs is not None:
         for stage, doc in (("metatrain", search), ("train", train)):
-            if doc.get("run_id") is None or doc.get("run_id") != runs.get(stage):
-                return (f"{timings}/{stage}.json describes MLflow run {doc.get('run_id')}, but the evaluation read "
-                        f"the output of run {runs.get(stage)}; rerun the pipeline to time these outputs")
+            if doc.get("output_digest") is None or doc.get("output_digest") != inputs.get(stage):
+                return (f"{timings}/{stage}.json timed another {stage} output than the one the evaluation compared; "
+                        "rerun the pipeline to time these outputs")
     one_run = train["run_seconds"]
     return {"search_cost": search["search_seconds"] / one_run,
             "search_cost_one_core": search["proxy_seconds"] / one_run,  # proxy trainings summed over processes

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import tiny_params
+from conftest import tiny_config, tiny_params
 from metaaug import publish
 from metaaug.cli import main
 from metaaug.declaration import declarations
@@ -80,6 +80,17 @@ class ServedPipeline:
     url: str  # the tracking server
     artifacts: Path  # the server's artifact store
     project: Path  # a git + DVC project whose `dvc repro` logged to the server
+
+
+def search_policies(prepared: Path, outs: list[Path], **overrides) -> None:
+    """A tiny prepare into `prepared`, then one metatrain per folder of `outs` (search seeds params' seed, +1,
+    ...), each registering its policy as the next version of `tracking.policy_model` in the active store."""
+    from metaaug.stages import metatrain, prepare
+
+    params = tiny_config(**{"metatrain.workers": 1, **overrides})
+    prepare.run(params, prepared)
+    for i, out in enumerate(outs):
+        metatrain.run(params.model_copy(update={"seed": params.seed + i}), prepared, out)
 
 
 def start_mlflow_server(root: Path) -> tuple[subprocess.Popen, str]:

@@ -26,7 +26,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, tiny_config, tiny_params
+from conftest import REPO, tiny_params
+from helpers import search_policies
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
@@ -151,13 +152,9 @@ def clean_env(**extra) -> dict:
 
 def register_default_policy(project: Path, monkeypatch) -> None:
     """A tiny prepare + metatrain, registered as the default model in the project's default store."""
-    from metaaug.stages import metatrain, prepare
-
     monkeypatch.chdir(project)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
-    params = tiny_config(**{"metatrain.workers": 1})
-    prepare.run(params, project / "data" / "prepared")
-    metatrain.run(params, project / "data" / "prepared", project / "models" / "policy")
+    search_policies(project / "data" / "prepared", [project / "models" / "policy"])
 
 
 def registry_example() -> str:
@@ -178,8 +175,6 @@ def test_example_runs_as_printed(name, line, language, code, tmp_path, monkeypat
         run([sys.executable, "-S", "-c", code], tmp_path, clean_env(PYTHONPATH=f"{project}:{site}"), timeout=600)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 31: the default store is ./mlflow.db of the working directory, not "
-                                      "the repository root's that docs/registry.md names (another change's fix)")
 def test_the_registry_example_finds_the_default_store_from_a_subfolder(tmp_path, monkeypatch):
     project = fresh_project(tmp_path / "project")
     register_default_policy(project, monkeypatch)

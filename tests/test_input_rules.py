@@ -173,12 +173,12 @@ def test_population_is_capped_by_the_jobs():
 # --- `metaaug results`: foreign or damaged timings, and only its own runs' ---------------------------------------
 
 
-def evaluation_doc(runs: dict) -> dict:
+def evaluation_doc(inputs: dict) -> dict:
     from metaaug.stats import compare
 
     rng = np.random.default_rng(0)
     metrics = compare({arm: rng.random(4) for arm in ("none", "trivialaugment", "learned")})
-    return {**metrics, "verdict": "a verdict", "runs": runs}
+    return {**metrics, "verdict": "a verdict", "inputs": inputs}
 
 
 def timings(folder, metatrain: object, train: object):
@@ -188,8 +188,8 @@ def timings(folder, metatrain: object, train: object):
     return folder
 
 
-SEARCH = {"search_seconds": 30.0, "proxy_seconds": 50.0, "workers": 2, "machine": "m", "run_id": "meta1"}
-TRAIN = {"run_seconds": 3.0, "machine": "m", "run_id": "train1"}
+SEARCH = {"search_seconds": 30.0, "proxy_seconds": 50.0, "workers": 2, "machine": "m", "output_digest": "policy1"}
+TRAIN = {"run_seconds": 3.0, "machine": "m", "output_digest": "models1"}
 
 
 @pytest.mark.parametrize("metatrain, train, names", [
@@ -202,18 +202,20 @@ TRAIN = {"run_seconds": 3.0, "machine": "m", "run_id": "train1"}
     (SEARCH, "[" * 5000, ["train.json", "levels deep"]),
 ])
 def test_results_at_foreign_timings_is_one_line(metatrain, train, names, tmp_path, capsys):
-    (tmp_path / "evaluation.json").write_text(json.dumps(evaluation_doc({"metatrain": "meta1", "train": "train1"})))
+    (tmp_path / "evaluation.json").write_text(json.dumps(evaluation_doc({"metatrain": "policy1", "train": "models1"})))
     folder = timings(tmp_path / "timings", metatrain, train)
     code, err = cli(capsys, "results", "--evaluation", tmp_path / "evaluation.json", "--timings", folder)
     one_line(code, err, *names)
 
 
-def test_results_shows_only_the_timings_of_the_runs_it_evaluated(tmp_path, capsys):
+def test_results_shows_only_the_timings_of_the_outputs_it_evaluated(tmp_path, capsys):
+    """Each timing names the digest of the output it timed; evaluation.json the digests of the outputs it
+    compared: a cost is shown only where both match (an evaluation without digests shows none)."""
     folder = timings(tmp_path / "timings", SEARCH, TRAIN)
-    for runs, shown in (({"metatrain": "meta1", "train": "train1"}, True),
-                        ({"metatrain": "meta2", "train": "train1"}, False),
-                        ({"metatrain": "meta1", "train": "unknown"}, False)):
-        (tmp_path / "evaluation.json").write_text(json.dumps(evaluation_doc(runs)))
+    for inputs, shown in (({"metatrain": "policy1", "train": "models1"}, True),
+                          ({"metatrain": "policy2", "train": "models1"}, False),
+                          ({"metatrain": "policy1"}, False)):
+        (tmp_path / "evaluation.json").write_text(json.dumps(evaluation_doc(inputs)))
         code, out = cli(capsys, "results", "--evaluation", tmp_path / "evaluation.json", "--timings", folder,
                         stream="out")
         assert code == 0 and ("took 10.0× one downstream training" in out) == shown, out

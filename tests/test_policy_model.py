@@ -26,9 +26,9 @@ import pytest
 import torch
 
 import metaaug
-from conftest import REPO, tiny_config
+from conftest import REPO
+from helpers import search_policies
 from metaaug import policy_bundle
-from metaaug.stages import metatrain, prepare
 
 MODEL = "models:/digits-policy@current"
 
@@ -37,9 +37,7 @@ MODEL = "models:/digits-policy@current"
 def registered(tmp_path, monkeypatch):
     """prepare, then metatrain once under a named registered model; returns the policy directory."""
     monkeypatch.chdir(tmp_path)
-    params = tiny_config(**{"metatrain.workers": 1, "tracking.policy_model": "digits-policy"})
-    prepare.run(params, tmp_path / "prepared")
-    metatrain.run(params, tmp_path / "prepared", tmp_path / "policy")
+    search_policies(tmp_path / "prepared", [tmp_path / "policy"], **{"tracking.policy_model": "digits-policy"})
     return tmp_path / "policy"
 
 

@@ -19,11 +19,11 @@ import pytest
 import torch
 
 import metaaug
-from conftest import REPO, tiny_config
+from conftest import REPO
+from helpers import search_policies
 from metaaug import datasets, registry
 from metaaug.errors import MetaaugError
 from metaaug.policies import describe, read_policy
-from metaaug.stages import metatrain, prepare
 
 
 def test_dvc_md5_is_dvc_datas_directory_hash(tmp_path):
@@ -47,10 +47,8 @@ def test_dvc_md5_is_dvc_datas_directory_hash(tmp_path):
 def registered(tmp_path, monkeypatch):
     """prepare, then metatrain twice (the second with another seed) under a named registered model."""
     monkeypatch.chdir(tmp_path)
-    params = tiny_config(**{"metatrain.workers": 1, "tracking.policy_model": "digits-policy"})
-    prepare.run(params, tmp_path / "prepared")
-    metatrain.run(params, tmp_path / "prepared", tmp_path / "first")
-    metatrain.run(params.model_copy(update={"seed": 1}), tmp_path / "prepared", tmp_path / "policy")
+    search_policies(tmp_path / "prepared", [tmp_path / "first", tmp_path / "policy"],
+                    **{"tracking.policy_model": "digits-policy"})
     return tmp_path
 
 

@@ -1,8 +1,11 @@
 """The evaluate report: markdown with working PNG links, logged to MLflow, never half-written."""
 
 import csv
+import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,12 +27,29 @@ def pipeline(tmp_path_factory):
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
         mp.chdir(root)  # outside the repo (edited by others meanwhile): no git commit, one pipeline id
         prepare.run(params, d["prepared"])
-        metatrain.run(params, d["prepared"], d["policy"])
+        metatrain.run(params, d["prepared"], d["policy"], root / "timings" / "metatrain.json")
         augment.run(params, d["prepared"], d["policy"], d["augmented"])
-        train.run(params, d["prepared"], d["downstream"], d["policy"], d["augmented"])
+        train.run(params, d["prepared"], d["downstream"], d["policy"], d["augmented"], root / "timings" / "train.json")
         metrics = evaluate.run(params, d["prepared"], d["downstream"], root / "metrics.json", d["plots"],
                                  d["policy"], d["reports"])
     return {"root": root, "params": params, "metrics": metrics, **d}
+
+
+def test_results_shows_the_cost_timed_with_the_outputs_it_evaluated(pipeline):
+    """The timings name the digests of the outputs they timed, evaluation.json those it compared: they match, so
+    `metaaug results` shows the cost; once metatrain's timing describes another output, it says why not."""
+    evaluation, timings = pipeline["reports"] / "evaluation.json", pipeline["root"] / "timings"
+    assert set(json.loads(evaluation.read_text())["inputs"]) == {"prepare", "metatrain", "train"}
+    done = subprocess.run([sys.executable, "-m", "metaaug", "results", "--evaluation", str(evaluation),
+                           "--timings", str(timings)], capture_output=True, text=True)
+    assert done.returncode == 0 and "× one downstream training run" in done.stdout, done.stderr
+    other = pipeline["root"] / "other-timings"
+    shutil.copytree(timings, other)
+    doc = json.loads((other / "metatrain.json").read_text())
+    (other / "metatrain.json").write_text(json.dumps({**doc, "output_digest": "0" * 64}))
+    done = subprocess.run([sys.executable, "-m", "metaaug", "results", "--evaluation", str(evaluation),
+                           "--timings", str(other)], capture_output=True, text=True)
+    assert done.returncode == 0 and "timed another metatrain output" in done.stdout, done.stdout
 
 
 def test_report_links_every_png_and_each_is_a_valid_image(pipeline):

@@ -97,7 +97,7 @@ def run(params: Params, prepared_dir: Path, downstream_dir: Path, metrics_path: 
         stage.headline = won
         if reports_dir is not None:
             write_report(stage.output(reports_dir), metrics, summary, accuracy, results, confusion, prepared,
-                         policy_dir, baseline, search)
+                         policy_dir, baseline, search, stage.inputs)
         plots = stage.output(plots_dir)
         write_dvc_plots(plots, accuracy, results, confusion, prepared.manifest["target"]["classes"])
         numbers = headline(metrics)
