@@ -1,6 +1,6 @@
 """What pinning the CPU kernels to AVX2 (metaaug.stages.pin_cpu_kernels, which every stage applies) costs in speed.
 
-One downstream training per learner size (bench/model_cost.py: the default recipe, 150 epochs), in fresh
+One downstream training per learner and size (bench/model_cost.py: the default recipe, 150 epochs), in fresh
 processes, alternately unpinned (each library's own choice for this CPU) and pinned, `--rounds` times; the
 medians and their ratio. On a CPU whose best level is AVX2 the pins choose what the libraries would have
 chosen (ratio ~1); on an AVX-512 CPU they give up its wider kernels for outputs that match every x86-64 CPU.
@@ -28,7 +28,7 @@ def seconds_per_run(env: dict, sizes: list[str]) -> dict[tuple[str, str], float]
     out = subprocess.run([sys.executable, str(MODEL_COST), "--sizes", *sizes], env=env, capture_output=True,
                          text=True, check=True).stdout
     rows = [line.strip("|").split("|") for line in out.splitlines() if line.startswith("| ") and "x" in line[:10]]
-    return {(r[0].strip(), r[1].strip()): float(r[-1]) for r in rows if r[2].strip() == "yes"}
+    return {(r[0].strip(), r[1].strip()): float(r[-1]) for r in rows}
 
 
 def main() -> None:
@@ -42,7 +42,7 @@ def main() -> None:
     for _ in range(args.rounds):
         runs["unpinned"].append(seconds_per_run(unpinned, args.sizes))
         runs["pinned"].append(seconds_per_run({**unpinned, **PINNED_KERNELS}, args.sizes))
-    print("| size | learner (`auto`) | unpinned, s per run | pinned, s per run | pinned / unpinned |\n|---|---|---|---|---|")
+    print("| size | learner | unpinned, s per run | pinned, s per run | pinned / unpinned |\n|---|---|---|---|---|")
     for key in runs["pinned"][0]:
         a, b = (statistics.median(r[key] for r in runs[mode]) for mode in ("unpinned", "pinned"))
         print(f"| {key[0]} | {key[1]} | {a:.2f} | {b:.2f} | {b / a:.2f} |")

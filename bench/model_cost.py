@@ -3,8 +3,8 @@
 One 150-epoch training (the default recipe: 5 classes x 5 shots = 25 images, batch 25, width 32,
 no augmentation) of each learner at each size, after an untimed 3-epoch warm-up, with the thread rule the train stage applies
 (training.set_threads: one thread below 32 px, torch's default from 32 px), `--repeats` times;
-the median wall time per run. Images are the digits, resized with cv2 (gray). Also prints which
-learner `auto` picks at each size.
+the median wall time per run. Images are the digits, resized with cv2 (gray). Which learner `auto`
+trains is decided by a paired trial on the meta-train tasks (metaaug/learners.py), not by the size.
 
     python bench/model_cost.py [--repeats 1] [--sizes 8 28 32]
 """
@@ -22,7 +22,7 @@ import torch
 from sklearn.datasets import load_digits
 
 from metaaug.config import TrainConfig
-from metaaug.models import MODELS, resolve_model
+from metaaug.models import MODELS
 from metaaug.timing import machine_description
 from metaaug.training import set_threads, to_tensor, train_learner
 
@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[8, 28, 32])
     args = parser.parse_args()
     print(f"start: load average {', '.join(f'{v:.2f}' for v in os.getloadavg())}\n")
-    print("| size | learner | `auto` picks it | threads | parameters | s per 150-epoch run |\n|---|---|---|---|---|---|")
+    print("| size | learner | threads | parameters | s per 150-epoch run |\n|---|---|---|---|---|")
     default_threads = torch.get_num_threads()
     for size in args.sizes:
         x, y = support(size)
@@ -57,8 +57,8 @@ def main() -> None:
                 net, _ = train_learner(x, y, 5, cfg, seed=r)
                 times.append(time.perf_counter() - start)
             params = sum(p.numel() for p in net.parameters())
-            print(f"| {size}x{size} | {model} | {'yes' if resolve_model('auto', size) == model else 'no'} | "
-                  f"{torch.get_num_threads()} | {params:,} | {statistics.median(times):.1f} |", flush=True)
+            print(f"| {size}x{size} | {model} | {torch.get_num_threads()} | {params:,} | "
+                  f"{statistics.median(times):.1f} |", flush=True)
     print(f"\nend: load average {', '.join(f'{v:.2f}' for v in os.getloadavg())}; "
           f"measured on: {machine_description()}.")
 

@@ -19,7 +19,8 @@ Targets: full default pipeline <= 10 min and <= 2 GiB peak RSS on
     python bench/pipeline.py [--params params.yaml] [--keep DIR] [--source rgb32]
 
 `--source rgb32` runs the given params on a 32 px RGB source of 1,797 images instead of their data.source
-(bench/coloured_digits.py: the digits resized and coloured), where `auto` picks the ResNet.
+(bench/coloured_digits.py: the digits resized and coloured); its target is 8 min on 2 cores (issue 34),
+and the table names the learner `train.model: auto` chose there, with its evidence (metaaug/learners.py).
 """
 
 from __future__ import annotations
@@ -40,10 +41,13 @@ import yaml
 from coloured_digits import coloured_digits  # bench/coloured_digits.py
 
 from _common import REPO, make_project
+from metaaug import learners
+from metaaug.files import read_json
 from metaaug.timing import machine_description, search_cost
 
 GIB = 1 << 30
 TARGETS = {"pipeline_seconds": 600, "peak_rss": 2 * GIB, "noop_seconds": 5}
+RGB32_PIPELINE_SECONDS = 480
 
 
 # A small launcher runs each command and reports its children's maxrss: a child's maxrss starts
@@ -120,7 +124,7 @@ def code_version() -> str:
     return f"commit {git('rev-parse', '--short', 'HEAD')}" + (" with uncommitted changes" if dirty else "")
 
 
-def table(stages: dict, noop: dict, cost: dict) -> str:
+def table(stages: dict, noop: dict, cost: dict, limit: float = TARGETS["pipeline_seconds"]) -> str:
     """The markdown report: one row per stage, the total, the no-op, the search-cost ratios, the verdicts."""
     mib = lambda b: f"{b / (1 << 20):,.0f}"  # noqa: E731
     lines = ["| stage | wall time (s) | peak RSS, process tree (MiB) | peak RSS, largest process (MiB) |",
@@ -133,7 +137,7 @@ def table(stages: dict, noop: dict, cost: dict) -> str:
               f"**{mib(max(m['peak_process'] for m in stages.values()))}** |",
               f"| no-op `dvc repro` | {noop['seconds']:.1f} | {mib(noop['peak_tree'])} | {mib(noop['peak_process'])} |"]
     one = cost["downstream_run_seconds"]
-    checks = [("full pipeline ≤ 10 min", f"{total / 60:.1f} min", total <= TARGETS["pipeline_seconds"]),
+    checks = [(f"full pipeline ≤ {limit / 60:g} min", f"{total / 60:.1f} min", total <= limit),
               ("peak RSS ≤ 2 GiB", f"{peak / GIB:.2f} GiB", peak <= TARGETS["peak_rss"]),
               ("no-op `dvc repro` ≤ 5 s", f"{noop['seconds']:.1f} s", noop["seconds"] <= TARGETS["noop_seconds"])]
     lines += ["", f"One downstream training (median over arms × splits): {one:.2f} s. Metatrain: "
@@ -166,7 +170,9 @@ def main() -> None:
         project = make_project(root / "project", params)
         load = os.getloadavg()[0]
         results = run(project)
-        print(table(*results))
+        print(table(*results, RGB32_PIPELINE_SECONDS if args.source == "rgb32" else TARGETS["pipeline_seconds"]))
+        if (project / "models/policy" / learners.FILE).exists():
+            print("\n" + " ".join(learners.markdown(read_json(project / "models/policy" / learners.FILE))))
         print(f"1-minute load average before / after: {load:.1f} / {os.getloadavg()[0]:.1f} on "
               f"{os.cpu_count()} cores (other jobs on the machine lengthen the wall times).")
     finally:

@@ -1,7 +1,8 @@
 """The train stage's learners one at a time (as before) against populations in one-thread worker processes (now).
 
 For each size, the same N learners (the default recipe: 25 support images, batch 25, width 32, TrivialAugment
-on the fly, the learner `auto` picks) are trained three ways, side by side in one run:
+on the fly; the small CNN below 32 px and the ResNet from 32 px, the learners `auto` picked by size until
+issue 34) are trained three ways, side by side in one run:
 
 * `one at a time`: one process, one learner after another, with the old thread rule (one thread below 32 px,
   torch's default from 32 px) — the train stage before populations;
@@ -32,7 +33,6 @@ from coloured_digits import coloured_digits  # bench/coloured_digits.py
 
 from metaaug import workers
 from metaaug.config import TrainConfig
-from metaaug.models import resolve_model
 from metaaug.policies import fixed_policy, sample_apply
 from metaaug.population import population_size, populations
 from metaaug.timing import machine_description
@@ -100,8 +100,8 @@ def main() -> None:
     for size in args.sizes:
         xs, ys, ways, (test_x, test_y) = supports(size, args.learners or LEARNERS.get(size, 6))
         channels = xs[0].shape[1]
-        settings = TrainConfig()  # the default recipe, 150 epochs
-        model = resolve_model("auto", size)
+        model = "small_cnn" if size < 32 else "resnet"
+        settings = TrainConfig(model=model)  # the default recipe, 150 epochs
         grouped = population_size(0, channels, size, ways, settings.width, settings.model)
         policy = fixed_policy("trivialaugment", image_channels=channels)
         augment = lambda x, gen: sample_apply(policy, x, gen)  # noqa: E731

@@ -96,7 +96,8 @@ class TrainConfig(Section):
     momentum: Annotated[float, Ge(0.0), Le(0.999)] = 0.9
     weight_decay: Annotated[float, Ge(0.0), Le(1.0)] = 5e-4
     width: Annotated[int, Ge(4), Le(1024)] = 32  # channels of the first conv layer
-    # the learner: auto (small_cnn below 32 px, resnet from 32 px), small_cnn or resnet (metaaug/models.py)
+    # the learner: auto (small_cnn unless a paired trial finds resnet clearly better: metaaug/learners.py),
+    # small_cnn or resnet (metaaug/models.py)
     model: Literal["auto", "small_cnn", "resnet"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # under torchrun: shard the arm x split runs over ranks, or one DDP learner over all ranks (docs/scaling.md)

@@ -3,8 +3,9 @@
 Two learners: a 3-block conv-BatchNorm CNN (`small_cnn`, the reference
 learner, ~1 s per 150-epoch run on the digits) and a small ResNet (`resnet`),
 whose residual stages downsample to a few pixels before pooling. `train.model`
-chooses one; `auto` takes the small CNN below 32 px and the ResNet from 32 px
-(bench/model_cost.py measures what each costs).
+chooses one; `auto` is decided by a paired trial on meta-train tasks (metaaug.learners),
+and means the cheaper small CNN wherever no trial was run (bench/model_cost.py measures
+what each costs, bench/learners.py how well each learns).
 """
 
 from __future__ import annotations
@@ -74,18 +75,19 @@ class ResNet(nn.Module):
 MODELS = {"small_cnn": SmallCNN, "resnet": ResNet}
 
 
-def resolve_model(model: str, image_size: int) -> str:
-    """The learner `model` (train.model) names at this input size: `auto` is small_cnn below 32 px, else resnet."""
+def resolve_model(model: str) -> str:
+    """The learner `model` names; `auto` without a trial's answer (metaaug.learners) is the cheaper small CNN,
+    which the trial keeps unless the ResNet is clearly better."""
     if model == "auto":
-        return "small_cnn" if image_size < 32 else "resnet"
+        return "small_cnn"
     if model not in MODELS:
         raise MetaaugError(f"model {model!r} is unknown; expected auto or one of {list(MODELS)}")
     return model
 
 
 def build_model(in_channels: int, image_size: int, n_classes: int, width: int = 32, model: str = "auto") -> nn.Module:
-    """The learner `model` (auto: SmallCNN below 32 px, ResNet from 32 px) for this input."""
-    return MODELS[resolve_model(model, image_size)](in_channels, image_size, n_classes, width)
+    """The learner `model` names (resolve_model) for this input."""
+    return MODELS[resolve_model(model)](in_channels, image_size, n_classes, width)
 
 
 @functools.lru_cache(maxsize=64)

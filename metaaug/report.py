@@ -22,6 +22,7 @@ import torch  # noqa: E402
 
 from metaaug.arms import arm_augmenter  # noqa: E402
 from metaaug.publish import write_json  # noqa: E402
+from metaaug.learners import markdown as learner_markdown  # noqa: E402
 from metaaug.plots import policy_figure, show_image  # noqa: E402
 from metaaug.policies import BASELINE_TITLES, load_policy, what_it_is  # noqa: E402
 from metaaug.stats import BOOTSTRAP_FROM, best_fixed  # noqa: E402
@@ -281,6 +282,9 @@ def write_report(out: Path, metrics: dict, summary: str, accuracy: dict[str, np.
              f"{len(manifest['splits'])} splits, {len(manifest['test'])} test images. Written by the `evaluate` stage.",
              "", summary, "",
              "## Accuracy per arm", "", "![test accuracy per arm](accuracy.png)", "", accuracy_tables(metrics), "",
+             "## Downstream learner", "",
+             *(learner_markdown(results["learner"]) if "learner" in results else
+               [f"{results['model'].get('model', 'small_cnn')} (results.json from before the learner trial)."]), "",
              "## Learning curves", "", "Mean over splits of each arm's per-epoch training loss and accuracy.", "",
              "![learning curves](learning_curves.png)", "",
              "## Learned policy", ""]

@@ -802,6 +802,14 @@ def other_seed_under_old_marker(root):
             shutil.copy(f, root / "data" / "prepared" / f.name)
 
 
+def other_learner_without_the_learned_arm(root):
+    """learner.json naming the other learner, read by a train without the learned arm (train.model: auto)."""
+    (root / "none.yaml").write_text(yaml.safe_dump(tiny_params(**{"train.arms": ["none"]})))
+    path = root / "models" / "policy" / "learner.json"
+    doc = json.loads(path.read_text())
+    path.write_text(json.dumps({**doc, "model": {"small_cnn": "resnet", "resnet": "small_cnn"}[doc["model"]]}))
+
+
 def truncate(rel):
     def damage(root):
         path = root / rel
@@ -822,6 +830,9 @@ INPUT_ROWS = {  # (damage, stage and args, names): an input whose files differ f
                                   ["models/policy", "checkpoint.json", "modified"]),
     "truncated_results": (truncate("models/downstream/results.json"), ["evaluate", "--metrics", "m.json"],
                           ["models/downstream", "results.json", "modified"]),
+    "other_learner_without_the_learned_arm": (other_learner_without_the_learned_arm,
+                                              ["train", "--params", "none.yaml", "--out", "models/new"],
+                                              ["models/policy", "learner.json", "modified"]),
     "truncated_marker": (truncate("data/prepared/.metaaug-output.json"), ["metatrain", "--out", "models/new"],
                          ["data/prepared", "not a readable marker"]),
 }

@@ -8,14 +8,15 @@ from metaaug.errors import MetaaugError
 from metaaug.models import ResNet, SmallCNN, build_model, resolve_model
 
 
-@pytest.mark.parametrize("model,size,cls", [("auto", 8, SmallCNN), ("auto", 28, SmallCNN), ("auto", 32, ResNet),
+@pytest.mark.parametrize("model,size,cls", [("auto", 8, SmallCNN), ("auto", 32, SmallCNN), ("auto", 64, SmallCNN),
                                             ("small_cnn", 32, SmallCNN), ("resnet", 8, ResNet),
-                                            ("resnet", 28, ResNet)])
+                                            ("resnet", 28, ResNet), ("resnet", 64, ResNet)])
 def test_each_choice_builds_its_learner_at_any_size(model, size, cls):
-    net = build_model(1, size, 5, 8, model)
+    """`auto` without the trial's answer (metaaug.learners) is the cheaper small CNN, at any size."""
+    net = build_model(3, size, 5, 8, model)
     assert type(net) is cls
-    assert net(torch.zeros(2, 1, size, size)).shape == (2, 5)
-    assert resolve_model(model, size) == {SmallCNN: "small_cnn", ResNet: "resnet"}[cls]
+    assert net(torch.zeros(2, 3, size, size)).shape == (2, 5)
+    assert resolve_model(model) == {SmallCNN: "small_cnn", ResNet: "resnet"}[cls]
 
 
 def test_an_unknown_model_is_one_line():
@@ -26,7 +27,7 @@ def test_an_unknown_model_is_one_line():
 def test_results_spec_rebuilds_the_trained_learner():
     """evaluate calls build_model(**results['model']); train writes the resolved name there, so a ResNet trained
     at 8 px (where `auto` would build a SmallCNN) is rebuilt as a ResNet and computes what the trained one did."""
-    spec = {"in_channels": 1, "image_size": 8, "n_classes": 3, "width": 8, "model": resolve_model("resnet", 8)}
+    spec = {"in_channels": 1, "image_size": 8, "n_classes": 3, "width": 8, "model": resolve_model("resnet")}
     torch.manual_seed(0)
     trained = build_model(**spec).eval()
     torch.manual_seed(1)

@@ -67,8 +67,12 @@ def test_report_links_every_png_and_each_is_a_valid_image(pipeline):
         assert f"| {arm} | {s['mean']:.2f} ± {s['std']:.2f} (n=2) |" in text
     search = read_json(pipeline["policy"] / "search.json")
     assert f"| proxy trainings | {search['trainings']} × 2 epochs, width 16 |" in text
-    best = max(pipeline["metrics"]["arms"], key=lambda arm: pipeline["metrics"]["arms"][arm]["mean"])
-    assert re.search(rf"Best and worst arm by mean accuracy \({best} and \w+\)", text)
+    arms = pipeline["metrics"]["arms"]
+    top = max(s["mean"] for s in arms.values())
+    best = "|".join(arm for arm, s in arms.items() if s["mean"] == top)  # tied arms: either may be named
+    assert re.search(rf"Best and worst arm by mean accuracy \(({best}) and \w+\)", text)
+    learner = read_json(pipeline["downstream"] / "results.json")["learner"]
+    assert f"## Downstream learner\n\n**Downstream learner: {learner['model']}** ({learner['rule']})." in text
 
 
 def test_report_and_lineage_in_mlflow(pipeline):
@@ -114,10 +118,18 @@ def test_report_and_lineage_in_mlflow(pipeline):
     # metatrain: the answer first; its description says what was chosen and why, a figure draws it
     metatrain = stages["metatrain"]
     assert set(metatrain.data.metrics) == {"search.seconds", "search.proxy_seconds", "search.workers",
-                                           "search.trainings", "search.budget", "search.spent"}
+                                           "search.trainings", "search.budget", "search.spent",
+                                           "learner.seconds.small_cnn", "learner.seconds.resnet"}
     assert 0 < metatrain.data.metrics["search.spent"] <= metatrain.data.metrics["search.budget"]
     note = metatrain.data.tags["mlflow.note.content"]
     assert note.startswith("**Chosen policy: ") and "How it was decided: " in note
+    # ... and which downstream learner the trial chose, with its evidence (train's description too)
+    learner = read_json(pipeline["policy"] / "learner.json")
+    assert read_json(pipeline["downstream"] / "results.json")["learner"] == learner
+    assert metatrain.data.tags["metaaug.learner"] == learner["model"] == stages["train"].data.params["train.model"]
+    for run in (metatrain, stages["train"]):
+        assert f"**Downstream learner: {learner['model']}** ({learner['rule']})." in run.data.tags["mlflow.note.content"]
+        assert f"95 % CI [{learner['difference']['ci_low']:+.2f}, " in run.data.tags["mlflow.note.content"]
     assert {"policy.png", "search_finalists.json", "policy"} <= {a.path for a in client.list_artifacts(
         metatrain.info.run_id)}
     assert metatrain.data.tags["metaaug.policy"] in ("trivialaugment point", "none point", "handcrafted point",

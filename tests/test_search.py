@@ -8,9 +8,11 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from conftest import tiny_params
+from metaaug import learners
 from metaaug.config import validate
 from metaaug.errors import MetaaugError
 from metaaug.ops import OP_NAMES, OPS
@@ -69,8 +71,9 @@ def test_one_op_group_gives_finite_moves_and_policies():
 
 
 def test_a_budget_too_small_for_the_method_is_refused_before_any_store_or_output(tmp_path):
-    """metatrain's first check, from the first meta-train task alone: one line naming the params file and the
-    least budget that pays, exit code 2, no MLflow run or output written; a budget just above it is taken."""
+    """metatrain's first check, from the first meta-train task alone (after the learner trial, which writes
+    nothing): one line naming the params file and the least budget that pays for the learner the trial chose, exit
+    code 2, no MLflow run or output written; a budget just above it is taken."""
     params = tiny_params()
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     command = [sys.executable, "-m", "metaaug"]
@@ -89,6 +92,7 @@ def test_a_budget_too_small_for_the_method_is_refused_before_any_store_or_output
     least = float(match.group(1))
     cfg = validate({**params, "metatrain": {**params["metatrain"], "budget": least}})
     prepared = load_prepared(tmp_path / "data" / "prepared")
+    cfg = learners.with_learner(cfg, learners.choose(prepared, cfg, torch.device("cpu"), 1))  # as metatrain does
     tasks = meta_train_tasks(prepared, cfg.tasks.shots, cfg.metatrain, 1, cfg.seed)
     assert search_budget(tasks, cfg.metatrain, cfg.train, one_downstream_training(prepared, cfg)).trainings >= 4
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metaaug import distributed, ownership, registry, runner, tracking, workers
+from metaaug import distributed, learners, ownership, registry, runner, tracking, workers
 from metaaug.config import Params, load_params
 from metaaug.declaration import Declaration, Output
 from metaaug.files import output_path
@@ -64,12 +64,14 @@ def run(params: Params, prepared_dir: Path, out: Path, timing: Path | None = Non
     with distributed.world(cfg.distributed, pick_device(params.train.device), "metatrain") as world:
         if world.mode == "shard":
             same_job_everywhere(world, params, prepared_dir)
+        learner = learners.shared(world, lambda: learners.choose(load_prepared(prepared_dir), params, world.device,
+                                                                 workers.count(cfg.workers, world.device)))
         if world.is_main:
-            search_and_publish(params, prepared_dir, out, timing, world)
+            search_and_publish(params, prepared_dir, out, timing, world, learner)
         else:
             prepared = load_prepared(prepared_dir)
             serve(meta_train_tasks(prepared, params.tasks.shots, cfg, tasks_needed(cfg), params.seed), cfg,
-                  params.train, world)
+                  learners.with_learner(params, learner).train, world)
 
 
 def same_job_everywhere(world: distributed.World, params: Params, prepared_dir: Path) -> None:
@@ -81,8 +83,11 @@ def same_job_everywhere(world: distributed.World, params: Params, prepared_dir: 
 
 
 def search_and_publish(params: Params, prepared_dir: Path, out: Path, timing: Path | None,
-                       world: distributed.World) -> None:
-    """Rank 0 (or the only process): search, write models/policy/, log and register it."""
+                       world: distributed.World, learner: dict) -> None:
+    """Rank 0 (or the only process): search with the chosen `learner`, write models/policy/, log and register it.
+    The checkpoint is keyed by the params as given (`train.model: auto` too): auto's answer is a function of the
+    key's prepared data, settings and device kind."""
+    given, params = params, learners.with_learner(params, learner)  # the proxies and budget use the learner
     prepared = load_prepared(prepared_dir)
     cfg = params.metatrain
     space = SearchSpace(tuple(cfg.ops or OP_NAMES), channels=prepared.meta_images.shape[-1])
@@ -93,7 +98,7 @@ def search_and_publish(params: Params, prepared_dir: Path, out: Path, timing: Pa
     with runner.stage_run(DECLARATION, logged, params.tracking.experiment,
                           {"prepared": prepared_dir, "out": out, "timing": timing}) as stage:
         start = time.perf_counter()
-        ckpt = checkpoint_path(out, params, stage.inputs["prepare"], world.device)
+        ckpt = checkpoint_path(out, given, stage.inputs["prepare"], world.device)
         state = search(space, tasks, cfg, params.train, params.seed, ckpt,
                        downstream=one_downstream_training(prepared, params), world=world)
         seconds = time.perf_counter() - start
@@ -105,6 +110,7 @@ def search_and_publish(params: Params, prepared_dir: Path, out: Path, timing: Pa
                       "baseline_point": baseline}
         save_policy(policy, tmp / "policy.json", provenance)
         export_albumentations(policy, tmp / "policy_albumentations.json")
+        learners.save(tmp, learner)  # train reads the chosen learner back
         write_json(tmp / "checkpoint.json", {k: v for k, v in state.to_dict().items() if k != "seconds"})
         write_json(tmp / "search.json", {"method": cfg.method, "trainings": state.trainings,
                                          "budget": cfg.budget, "spent": state.spent, "rounds": state.rounds,
@@ -119,7 +125,9 @@ def search_and_publish(params: Params, prepared_dir: Path, out: Path, timing: Pa
         stage.write_json(timing, timing_doc(world.device, search_seconds=seconds, proxy_seconds=state.seconds,
                                                workers=n_workers,
                                                ranks=world.size))
-        log_answer(policy, baseline, state.finalists)
+        log_answer(policy, baseline, state.finalists, learners.markdown(learner))
+        tracking.log_metrics({f"learner.seconds.{m}": s for m, s in learner.get("seconds", {}).items()})
+        tracking.set_tags({"metaaug.learner": learner["model"]})
         tracking.log_artifacts(tmp, "policy")
         name = params.tracking.policy_model_name
         registered = {}
@@ -136,6 +144,7 @@ def search_and_publish(params: Params, prepared_dir: Path, out: Path, timing: Pa
             print(f"metatrain: {line}")
         for line in describe(policy, baseline):
             print(f"metatrain:   {line}")
+        print("metatrain: " + " ".join(learners.markdown(learner)).replace("**", ""))
     ckpt.unlink(missing_ok=True)  # the search is published: nothing left to resume
     ownership.sidecar(ckpt).unlink(missing_ok=True)
     print(f"metatrain: chosen policy -> {out / 'policy.json'}; registered as models:/{name}/{registered['version']} "
@@ -177,9 +186,10 @@ def evidence_lines(finalists: list[dict]) -> list[str]:
     return lines
 
 
-def log_answer(policy: Policy, baseline: str | None, finalists: list[dict]) -> None:
+def log_answer(policy: Policy, baseline: str | None, finalists: list[dict], learner_lines: list[str]) -> None:
     """The answer where MLflow shows it first: the run's description says what was chosen and why (with every
-    finalist's evidence), a figure draws the policy, tags name it; the finalists in full as an artifact."""
+    finalist's evidence, and the downstream learner's), a figure draws the policy, tags name it; the finalists
+    in full as an artifact."""
     lines = [f"**Chosen policy: {what_it_is(baseline)}.**", ""]
     if finalists:
         lines += [f"How it was decided: {finalists[0]['decision']}", "", "Evidence on the meta-train tasks "
@@ -187,8 +197,10 @@ def log_answer(policy: Policy, baseline: str | None, finalists: list[dict]) -> N
         lines += [f"- {line.strip()}" for line in evidence_lines(finalists)[1:]]
     lines += ["", "The policy, op by op (share of draws, magnitude range; 1 = the op's maximum):", ""]
     lines += [f"- {line}" for line in describe(policy, baseline)[1:]]
+    lines += ["", *learner_lines]
     lines += ["", "Files: `policy/policy.json` (the policy), `policy/policy_albumentations.json` (the same policy "
-              "for Albumentations), `policy/search.json` (the race), `search_finalists.json`."]
+              "for Albumentations), `policy/search.json` (the race), `policy/learner.json` (the learner trial), "
+              "`search_finalists.json`."]
     tracking.set_description("\n".join(lines))
     tracking.log_figure(policy_figure(policy, "chosen policy: " + what_it_is(baseline)), "policy.png")
     tracking.log_dict({"finalists": finalists}, "search_finalists.json")

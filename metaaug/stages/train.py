@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metaaug import distributed, ownership, runner, tracking, workers
+from metaaug import distributed, learners, ownership, runner, tracking, workers
 from metaaug.arms import arm_augmenter
 from metaaug.config import Params, load_params
 from metaaug.declaration import Declaration, Output
+from metaaug.files import output_path
 from metaaug.publish import write_json
-from metaaug.models import resolve_model
 from metaaug.population import population_size, populations
 from metaaug.progress import progress
 from metaaug.stages import PARAMS
@@ -29,11 +29,14 @@ from metaaug.tasks import load_prepared
 from metaaug.timing import timing_doc
 from metaaug.training import pick_device, to_device, to_tensor, train_population
 
-# Its outputs depend on the recipe and the shots; not on its processes or ranks, nor the tracking names.
+# Its outputs depend on the recipe and the shots, and (train.model: auto, where metatrain's answer does not
+# apply) on the learner trial's tasks: the seed and their query images; not on its processes or ranks, nor
+# the tracking names.
 DECLARATION = Declaration(
     "train", inputs={"prepared": ("prepare", "data/prepared"), "policy": ("metatrain", "models/policy"),
                      "augmented": ("augment", "data/augmented")},
-    outputs={"out": Output("models/downstream", "train")}, params=("seed", "train", "tasks.shots"),
+    outputs={"out": Output("models/downstream", "train")},
+    params=("seed", "train", "tasks.shots", "metatrain.query_per_class"),
     reads=("train.workers", "train.distributed", "tracking.experiment"), timing=True, splits=True)
 
 
@@ -41,10 +44,10 @@ def run(params: Params, prepared_dir: Path, out: Path, policy_dir: Path | None =
         augmented_dir: Path | None = None, timing: Path | None = None) -> None:
     cfg = params.train
     upstream = {"prepare": prepared_dir}
-    if "learned" in cfg.arms:
+    if "learned" in cfg.arms or reads_learner(params, policy_dir):
         upstream["metatrain"] = policy_dir
-        if cfg.learned_source == "augmented":
-            upstream["augment"] = augmented_dir
+    if "learned" in cfg.arms and cfg.learned_source == "augmented":
+        upstream["augment"] = augmented_dir
     digests = ownership.verify_inputs(upstream)  # before anything is read (stage_run reuses the digests)
     prepared = load_prepared(prepared_dir)
     x_all, y_all = to_tensor(prepared.target_images), torch.tensor(np.asarray(prepared.target_labels))
@@ -54,6 +57,9 @@ def run(params: Params, prepared_dir: Path, out: Path, policy_dir: Path | None =
         distributed.same_job(world, {**tracking.flatten({"train": cfg.model_dump(exclude={"workers"}),
                                                          "seed": params.seed}),
                                      **{f"{name} output (digest)": d for name, d in digests.items()}})
+        learner = learners.shared(world, lambda: learners.choose(prepared, params, world.device, workers.count(
+            cfg.workers, world.device), upstream.get("metatrain") and output_path(policy_dir) / learners.FILE))
+        cfg = learners.with_learner(params, learner).train  # metatrain's answer, or the trial's here
         x_all, y_all = to_device(x_all, world.device), to_device(y_all, world.device)
         augmenters = {arm: arm_augmenter(arm, channels, cfg.learned_source, policy_dir, augmented_dir)
                       for arm in cfg.arms}
@@ -83,15 +89,25 @@ def run(params: Params, prepared_dir: Path, out: Path, policy_dir: Path | None =
         stage = (runner.stage_run(DECLARATION, logged, params.tracking.experiment, paths)
                  if world.is_main else contextlib.nullcontext())
         with stage as run_, workers.Pool(n_workers, {"train_group": train_group}) as pool:
+            if world.is_main:
+                tracking.set_description("\n".join(learners.markdown(learner)))
             mine = world.share(groups)
             done = world.collect(list(progress(pool.map(_train_group, mine), desc="train", total=len(mine))),
                                  len(groups))
             if world.is_main:
                 done = [result for group in done for result in group]
                 model = {"in_channels": channels, "image_size": size, "n_classes": n_classes, "width": cfg.width,
-                         "model": resolve_model(cfg.model, size)}  # evaluate rebuilds this learner
-                seconds = write_downstream(run_.output(out), run_.run.info.run_id, model, jobs, done, splits)
+                         "model": cfg.model}  # evaluate rebuilds this learner
+                seconds = write_downstream(run_.output(out), run_.run.info.run_id, model, jobs, done, splits,
+                                           learners.recorded(learner))
                 run_.write_json(timing, timing_doc(world.device, run_seconds=seconds))
+
+
+def reads_learner(params: Params, policy_dir: Path | None) -> bool:
+    """Whether train reads metatrain's learner answer (train.model: auto, and policy_dir holds one): the policy
+    folder is then an input, verified like any other, even without the learned arm."""
+    return (params.train.model == "auto" and policy_dir is not None
+            and (output_path(policy_dir) / learners.FILE).is_file())
 
 
 def _train_group(group: list[tuple[str, int]]) -> list[dict]:
@@ -100,10 +116,10 @@ def _train_group(group: list[tuple[str, int]]) -> list[dict]:
 
 
 def write_downstream(tmp: Path, run_id: str, model: dict, jobs: list[tuple[str, int]], done: list[dict],
-                     splits: list[dict]) -> float:
-    """models/downstream/ into `tmp` (its temp: one state-dict list per arm, results.json) and one MLflow run
-    per job (arm x split). Returns the median seconds a training took."""
-    results = {"model": model, "arms": {}}
+                     splits: list[dict], learner: dict) -> float:
+    """models/downstream/ into `tmp` (its temp: one state-dict list per arm, results.json with the learner
+    choice's evidence) and one MLflow run per job (arm x split). Returns the median seconds a training took."""
+    results = {"model": model, "learner": learner, "arms": {}}
     for arm in dict.fromkeys(arm for arm, _ in jobs):
         runs = [(i, r) for (a, i), r in zip(jobs, done) if a == arm]
         torch.save([r["state"] for _, r in runs], tmp / f"{arm}.pt")
