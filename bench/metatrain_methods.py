@@ -32,7 +32,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from metaaug.config import load_params
 from metaaug.search import SearchSpace, policy_summary, sample_tasks, score, search, tasks_needed

@@ -56,7 +56,7 @@ def main() -> None:
                              check=True).stdout
         (before / "dvc.yaml").write_text(old)
         sh("git", "commit", "-qam", "the old dvc.yaml", cwd=before)
-        print(f"| dvc.yaml | `dvc exp run -S ...` | stages run | s |\n|---|---|---|---|", flush=True)
+        print("| dvc.yaml | `dvc exp run -S ...` | stages run | s |\n|---|---|---|---|", flush=True)
         for name, root in ((f"at {args.before}", before), ("now", after)):
             for sweep, (ran, seconds) in measure(root).items():
                 print(f"| {name} | `{sweep}` | {', '.join(ran) or 'none'} | {seconds:.1f} |", flush=True)

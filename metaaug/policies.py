@@ -19,7 +19,6 @@ import functools
 import json
 import math
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 import torch
 

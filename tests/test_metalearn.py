@@ -19,7 +19,6 @@ from metaaug.config import ANCHORS, CemConfig, MetatrainConfig, RaceConfig, Trai
 from metaaug.search import SearchSpace, Task, policy_summary, sample_tasks, score, search
 from metaaug.ops import OP_NAMES, OPS, apply_ops
 from metaaug.policies import Policy
-from metaaug.training import to_tensor
 
 SETTINGS = TrainConfig(epochs=40)
 

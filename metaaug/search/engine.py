@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from metaaug.config import RaceConfig
 from metaaug.search.paired import (SEPARATED, clearly_better, clearly_worse, confirmation, futile, paired_interval,
                                    within)
 from metaaug.search.registry import Context
