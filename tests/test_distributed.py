@@ -26,26 +26,30 @@ from metaaug.training import predict, to_tensor, train_learner
 ARMS = ["none", "trivialaugment"]
 
 
-def params_for(mode: str) -> dict:
-    # the small CNN, forced: `auto`'s trial picks the ResNet on these 8 px tiny tasks, whose DDP training is not
-    # yet within this tolerance of one process's (the ResNet case below)
+def params_for(mode: str, model: str = "small_cnn") -> dict:
+    """The train stage's params for `mode` and learner `model` (named, so `auto`'s trial does not choose)."""
     params = tiny_params(**{"train.arms": ARMS, "train.batch_size": 10, "train.distributed": mode,
-                            "train.model": "small_cnn"})
-    params["tracking"]["experiment"] = f"dist-{mode}"
+                            "train.model": model})
+    params["tracking"]["experiment"] = f"dist-{mode}-{model}"
     return params
 
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
-    """Prepared target splits and the train stage's outputs from one process."""
+    """Prepared target splits and the train stage's outputs from one process (the small CNN)."""
     root = tmp_path_factory.mktemp("dist")
     params = validate(params_for("none"))
     with atomic_dir(root / "prepared") as tmp:  # marked, as the prepare stage writes it: the stages read it
         prepare(params.data, params.tasks, params.seed, tmp)
+    train_alone(root, "small_cnn")
+    return root
+
+
+def train_alone(root: Path, model: str) -> None:
+    """The train stage in this process for `model`, into `single-<model>`."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", tracking_uri(root))
-        train.run(params, root / "prepared", root / "single")
-    return root
+        train.run(validate(params_for("none", model)), root / "prepared", root / f"single-{model}")
 
 
 def tracking_uri(root: Path) -> str:
@@ -53,10 +57,10 @@ def tracking_uri(root: Path) -> str:
     return f"sqlite:///{root / 'mlflow.db'}"
 
 
-def torchrun(root: Path, mode: str, out: Path) -> None:
+def torchrun(root: Path, mode: str, out: Path, model: str) -> None:
     """`torchrun --nproc_per_node=2 stages/train.py ...`, the command in docs/scaling.md."""
-    params_file = root / f"{mode}.yaml"
-    params_file.write_text(yaml.safe_dump(params_for(mode)))
+    params_file = root / f"{mode}-{model}.yaml"
+    params_file.write_text(yaml.safe_dump(params_for(mode, model)))
     torchrun_bin = Path(sys.executable).parent / "torchrun"
     cmd = [str(torchrun_bin), "--standalone", "--nproc_per_node=2", str(REPO / "stages/train.py"),
            "--params", str(params_file), "--prepared", str(root / "prepared"), "--out", str(out)]
@@ -70,28 +74,29 @@ def outputs(out: Path, arm: str) -> tuple[list[dict], list[dict]]:
     return torch.load(out / f"{arm}.pt", weights_only=True), read_json(out / "results.json")["arms"][arm]
 
 
-def stage_runs(root: Path, mode: str) -> tuple:
-    """The train stage's run for `mode`, and its arm x split runs (in the splits experiment)."""
+def stage_runs(root: Path, mode: str, model: str) -> tuple:
+    """The train stage's run for `mode` and `model`, and its arm x split runs (in the splits experiment)."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri(root))
-    exp = client.get_experiment_by_name(f"dist-{mode}")
+    exp = client.get_experiment_by_name(f"dist-{mode}-{model}")
     runs = client.search_runs([exp.experiment_id])
     train = [r for r in runs if r.data.tags.get("metaaug.stage") == "train"]
-    children = client.search_runs([client.get_experiment_by_name(f"dist-{mode}-splits").experiment_id])
+    children = client.search_runs([client.get_experiment_by_name(f"dist-{mode}-{model}-splits").experiment_id])
     return train, children
 
 
-def against_single(root: Path, mode: str) -> list[tuple[dict, dict, dict, dict]]:
+def against_single(root: Path, mode: str, model: str = "small_cnn") -> list[tuple[dict, dict, dict, dict]]:
     """Run `mode` under torchrun and check its MLflow runs; then per training: (state dict, single-process
     state dict, results.json record, single-process record)."""
-    torchrun(root, mode, root / mode)
-    train, children = stage_runs(root, mode)
+    out = root / f"{mode}-{model}"
+    torchrun(root, mode, out, model)
+    train, children = stage_runs(root, mode, model)
     assert len(train) == 1 and train[0].data.params["train.distributed"] == mode
     assert train[0].data.params["train.ranks"] == "2" and len(children) == len(ARMS) * 2
     pairs = []
     for arm in ARMS:
-        (states, runs), (ref_states, ref_runs) = outputs(root / mode, arm), outputs(root / "single", arm)
+        (states, runs), (ref_states, ref_runs) = outputs(out, arm), outputs(root / f"single-{model}", arm)
         assert len(states) == len(ref_states) == 2 and states[0].keys() == ref_states[0].keys()
         pairs += zip(states, ref_states, runs, ref_runs)
     return pairs
@@ -104,13 +109,73 @@ def test_shard_over_two_ranks_reproduces_one_process_exactly(single):
         assert run["curves"] == ref_run["curves"]
 
 
+RESNET_TIE = ("a ReLU near-tie, not a gradient error: at step 4 of 12 of split 0, one residual sum body(x) + x in "
+              "the ResNet's first block is within float32 rounding of 0 (about 1e-6 against terms of 1.8); one "
+              "process and the two ranks round it to opposite sides, so one element's gradient is gated differently "
+              "and the weights then part by about 1e-3 (test_each_ddp_step_has_the_whole_batch_gradient: the "
+              "per-step gradients agree)")
+
+
 @pytest.mark.slow
-def test_ddp_over_two_ranks_matches_one_process_within_tolerance(single):
-    for state, ref, run, ref_run in against_single(single, "ddp"):
+@pytest.mark.parametrize("model", ["small_cnn", pytest.param(
+    "resnet", marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=RESNET_TIE))])
+def test_ddp_over_two_ranks_matches_one_process_within_tolerance(single, model):
+    if model != "small_cnn":  # the fixture trained the small CNN
+        train_alone(single, model)
+    for state, ref, run, ref_run in against_single(single, "ddp", model):
         for key in ref:
             assert torch.allclose(state[key].float(), ref[key].float(), rtol=1e-3, atol=1e-4), key
         assert run["curves"]["loss"] == pytest.approx(ref_run["curves"]["loss"], rel=1e-4)
         assert run["curves"]["train_acc"] == ref_run["curves"]["train_acc"]
+
+
+def recorded_gradients(model: str, ddp: bool) -> list[list[torch.Tensor]]:
+    """Every step's gradients (as SGD steps on them) in one epoch of `train_learner`: 25 random 8 px images
+    in batches of 10, so two ranks get slices of 5/5, 5/5, 3/2."""
+    from unittest import mock
+
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.rand(25, 1, 8, 8, generator=gen), torch.randint(0, 5, (25,), generator=gen)
+    grads, step = [], torch.optim.SGD.step
+
+    def record(opt, *args, **kwargs):
+        grads.append([p.grad.clone() for group in opt.param_groups for p in group["params"]])
+        return step(opt, *args, **kwargs)
+
+    with mock.patch.object(torch.optim.SGD, "step", record):
+        train_learner(x, y, 5, TrainConfig(epochs=1, batch_size=10, model=model), seed=1, ddp=ddp)
+    return grads
+
+
+def gradient_rank(rank: int, port: int, model: str, out: Path) -> None:
+    """One of 2 gloo ranks: rank 0 saves the DDP training's per-step gradients to `out`."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        grads = recorded_gradients(model, ddp=True)
+        if rank == 0:
+            torch.save(grads, out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("model", ["small_cnn", "resnet"])
+def test_each_ddp_step_has_the_whole_batch_gradient(model, tmp_path):
+    """The property DDP promises, step by step: each rank's slice, cross-rank batch norm and the scaled loss give
+    every parameter the whole batch's gradient (float rounding apart), uneven slices included."""
+    import torch.multiprocessing as mp
+
+    from helpers import free_port
+
+    alone = recorded_gradients(model, ddp=False)
+    mp.start_processes(gradient_rank, args=(free_port(), model, tmp_path / "ddp.pt"), nprocs=2, start_method="fork")
+    ranks = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    assert len(ranks) == len(alone) == 3
+    for step, (got, ref) in enumerate(zip(ranks, alone)):
+        for i, (g, r) in enumerate(zip(got, ref)):
+            assert torch.allclose(g, r, rtol=1e-4, atol=1e-6), (step, i, (g - r).abs().max().item())
 
 
 def test_several_processes_without_a_distributed_mode_stop_before_writing(single, monkeypatch):
