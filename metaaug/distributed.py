@@ -13,8 +13,10 @@ and gathers the rest; the other ranks only score.
 * `ddp`: every learner is one DistributedDataParallel model over all ranks. Each rank takes its slice of
   every batch, batch-norm statistics are those of the whole batch (summed over ranks by
   `CrossRankBatchNorm`: torch's SyncBatchNorm refuses CPU tensors, so gloo could not test it), and the loss
-  is scaled so that DDP's averaged gradient is the whole batch's gradient. The same training as one
-  process within float tolerance; it pays when batches are big enough to split.
+  is scaled so that DDP's averaged gradient is the whole batch's gradient: each step's gradient is one
+  process's within float tolerance. A whole training is not always: where a ReLU's input lies within
+  rounding of 0, the ranks and one process may gate it differently, and the trainings part from that step
+  (docs/scaling.md). It pays when batches are big enough to split.
 
 Rank 0 alone writes outputs and talks to MLflow; the other ranks only train. Before any of it every rank
 proves it runs rank 0's job (`same_job`): the same params, inputs and code.

@@ -1,7 +1,8 @@
 """The train stage under `torchrun` on the CPU (2 processes, gloo) against one process.
 
 `shard` must reproduce single-process training exactly; `ddp` (one learner over both ranks, batches
-split unevenly: 25 images in batches of 10 -> slices of 5/5, 5/5, 3/2) within float tolerance.
+split unevenly: 25 images in batches of 10 -> slices of 5/5, 5/5, 3/2) every step's gradient within float
+tolerance, and the whole training where no ReLU input falls within rounding of 0 (docs/scaling.md).
 """
 
 import os
@@ -112,7 +113,7 @@ def test_shard_over_two_ranks_reproduces_one_process_exactly(single):
 RESNET_TIE = ("a ReLU near-tie, not a gradient error: at step 4 of 12 of split 0, one residual sum body(x) + x in "
               "the ResNet's first block is within float32 rounding of 0 (about 1e-6 against terms of 1.8); one "
               "process and the two ranks round it to opposite sides, so one element's gradient is gated differently "
-              "and the weights then part by about 1e-3 (test_each_ddp_step_has_the_whole_batch_gradient: the "
+              "and the weights then part by up to 6e-3 (test_each_ddp_step_has_the_whole_batch_gradient: the "
               "per-step gradients agree)")
 
 
