@@ -110,20 +110,14 @@ def test_shard_over_two_ranks_reproduces_one_process_exactly(single):
         assert run["curves"] == ref_run["curves"]
 
 
-RESNET_TIE = ("a ReLU near-tie, not a gradient error: at step 4 of 12 of split 0, one residual sum body(x) + x in "
-              "the ResNet's first block is within float32 rounding of 0 (about 1e-6 against terms of 1.8); one "
-              "process and the two ranks round it to opposite sides, so one element's gradient is gated differently "
-              "and the weights then part by up to 6e-3 (test_each_ddp_step_has_the_whole_batch_gradient: the "
-              "per-step gradients agree)")
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["small_cnn", pytest.param(
-    "resnet", marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=RESNET_TIE))])
-def test_ddp_over_two_ranks_matches_one_process_within_tolerance(single, model):
-    if model != "small_cnn":  # the fixture trained the small CNN
-        train_alone(single, model)
-    for state, ref, run, ref_run in against_single(single, "ddp", model):
+def test_ddp_over_two_ranks_matches_one_process_within_tolerance(single):
+    """A whole DDP training against one process's, for the small CNN. The ResNet's is not compared: a ReLU
+    near-tie in its first block (a residual sum within float32 rounding of 0 at step 4 of split 0) is rounded to
+    opposite sides by one process and the ranks on this CPU, and the weights part by up to 6e-3; whether it
+    does depends on the machine's rounding (bench/ddp_divergence.py). What DDP promises, each step's gradient
+    being the whole batch's, is checked for both learners by test_each_ddp_step_has_the_whole_batch_gradient."""
+    for state, ref, run, ref_run in against_single(single, "ddp", "small_cnn"):
         for key in ref:
             assert torch.allclose(state[key].float(), ref[key].float(), rtol=1e-3, atol=1e-4), key
         assert run["curves"]["loss"] == pytest.approx(ref_run["curves"]["loss"], rel=1e-4)
