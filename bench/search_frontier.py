@@ -125,6 +125,7 @@ def plot(rows: list[dict], path: Path) -> None:
         y = np.array([r["regret_mean"] for r in mine])
         err = np.array([[r["regret_mean"] - r["regret_min"] for r in mine], [r["regret_max"] - r["regret_mean"]
                                                                               for r in mine]])
+        err = np.maximum(err, 0.0)  # equal seeds: the mean of equal floats can round a hair past min or max
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=task)
     ax.axhline(0, color="grey", lw=0.8)
     ax.axhline(-0.3, color="grey", lw=0.8, ls=":")

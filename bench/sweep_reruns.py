@@ -1,5 +1,5 @@
-"""What a sweep over a key that cannot change any output costs, with dvc.yaml's params as declared now (only what
-changes a stage's output bytes) against dvc.yaml at another git revision (whole params sections, tracking names).
+"""What a sweep costs, with dvc.yaml's params as declared now (only what changes a stage's output bytes, and only
+the chosen search method's section) against dvc.yaml at another git revision (whole params sections, tracking names).
 
 Two scratch projects with the same package and tiny params, differing only in dvc.yaml: each runs `dvc repro`,
 commits, then one `dvc exp run -S <key>=<value>` per sweep; for each, the stages DVC ran and the wall time.
@@ -21,7 +21,10 @@ from _common import REPO, make_project, sh  # noqa: E402
 sys.path.insert(0, str(REPO / "tests"))
 from conftest import tiny_params  # noqa: E402
 
-SWEEPS = ("metatrain.workers=1", "train.workers=1", "tracking.experiment=sweep")
+# execution knobs, a tracking name, the method not in use's settings (none can change an output), and a key of
+# the search in use (reruns metatrain and, where the policy's bytes change, what reads it)
+SWEEPS = ("metatrain.workers=1", "train.workers=1", "tracking.experiment=sweep", "metatrain.cem.generations=3",
+          "metatrain.budget=4")
 
 
 def dvc(root: Path, *args: str) -> str:

@@ -238,9 +238,12 @@ def test_search_drops_the_ops_that_rewrite_the_label_cue(tmp_path):
     assert [f["reference"] for f in state.finalists] == [True] * 4 and {f["tasks"] for f in state.finalists} == {4}
     assert state.trainings == 16 and state.done.startswith("the budget left (0 proxy trainings)")
     assert state.finalists[0]["policy"] == policy_summary(policy)
-    chosen = state.finalists[0]  # the best mean when the budget ended the race; the gentlest when it was a tie
+    # the budget ended the race: the best mean when it leads every other reference by more than one paired
+    # standard error; otherwise a tie, the gentlest of the references within one standard error of the best mean
+    chosen = state.finalists[0]
     if chosen["reference_rule"] == "BEST_MEAN":
         assert chosen["score"] == max(f["score"] for f in state.finalists)
+        assert "more than one paired standard error above every other" in chosen["decision"]
     else:
         assert chosen["reference_rule"] == "TIE" and "the gentlest kept" in chosen["decision"]
     assert state.own.screen["limits"]["histogram"] == 0.0  # the screen saw histogram ops rewrite the cue
@@ -352,6 +355,26 @@ def test_tie_rule_does_not_depend_on_which_mean_came_out_higher():
         chosen, state, _ = race(table, n_refs=2, names=["trivialaugment", "none"])
         if state.finalists[0]["reference_rule"] == "TIE":
             assert chosen == 1
+
+
+def test_a_lead_within_one_standard_error_when_the_budget_ends_the_race_is_a_tie():
+    """The budget pays for 2 references on 3 tasks only, too few to separate them or show them equivalent (the
+    paired difference's standard error is 3.49 points). TrivialAugment-Wide's point leading none's by 1.35 points,
+    within one standard error, is a tie: the gentlest (none) is kept, though the best mean (and a margin of δ =
+    1 point on the means) would keep TA-Wide. Leading by 4.35 points (1.25 standard errors) it is kept."""
+    task, a, b = noise(1, 0.05), noise(2, 0.03), noise(3, 0.03)
+    for gap, kept, rule in ((0.02, 1, "TIE"), (0.05, 0, "BEST_MEAN")):
+        table = [lambda t, g=gap: 0.90 + g + task(t) + a(t), lambda t: 0.90 + task(t) + b(t)]
+        chosen, state, _ = race(table, n_refs=2, names=["trivialaugment", "none"], budget=1.1)
+        final = {f["candidate"]: f for f in state.finalists}
+        lead = 100 * (final["trivialaugment's point"]["score"] - final["none's point"]["score"])
+        assert {f["tasks"] for f in state.finalists} == {3} and lead == pytest.approx(100 * gap - 0.65, abs=0.01)
+        assert chosen == kept and state.finalists[0]["reference_rule"] == rule
+        assert f"(−{abs(lead):.2f} ± 3.49)" in state.finalists[0]["decision"]
+        assert state.finalists[0]["decision"].startswith((
+            "none's point kept: tie rule: budget spent after 3 tasks: 2 references not separated, 2 within one "
+            "paired standard error of the best mean", "trivialaugment's point kept: budget spent after 3 tasks: 2 "
+            "references not separated; the best mean kept, more than one paired standard error above every other"))
 
 
 def test_explorer_with_a_lucky_small_margin_is_not_accepted():

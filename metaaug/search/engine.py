@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from metaaug.search.paired import (SEPARATED, clearly_better, clearly_worse, confirmation, futile, paired_interval,
-                                   within)
+                                   paired_mean_se, within)
 from metaaug.search.registry import Context
 from metaaug.search.scoring import image_change
 from metaaug.search.space import policy_summary
@@ -25,7 +25,7 @@ class Rule(enum.Enum):
     ONLY = "the only reference"
     SEPARATED = "separated"
     TIE = "tie rule"
-    BEST_MEAN = "best mean (budget)"
+    BEST_MEAN = "best mean (budget), more than one paired standard error ahead"
     NO_EXPLORER = "no explorer"
     DROPPED = "every explorer dropped"
     NOT_SCREENED = "not screened"
@@ -176,24 +176,35 @@ class Race:
 
     def choose_reference(self, entrants: list[Entrant], refs: list[int], n: int, stop: str,
                          task_ids: list[int]) -> tuple[int, Rule, str]:
-        """The reference kept: the one left; among several the gentlest (TIE RULE: the policy that changes the
-        meta-train support images least) when settled or unseparated at the cap; when the budget ended the race
-        on 2 tasks or more, the best mean (the natural selection rule: the best guess there is)."""
+        """The reference kept: the one left; among several, the gentlest (TIE RULE: the policy that changes the
+        meta-train support images least) of those in contention. Settled or unseparated at the cap, every
+        reference left contends. When the budget ended the race on 2 tasks or more, the ONE-STANDARD-ERROR RULE
+        of model selection (Breiman et al. 1984; Hastie et al., ESL 7.10: the simplest model within one standard
+        error of the best), with the gentlest as the simplest: a reference contends when its mean trails the best
+        mean by at most one standard error of their paired difference, a lead the evidence cannot tell from noise.
+        The best mean is kept (BEST_MEAN) only when it leads every other by more. (The best mean alone followed the
+        luck of 3-5 tasks: a 0.3-point lead at t = 0.3 lost 12.5 points on the target; docs/search.md.)"""
         mean = {i: float(np.mean(self.state.scores[i][:n])) for i in refs}
         if len(refs) == 1:
             only = len(entrants) == 1 or sum(e.reference for e in entrants) == 1
             return refs[0], (Rule.ONLY if only else Rule.SEPARATED), (
                 "the only reference" if only else "every other reference was clearly worse (paired race)")
+        contending, why = refs, f"{len(refs)} references not separated on {n} tasks{f' ({stop})' if stop else ''}"
         if stop.startswith("budget") and n >= 2:
-            chosen = max(refs, key=lambda i: (mean[i], -i))
-            return chosen, Rule.BEST_MEAN, (f"{stop}: {len(refs)} references not separated nor within the "
-                                            "indifference margin; the best mean kept (" + ", ".join(
-                                                f"{entrants[i].label} {100 * mean[i]:.2f} %" for i in refs) + ")")
-        chosen, change = self.gentlest(refs, task_ids)
-        tied = ", ".join(f"{entrants[i].label} {change[i]:.3f}" for i in refs)
-        return chosen, Rule.TIE, (f"tie rule: {len(refs)} references not separated on {n} tasks"
-                                  f"{f' ({stop})' if stop else ''}; the gentlest kept (mean absolute pixel change "
-                                  f"on meta-train support images: {tied})")
+            best, scores = max(refs, key=lambda i: (mean[i], -i)), self.state.scores
+            trail = {i: paired_mean_se(scores[best][:n], scores[i][:n]) for i in refs}
+            contending = [i for i in refs if trail[i][0] <= trail[i][1]]
+            gaps = ", ".join(f"{entrants[i].label} {100 * mean[i]:.2f} %" + (
+                f" (−{100 * trail[i][0]:.2f} ± {100 * trail[i][1]:.2f})" if i != best else "") for i in refs)
+            if contending == [best]:
+                return best, Rule.BEST_MEAN, (f"{stop}: {len(refs)} references not separated; the best mean kept, "
+                                              f"more than one paired standard error above every other ({gaps})")
+            why = (f"{stop}: {len(refs)} references not separated, {len(contending)} within one paired standard "
+                   f"error of the best mean ({gaps})")
+        chosen, change = self.gentlest(contending, task_ids)
+        tied = ", ".join(f"{entrants[i].label} {change[i]:.3f}" for i in contending)
+        return chosen, Rule.TIE, (f"tie rule: {why}; the gentlest kept (mean absolute pixel change on meta-train "
+                                  f"support images: {tied})")
 
     def judge(self, entrants: list[Entrant], reference: int, rule: Rule, sentence: str, explorers: list[int],
               dropped: dict[int, tuple[int, Dropped]], n: int, task_ids: list[int], alpha: float) -> Verdict:
