@@ -82,8 +82,9 @@ def git(*args: str) -> str:
 
 def git_info(outputs: list[Path] = ()) -> dict[str, str]:
     """The commit of the working directory and whether it has uncommitted changes (the first ten changed paths
-    in tag git.changed), other than to the stage's own outputs (`outputs`, with their sidecars): `dvc repro` deletes a stage's outputs before running it, so a
-    git-tracked output (metrics.json) is missing on a clean tree while its stage runs."""
+    in tag git.changed), other than to the stage's own outputs (`outputs`, with their sidecars): `dvc repro`
+    deletes a stage's outputs before running it, so a git-tracked output (metrics.json) is missing on a clean
+    tree while its stage runs."""
     commit = git("rev-parse", "HEAD") or "none"
     own = {p.resolve() for out in outputs for p in (Path(out), ownership.sidecar(Path(out)))}
     root = Path(git("rev-parse", "--show-toplevel") or ".")  # porcelain paths are relative to it
@@ -91,7 +92,8 @@ def git_info(outputs: list[Path] = ()) -> dict[str, str]:
                for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
     dirty = [p for p in changed if not any(p == o or o in p.parents for o in own)]
     shown = ", ".join(os.path.relpath(p, root) for p in dirty[:10]) + (", ..." if len(dirty) > 10 else "")
-    return {"git.commit": commit, "git.dirty": "true" if dirty else "false", **({"git.changed": shown} if dirty else {})}
+    return {"git.commit": commit, "git.dirty": "true" if dirty else "false",
+            **({"git.changed": shown} if dirty else {})}
 
 
 def pipeline_id(commit: str) -> str:
@@ -310,6 +312,3 @@ def _end_run(mlflow, status: str) -> None:
         mlflow.end_run(status)
     except Exception:  # noqa: BLE001  (reported: the error that made the stage fail)
         pass
-
-
-
