@@ -26,7 +26,9 @@ from pydantic_core import PydanticCustomError
 from metaaug.errors import MetaaugError
 from metaaug.reading import MAX_DEPTH, MAX_PARAMS_BYTES, read_text
 
-ARMS = ("none", "handcrafted", "randaugment", "trivialaugment", "learned")
+FIXED_ARMS = ("none", "handcrafted", "randaugment", "trivialaugment")  # train.arms: what the learned arm is compared with
+LEARNED = "learned"  # always trained (its own DVC stage, train_learned), after the fixed arms
+ARMS = (*FIXED_ARMS, LEARNED)
 ANCHORS = ("none", "handcrafted", "randaugment")  # fixed baselines metatrain can start from (metaaug.search.space.anchor_points)
 MAX_SEED = 2**63 - 1  # torch.manual_seed and numpy's SeedSequence both take it
 
@@ -35,6 +37,13 @@ def _distinct(items: list) -> list:
     if len(set(items)) != len(items):
         raise PydanticCustomError("duplicate", "lists an item twice")
     return items
+
+
+def _fixed_arms(arms: list) -> list:
+    if LEARNED in arms:
+        raise PydanticCustomError("unknown_item", f"lists '{LEARNED}', which is always trained (stage train_learned); "
+                                             f"expected only fixed arms ({', '.join(FIXED_ARMS)})")
+    return arms
 
 
 def _as_text(item: Any) -> Any:
@@ -89,7 +98,10 @@ class TasksConfig(Section):
 class TrainConfig(Section):
     """The downstream learner's recipe (SGD-Nesterov, one-cycle schedule) and the train stage's arms."""
 
-    arms: Annotated[list[Literal[ARMS]], Field(min_length=1), AfterValidator(_distinct)] = list(ARMS)
+    # the fixed arms, each its own DVC stage (train@<arm>, a `matrix:`), so that a new policy retrains only the
+    # learned arm; the learned arm is always trained (stage train_learned)
+    arms: Annotated[list[Literal[ARMS]], Field(min_length=1), AfterValidator(_distinct),
+                    AfterValidator(_fixed_arms)] = list(FIXED_ARMS)
     epochs: Annotated[int, Ge(1), Le(100000)] = 150
     batch_size: Annotated[int, Ge(1), Le(65536)] = 25
     lr: Annotated[float, Ge(1e-6), Le(10.0)] = 0.05  # one-cycle peak learning rate

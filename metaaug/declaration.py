@@ -51,7 +51,9 @@ class Declaration:
     option -> Output; `params`: params.yaml keys or whole sections its outputs depend on (DVC params; a section
     means every key in it but the `reads` ones); `reads`: keys it reads that are no dependency
     (see may_be_no_dependency); `timing`: it writes its wall times to timings/<name>.json (git-ignored, no
-    DVC output); `splits`: it logs to the arm x split experiment too."""
+    DVC output); `splits`: it logs to the arm x split experiment too; `matrix`: (item, params key of a list):
+    one DVC stage per item of that list (DVC's `matrix:`, named `<name>@<item>`), its paths holding `{item}`
+    where the item goes (`--<item>` on its command line)."""
 
     name: str
     inputs: dict[str, tuple[str, str]] = field(default_factory=dict)
@@ -60,6 +62,7 @@ class Declaration:
     reads: tuple[str, ...] = (TRACKING_SECTION + ".experiment",)
     timing: bool = False
     splits: bool = False
+    matrix: tuple[str, str] | None = None
 
     @property
     def main(self) -> str | None:
@@ -68,7 +71,17 @@ class Declaration:
 
     @property
     def timing_path(self) -> str | None:
-        return f"timings/{self.name}.json" if self.timing else None
+        at = f"@{{{self.matrix[0]}}}" if self.matrix else ""
+        return f"timings/{self.name}{at}.json" if self.timing else None
+
+    def for_item(self, path: str | Path | None, item: str) -> Path | None:
+        """A declared path with the matrix item in its place (any other path as given)."""
+        placeholder = f"{{{self.matrix[0]}}}" if self.matrix else None
+        return None if path is None else Path(str(path).replace(placeholder, item) if placeholder else path)
+
+    def _templated(self, text: str) -> str:
+        """A path or command as dvc.yaml says it: the matrix placeholder as DVC's `${item.<item>}`."""
+        return text.replace(f"{{{self.matrix[0]}}}", f"${{item.{self.matrix[0]}}}") if self.matrix else text
 
     def option(self, name: str, help: str | None = None):
         """The Typer option of input or output `name`, its default the declared path (paths are named once)."""
@@ -82,10 +95,11 @@ class Declaration:
 
     def cmd(self) -> str:
         """The command dvc.yaml runs: the stage's entry point with every declared path as an option."""
-        options = [f"--{opt} {path}" for opt, (_, path) in self.inputs.items()]
+        options = [f"--{self.matrix[0]} {{{self.matrix[0]}}}"] if self.matrix else []
+        options += [f"--{opt} {path}" for opt, (_, path) in self.inputs.items()]
         options += [f"--{opt} {out.path}" for opt, out in self.outputs.items()]
         options += [f"--timing {self.timing_path}"] if self.timing else []
-        return " ".join([f"python stages/{self.name}.py", *options])
+        return self._templated(" ".join([f"python stages/{self.name}.py", *options]))
 
     def dvc_params(self) -> list[str]:
         """The DVC params: each declared key; a declared section whole, or, where it holds keys the stage reads
@@ -111,9 +125,11 @@ class Declaration:
     def dvc_stage(self) -> dict:
         """What dvc.yaml must say of this stage, but the code deps (tests/test_structure.py checks those by the
         imports of its command): cmd, the data deps (its inputs), params, outs and metrics."""
-        outs = [{o.path: {"cache": False}} if not o.cache else o.path for o in self.outputs.values() if not o.metric]
-        stage = {"cmd": self.cmd(), "deps": [path for _, path in self.inputs.values()], "params": self.dvc_params(),
-                 "outs": outs}
+        outs = [{o.path: {"cache": False}} if not o.cache else self._templated(o.path) for o in self.outputs.values()
+                if not o.metric]
+        matrix = {"matrix": {self.matrix[0]: f"${{{self.matrix[1]}}}"}} if self.matrix else {}
+        stage = {**matrix, "cmd": self.cmd(), "deps": [path for _, path in self.inputs.values()],
+                 "params": self.dvc_params(), "outs": outs}
         metrics = [{o.path: {"cache": o.cache}} for o in self.outputs.values() if o.metric]
         return {**stage, **({"metrics": metrics} if metrics else {})}
 

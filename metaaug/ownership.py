@@ -316,7 +316,7 @@ def verify_input(path: str | Path, kind: str, against: dict | None = None) -> st
         recorded = marker.get("inputs", {}).get(name)
         if other is None or recorded is None:
             continue
-        if recorded != verify_input(other, name) and (kind, name) not in PORTABLE:
+        if recorded != verify_input(other, name.partition(".")[0]) and (kind, name) not in PORTABLE:
             raise fail(given, f"was made from another {name} output than {other}",
                        f"inputs of one pipeline (rerun `metaaug {kind}` on {other}, or pass the {name} "
                        f"output it was made from)")
@@ -342,7 +342,9 @@ def borrowed(inputs: dict[str, Path], digests: dict[str, str]) -> dict[str, str]
 
 
 def verify_inputs(inputs: dict[str, Path | None]) -> dict[str, str]:
-    """Each input (stage name -> its output folder) checked by content, and against the others by the input
-    digests its marker recorded; returns name -> digest (each folder hashed once)."""
+    """Each input (stage name, or `<stage>.<item>` for one output of a matrix stage -> its output folder)
+    checked by content, and against the others by the input digests its marker recorded; returns name ->
+    digest (each folder hashed once)."""
     given = {name: p for name, p in inputs.items() if p is not None}
-    return {name: verify_input(p, name, {k: q for k, q in given.items() if k != name}) for name, p in given.items()}
+    return {name: verify_input(p, name.partition(".")[0], {k: q for k, q in given.items() if k != name})
+            for name, p in given.items()}

@@ -114,11 +114,11 @@ def pipeline_id(commit: str) -> str:
 
 
 def find_run_by_digest(client, experiment_id: str, stage: str, digest: str) -> str | None:
-    """The newest run of `stage` of this project (PROJECT_TAG) whose outputs had `digest`; None when none is
-    recorded."""
+    """The newest run of `stage` (`train.<arm>`: of train) of this project (PROJECT_TAG) whose outputs had
+    `digest`; None when none is recorded."""
     runs = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.`{STAGE_TAG}` = '{stage}' and tags.`{DIGEST_TAG}` = '{digest}' and "
+        filter_string=f"tags.`{STAGE_TAG}` = '{stage.partition('.')[0]}' and tags.`{DIGEST_TAG}` = '{digest}' and "
                       f"tags.`{PROJECT_TAG}` = '{project_id()}'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
@@ -249,12 +249,19 @@ def _stamp_timings(body: Stage, digest: str) -> None:
 def declared_paths(declaration: Declaration, paths: dict[str, Path | None]):
     """The given paths by what the declaration makes of them: the inputs (upstream stage -> path), the output
     folders (a list of path, kind pairs: two outputs given one path are seen) and the output files (path ->
-    kind, the wall-time file among them). A path given as None is no input or output of this execution."""
+    kind, the wall-time file among them). A path given as None is no input or output of this execution; an
+    input given as a dict (item -> path) is one output per item of a matrix stage, named `<stage>.<item>`."""
     unknown = set(paths) - {*declaration.inputs, *declaration.outputs, "timing"}
     if unknown:  # a programming error: the stage passed a path its declaration does not name
         raise MetaaugError(f"stage {declaration.name}: {sorted(unknown)} are not declared; expected the "
                            f"options of its declaration ({sorted({*declaration.inputs, *declaration.outputs})})")
-    upstream = {stage: Path(paths[opt]) for opt, (stage, _) in declaration.inputs.items() if paths.get(opt) is not None}
+    upstream = {}
+    for opt, (stage, _) in declaration.inputs.items():
+        given = paths.get(opt)
+        if isinstance(given, dict):  # one output per item of a matrix stage (train.<arm>)
+            upstream.update({f"{stage}.{item}": Path(p) for item, p in given.items()})
+        elif given is not None:
+            upstream[stage] = Path(given)
     outputs = [(Path(paths[opt]), out.kind) for opt, out in declaration.outputs.items()
                if not out.file and paths.get(opt) is not None]
     files = {Path(paths[opt]): out.kind for opt, out in declaration.outputs.items()

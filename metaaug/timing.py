@@ -65,15 +65,16 @@ def _timing(path: Path) -> dict:
 
 
 def search_cost(timings: Path, inputs: dict | None = None) -> dict | str | None:
-    """Metatrain's cost from `timings/metatrain.json` and `timings/train.json`; None while either is missing.
+    """Metatrain's cost from `timings/metatrain.json` and `timings/train_learned.json` (one training: the
+    learned arm's median); None while either is missing.
     With `inputs` (evaluation.json's `inputs`: the digests of the outputs evaluate compared), a reason (a
     string) instead of the cost when the timings timed other outputs (each records its output's digest)."""
-    search_path, train_path = Path(timings) / "metatrain.json", Path(timings) / "train.json"
+    search_path, train_path = Path(timings) / "metatrain.json", Path(timings) / "train_learned.json"
     if not (search_path.is_file() and train_path.is_file()):
         return None
     search, train = _timing(search_path), _timing(train_path)
     if inputs is not None:
-        for stage, doc in (("metatrain", search), ("train", train)):
+        for stage, doc in (("metatrain", search), ("train_learned", train)):
             if doc.get("output_digest") is None or doc.get("output_digest") != inputs.get(stage):
                 return (f"{timings}/{stage}.json timed another {stage} output than the one the evaluation compared; "
                         "rerun the pipeline to time these outputs")

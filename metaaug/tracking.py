@@ -15,6 +15,7 @@ from pathlib import Path
 from metaaug.store import ensure_experiment, import_mlflow
 
 PIPELINE_TAG = "metaaug.pipeline"  # one pipeline execution: see runner.pipeline_id
+EVALUATE_RUN_TAG = "metaaug.evaluate_run"  # on an arm x split run: the newest evaluate run that compared it
 MAX_KEY = 250  # MLflow's limit on a metric, param or tag key
 
 
@@ -86,13 +87,14 @@ def log_split_runs(train_run_id: str, runs: list[dict]) -> None:
         client.set_terminated(run.info.run_id, end_time=r.get("end_ms"))
 
 
-def log_split_accuracies(train_run_id: str, accuracy: dict[tuple[str, int], float]) -> int:
-    """Test accuracy (%) onto each arm x split run of a train run; returns how many runs got one (none
-    when the train run is unknown: its output was not written by a recorded run)."""
+def log_split_accuracies(train_run_id: str, accuracy: dict[tuple[str, int], float], evaluate_run_id: str) -> int:
+    """Test accuracy (%) onto each arm x split run of a train run, tagged with the (newest) evaluate run that
+    compared it; returns how many runs got one (none when the train run is unknown: its output was not
+    written by a recorded run)."""
     if train_run_id == "unknown":
         return 0
     mlflow = import_mlflow()
-    from mlflow.entities import Metric
+    from mlflow.entities import Metric, RunTag
 
     client = mlflow.MlflowClient()
     _, name = _splits_experiment_of(client, train_run_id)
@@ -105,7 +107,8 @@ def log_split_accuracies(train_run_id: str, accuracy: dict[tuple[str, int], floa
     for run in runs:
         key = (run.data.tags.get("metaaug.arm"), int(run.data.tags.get("metaaug.split", -1)))
         if key in accuracy:
-            client.log_batch(run.info.run_id, metrics=[Metric("test_accuracy", float(accuracy[key]), now, 0)])
+            client.log_batch(run.info.run_id, metrics=[Metric("test_accuracy", float(accuracy[key]), now, 0)],
+                             tags=[RunTag(EVALUATE_RUN_TAG, evaluate_run_id)])
             logged += 1
     return logged
 
@@ -149,13 +152,12 @@ def describe_evaluate_run(run, verdict: str) -> None:
     mlflow = import_mlflow()
     tags, exp = run.data.tags, run.info.experiment_id
     upstream = {k.removeprefix("upstream."): v for k, v in tags.items() if k.startswith("upstream.")}
-    train = upstream.get("train", "unknown")
     splits = splits_experiment(mlflow.get_experiment(exp).name)
     lines = [verdict, "", f"Evaluate of pipeline execution `{tags.get(PIPELINE_TAG, 'unknown')}`.", "",
              "Upstream runs: " + ", ".join(f"{stage} [{rid[:8]}](#/experiments/{exp}/runs/{rid})"
                                            for stage, rid in upstream.items() if rid != "unknown") + ".", "",
              f"The arm × split training runs it compared are in experiment `{splits}`: search "
-             f"``tags.`metaaug.train_run` = '{train}'``, select them and Compare, grouped by param `arm`: "
+             f"``tags.`{EVALUATE_RUN_TAG}` = '{run.info.run_id}'``, select them and Compare, grouped by param `arm`: "
              "each carries its `test_accuracy` (%).", "",
              f"Every stage run of this execution: ``tags.`{PIPELINE_TAG}` = '{tags.get(PIPELINE_TAG)}'``."]
     set_description("\n".join(lines))

@@ -86,7 +86,7 @@ def tiny_params(**overrides) -> dict:
     params = defaults().model_dump()
     params["tasks"]["splits"] = 2
     params["train"]["epochs"] = 4
-    params["train"]["arms"] = ["none", "trivialaugment", "learned"]
+    params["train"]["arms"] = ["none", "trivialaugment"]
     params["metatrain"].update(proxy_epochs=2, query_per_class=20, budget=3.0)
     params["metatrain"]["race"].update(tasks=1, step=1, confirm_tasks=2)
     params["metatrain"]["cem"].update(candidates=2, tasks=1, step=1, confirm_tasks=2)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from metaaug import ownership, registry, runner, tracking
-from metaaug.config import Params, load_params
+from metaaug.config import LEARNED, Params, load_params
 from metaaug.declaration import Declaration, Output
 from metaaug.errors import MetaaugError
 from metaaug.files import read_json
@@ -30,13 +30,15 @@ from metaaug.training import predict, set_threads, to_tensor
 # plots/ is DVC-cached, so a fresh clone (no cache) runs evaluate and MLflow gets its run and verdict
 # (docs/configuration.md, "The answer in MLflow"); metrics.json (for `dvc metrics diff`, its sidecar committed
 # too) and reports/ (the report, readable where the repository is) are git-tracked. Its outputs depend on its
-# inputs alone: it reads no params but the tracking names.
+# inputs alone, and on train.arms: which fixed arms' models (models/downstream/<arm>/, train@<arm>) it compares
+# with the learned one's (train_learned).
 DECLARATION = Declaration(
     "evaluate", inputs={"prepared": ("prepare", "data/prepared"), "downstream": ("train", "models/downstream"),
+                        "learned": ("train_learned", f"models/downstream/{LEARNED}"),
                         "policy": ("metatrain", "models/policy")},
     outputs={"metrics": Output("metrics.json", "evaluate.metrics", file=True, cache=False, metric=True),
              "plots": Output("plots", "evaluate.plots"), "reports": Output("reports", "evaluate.reports", cache=False)},
-    reads=("tracking.experiment", "tracking.policy_model"), splits=True)
+    params=("train.arms",), reads=("tracking.experiment", "tracking.policy_model"), splits=True)
 
 
 @contextlib.contextmanager
@@ -53,44 +55,63 @@ def unreadable_downstream(downstream_dir: Path):
                            "expected the output of `metaaug train` (rerun it)") from None
 
 
-def test_accuracies(prepared: Prepared, downstream_dir: Path, arms: list[str]) -> tuple[dict, dict]:
+def read_results(arm_dirs: dict[str, Path]) -> dict:
+    """The arms' results.json as one: the learner they share (its spec and the choice's evidence) and each
+    arm's curves. Arms trained with different learners are not comparable: one line says which."""
+    results = {"arms": {}}
+    for arm, directory in arm_dirs.items():
+        with unreadable_downstream(directory):
+            one = read_json(directory / "results.json")
+            results["arms"][arm] = one["arms"][arm]
+            for key in ("model", "learner"):
+                if results.setdefault(key, one[key]) != one[key]:
+                    first = next(iter(arm_dirs.values()))
+                    raise MetaaugError(f"{directory}: its {key} differs from {first}'s; expected every arm trained "
+                                       "with one learner (rerun `dvc repro`, or train every arm again)")
+    return results
+
+
+def test_accuracies(prepared: Prepared, arm_dirs: dict[str, Path], model_spec: dict) -> tuple[dict, dict]:
     """Per arm: test accuracy per split, and (labels, predictions) pooled over splits."""
-    results = read_json(downstream_dir / "results.json")
     test = np.asarray(prepared.manifest["test"])
     x_test, y_test = to_tensor(prepared.target_images)[test], np.asarray(prepared.target_labels)[test]
     accuracy, confusion = {}, {}
-    with unreadable_downstream(downstream_dir):
-        model = build_model(**results["model"])
-        for arm in arms:
+    for arm, directory in arm_dirs.items():
+        with unreadable_downstream(directory):
+            model = build_model(**model_spec)
             preds = []
-            for state in torch.load(downstream_dir / f"{arm}.pt", weights_only=True):
+            for state in torch.load(directory / f"{arm}.pt", weights_only=True):
                 model.load_state_dict(state)
                 preds.append(predict(model, x_test))
-            accuracy[arm] = np.array([np.mean(p == y_test) for p in preds])
-            confusion[arm] = (np.tile(y_test, len(preds)), np.concatenate(preds))
+        accuracy[arm] = np.array([np.mean(p == y_test) for p in preds])
+        confusion[arm] = (np.tile(y_test, len(preds)), np.concatenate(preds))
     return accuracy, confusion
 
 
 def run(params: Params, prepared_dir: Path, downstream_dir: Path, metrics_path: Path, plots_dir: Path,
-        policy_dir: Path | None = None, reports_dir: Path | None = None) -> dict:
-    upstream = {"prepare": prepared_dir, "train": downstream_dir}
+        policy_dir: Path | None = None, reports_dir: Path | None = None, learned_dir: Path | None = None) -> dict:
+    """Compare train.arms' models in `downstream_dir`/<arm>/ with the learned arm's (`learned_dir`, by default
+    `downstream_dir`/learned/)."""
+    fixed = {arm: Path(downstream_dir) / arm for arm in params.train.arms}
+    learned_dir = Path(downstream_dir) / LEARNED if learned_dir is None else learned_dir
+    upstream = {"prepare": prepared_dir, **{f"train.{arm}": d for arm, d in fixed.items()}, "train_learned": learned_dir}
     if policy_dir is not None and (Path(policy_dir) / "search.json").exists():
         upstream["metatrain"] = policy_dir
     ownership.verify_inputs(upstream)  # before anything is read (stage_run reuses the digests)
     prepared = load_prepared(prepared_dir)
     set_threads(prepared.target_images.shape[1])
-    results = read_json(downstream_dir / "results.json")
-    with unreadable_downstream(downstream_dir):
-        arms = list(results["arms"])
+    arm_dirs = {**fixed, LEARNED: learned_dir}
+    results = read_results(arm_dirs)
+    arms = list(arm_dirs)
     search, baseline = None, None
     if "metatrain" in upstream:
         search = read_json(policy_dir / "search.json")
         baseline = read_policy(policy_dir / "policy.json")[1].get("baseline_point")
-    paths = {"prepared": prepared_dir, "downstream": downstream_dir, "policy": upstream.get("metatrain"),
+    paths = {"prepared": prepared_dir, "downstream": fixed, "learned": learned_dir, "policy": upstream.get("metatrain"),
              "metrics": metrics_path, "plots": plots_dir, "reports": reports_dir}
     with runner.stage_run(DECLARATION, {"evaluate.arms": arms}, params.tracking.experiment, paths) as stage:
         run_ = stage.run
-        accuracy, confusion = test_accuracies(prepared, downstream_dir, arms)
+        accuracy, confusion = test_accuracies(prepared, arm_dirs, results["model"])
         metrics = compare(accuracy)
         summary = verdict(metrics, baseline, search)
         won = tracking.winner(headline(metrics), best_fixed(metrics["arms"]))
@@ -107,8 +128,9 @@ def run(params: Params, prepared_dir: Path, downstream_dir: Path, metrics_path: 
         tracking.log_artifacts(plots, "plots")
         if reports_dir is not None:
             tracking.log_artifacts(stage.output(reports_dir), "report")
-        tracking.log_split_accuracies(run_.data.tags.get("upstream.train", "unknown"),
-                                      {(arm, i): 100 * a for arm, accs in accuracy.items() for i, a in enumerate(accs)})
+        for arm, accs in accuracy.items():
+            train_run = run_.data.tags.get(f"upstream.{'train_learned' if arm == LEARNED else 'train.' + arm}", "unknown")
+            tracking.log_split_accuracies(train_run, {(arm, i): 100 * a for i, a in enumerate(accs)}, run_.info.run_id)
         tracking.describe_evaluate_run(run_, summary)
         registry.record_verdict(params.tracking.policy_model_name, run_.data.tags.get("upstream.metatrain", "unknown"),
                                 summary, numbers, won)
@@ -122,8 +144,9 @@ def run(params: Params, prepared_dir: Path, downstream_dir: Path, metrics_path: 
 
 
 def command(params: Path = PARAMS, prepared: Path = DECLARATION.option("prepared"),
-            downstream: Path = DECLARATION.option("downstream"), policy: Path = DECLARATION.option("policy"),
+            downstream: Path = DECLARATION.option("downstream", "The fixed arms' models (<folder>/<arm>/: train)."),
+            learned: Path = DECLARATION.option("learned"), policy: Path = DECLARATION.option("policy"),
             metrics: Path = DECLARATION.option("metrics"), plots: Path = DECLARATION.option("plots"),
             reports: Path = DECLARATION.option("reports", "Where report.md and its PNGs go.")):
     """Test accuracy per arm, paired differences with bootstrap CIs, DVC plots, the report."""
-    run(load_params(params), prepared, downstream, metrics, plots, policy, reports)
+    run(load_params(params), prepared, downstream, metrics, plots, policy, reports, learned)

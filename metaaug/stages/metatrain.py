@@ -34,7 +34,7 @@ from metaaug.training import RECIPE, pick_device
 # Its outputs depend on the search's settings, the learner recipe it scores with (train.*), the shots and the
 # seed; not on its processes or ranks (the output is byte-identical whatever they are) or the tracking names.
 DECLARATION = Declaration(
-    "metatrain", inputs={"prepared": ("prepare", "data/prepared")},
+    "metatrain", inputs={"prepared": ("prepare", "data/prepared"), "learner": ("learner", "models/learner")},
     outputs={"out": Output("models/policy", "metatrain")},
     params=("seed", "metatrain", "tasks.shots", "train.epochs", "train.batch_size", "train.lr", "train.momentum",
             "train.weight_decay", "train.width", "train.model", "train.device"),
@@ -59,15 +59,17 @@ def checkpoint_path(out: Path, params: Params, prepared_digest: str, device: tor
     return out.parent / f".{out.name}.checkpoint-{key}.json"
 
 
-def run(params: Params, prepared_dir: Path, out: Path, timing: Path | None = None) -> None:
+def run(params: Params, prepared_dir: Path, out: Path, timing: Path | None = None,
+        learner_dir: Path | None = None) -> None:
     cfg = params.metatrain
     with distributed.world(cfg.distributed, pick_device(params.train.device), "metatrain") as world:
         if world.mode == "shard":
             same_job_everywhere(world, params, prepared_dir)
-        learner = learners.shared(world, lambda: learners.choose(load_prepared(prepared_dir), params, world.device,
-                                                                 workers.count(cfg.workers, world.device)))
+        learner = learners.shared(world, lambda: learners.choose(
+            load_prepared(prepared_dir), params, world.device, workers.count(cfg.workers, world.device),
+            learner_dir and output_path(learner_dir) / learners.FILE))  # the learner stage's answer
         if world.is_main:
-            search_and_publish(params, prepared_dir, out, timing, world, learner)
+            search_and_publish(params, prepared_dir, out, timing, world, learner, learner_dir)
         else:
             prepared = load_prepared(prepared_dir)
             serve(meta_train_tasks(prepared, params.tasks.shots, cfg, tasks_needed(cfg), params.seed), cfg,
@@ -83,7 +85,7 @@ def same_job_everywhere(world: distributed.World, params: Params, prepared_dir: 
 
 
 def search_and_publish(params: Params, prepared_dir: Path, out: Path, timing: Path | None,
-                       world: distributed.World, learner: dict) -> None:
+                       world: distributed.World, learner: dict, learner_dir: Path | None = None) -> None:
     """Rank 0 (or the only process): search with the chosen `learner`, write models/policy/, log and register it.
     The checkpoint is keyed by the params as given (`train.model: auto` too): auto's answer is a function of the
     key's prepared data, settings and device kind."""
@@ -96,7 +98,7 @@ def search_and_publish(params: Params, prepared_dir: Path, out: Path, timing: Pa
     tasks = meta_train_tasks(prepared, params.tasks.shots, cfg, tasks_needed(cfg), params.seed)  # built lazily
     search_budget(tasks, cfg, params.train, one_downstream_training(prepared, params))  # before any store or output
     with runner.stage_run(DECLARATION, logged, params.tracking.experiment,
-                          {"prepared": prepared_dir, "out": out, "timing": timing}) as stage:
+                          {"prepared": prepared_dir, "learner": learner_dir, "out": out, "timing": timing}) as stage:
         start = time.perf_counter()
         ckpt = checkpoint_path(out, given, stage.inputs["prepare"], world.device)
         state = search(space, tasks, cfg, params.train, params.seed, ckpt,
@@ -110,7 +112,6 @@ def search_and_publish(params: Params, prepared_dir: Path, out: Path, timing: Pa
                       "baseline_point": baseline}
         save_policy(policy, tmp / "policy.json", provenance)
         export_albumentations(policy, tmp / "policy_albumentations.json")
-        learners.save(tmp, learner)  # train reads the chosen learner back
         write_json(tmp / "checkpoint.json", {k: v for k, v in state.to_dict().items() if k != "seconds"})
         write_json(tmp / "search.json", {"method": cfg.method, "trainings": state.trainings,
                                          "budget": cfg.budget, "spent": state.spent, "rounds": state.rounds,
@@ -126,7 +127,6 @@ def search_and_publish(params: Params, prepared_dir: Path, out: Path, timing: Pa
                                                workers=n_workers,
                                                ranks=world.size))
         log_answer(policy, baseline, state.finalists, learners.markdown(learner))
-        tracking.log_metrics({f"learner.seconds.{m}": s for m, s in learner.get("seconds", {}).items()})
         tracking.set_tags({"metaaug.learner": learner["model"]})
         tracking.log_artifacts(tmp, "policy")
         name = params.tracking.policy_model_name
@@ -199,7 +199,7 @@ def log_answer(policy: Policy, baseline: str | None, finalists: list[dict], lear
     lines += [f"- {line}" for line in describe(policy, baseline)[1:]]
     lines += ["", *learner_lines]
     lines += ["", "Files: `policy/policy.json` (the policy), `policy/policy_albumentations.json` (the same policy "
-              "for Albumentations), `policy/search.json` (the race), `policy/learner.json` (the learner trial), "
+              "for Albumentations), `policy/search.json` (the race), "
               "`search_finalists.json`."]
     tracking.set_description("\n".join(lines))
     tracking.log_figure(policy_figure(policy, "chosen policy: " + what_it_is(baseline)), "policy.png")
@@ -209,6 +209,7 @@ def log_answer(policy: Policy, baseline: str | None, finalists: list[dict], lear
 
 
 def command(params: Path = PARAMS, prepared: Path = DECLARATION.option("prepared"),
-            out: Path = DECLARATION.option("out"), timing: Path = DECLARATION.option("timing")):
+            learner: Path = DECLARATION.option("learner"), out: Path = DECLARATION.option("out"),
+            timing: Path = DECLARATION.option("timing")):
     """Meta-learn the augmentation policy on tasks from the meta-train classes (resumes from its checkpoint)."""
-    run(load_params(params), prepared, out, timing)
+    run(load_params(params), prepared, out, timing, learner)
