@@ -47,8 +47,8 @@ def timing_doc(device: torch.device | None = None, **figures: float) -> dict:
     return {**figures, "machine": machine_description(device), "run_id": active_run()[0]}
 
 
-FIGURES = {"metatrain.json": ("search_seconds", "proxy_seconds", "workers"), "train.json": ("run_seconds",)}
-EXPECTED = "the file the pipeline's metatrain or train stage writes there (rerun `dvc repro`)"
+FIGURES = {"metatrain.json": ("search_seconds", "proxy_seconds", "workers"), "train_learned.json": ("run_seconds",)}
+EXPECTED = "the file the pipeline's metatrain or train_learned stage writes there (rerun `dvc repro`)"
 
 
 def _timing(path: Path) -> dict:

@@ -131,8 +131,8 @@ def winner(numbers: dict[str, float], best: str | None) -> str:
 def name_run(stage: str, facts: dict, headline: str | None = None) -> None:
     """Name the active stage run by what tells its pipeline from another (target data, classes, shots,
     splits, the DVC experiment), and log those facts as params, so runs of two pipelines differ at a glance.
-    A `headline` (evaluate: which arm won, see winner) opens the name and is tag `metaaug.winner`: the runs
-    table shows the answer in its first column, with no column to configure."""
+    A `headline` (evaluate: which arm won, see winner; train: the arm) opens the name: the runs table shows
+    the answer in its first column, with no column to configure."""
     mlflow = import_mlflow()
     experiment = os.environ.get("DVC_EXP_NAME")
     facts = {**facts, **({"dvc.experiment": experiment} if experiment else {})}
@@ -141,7 +141,7 @@ def name_run(stage: str, facts: dict, headline: str | None = None) -> None:
     name = " · ".join([f"{stage}: {headline}" if headline else stage, *([experiment] if experiment else []),
                        f"{facts['target.source']} [{shown}] {facts['target.shots']}-shot × {facts['target.splits']}"])
     mlflow.log_params(as_params(facts))
-    mlflow.set_tags({"mlflow.runName": name, **({"metaaug.winner": headline} if headline else {})})
+    mlflow.set_tags({"mlflow.runName": name})
 
 
 def describe_evaluate_run(run, verdict: str) -> None:

@@ -58,16 +58,30 @@ def atomic_dir(path: str | Path, kind: str | None = None, inputs: dict | None = 
     publish.publish(staged)
 
 
+def stage_commands(stage: dict, params: dict) -> list[str]:
+    """The commands DVC runs for a dvc.yaml stage entry: its cmd, or one per item of its `matrix:` list (read
+    from `params`, `${item.<key>}` filled in)."""
+    if "matrix" not in stage:
+        return [stage["cmd"]]
+    (key, listed), = stage["matrix"].items()
+    items = params
+    for part in listed.removeprefix("${").removesuffix("}").split("."):
+        items = items[part]
+    return [stage["cmd"].replace(f"${{item.{key}}}", str(item)) for item in items]
+
+
 def repro_in_process(root: Path) -> None:
     """What `dvc repro` does, minus a fresh interpreter per stage: run each dvc.yaml command (`python
     stages/<name>.py ...`) in this process, where the imports are already paid for (one torch + mlflow
     import instead of five), then `dvc commit` the outputs, so DVC sees the pipeline up to date. The
     caller has chdir'd to root."""
+    params = yaml.safe_load((root / "params.yaml").read_text())
     for stage in yaml.safe_load((root / "dvc.yaml").read_text())["stages"].values():
-        script, *args = shlex.split(stage["cmd"])[1:]
-        with pytest.raises(SystemExit) as exit:
-            main([Path(script).stem, *args])
-        assert exit.value.code == 0, stage["cmd"]
+        for command in stage_commands(stage, params):
+            script, *args = shlex.split(command)[1:]
+            with pytest.raises(SystemExit) as exit:
+                main([Path(script).stem, *args])
+            assert exit.value.code == 0, command
     committed = dvc(root, "commit", "--force")
     assert committed.returncode == 0 and "up to date" in dvc(root, "status").stdout, committed.stderr
 
@@ -80,6 +94,24 @@ class ServedPipeline:
     url: str  # the tracking server
     artifacts: Path  # the server's artifact store
     project: Path  # a git + DVC project whose `dvc repro` logged to the server
+
+
+def run_pipeline(params, d: dict[str, Path], timings: Path | None = None) -> dict:
+    """The pipeline through the stage functions (no DVC), into d's folders (prepared, learner, policy,
+    augmented, downstream, plots, reports, metrics); wall times into `timings` when given. Returns evaluate's
+    comparison."""
+    from metaaug.stages import augment, evaluate, learner, metatrain, prepare, train, train_learned
+
+    timed = (lambda name: timings / f"{name}.json") if timings else (lambda name: None)
+    prepare.run(params, d["prepared"])
+    learner.run(params, d["prepared"], d["learner"])
+    metatrain.run(params, d["prepared"], d["policy"], timed("metatrain"), d["learner"])
+    augment.run(params, d["prepared"], d["policy"], d["augmented"])
+    for arm in params.train.arms:
+        train.run(params, arm, d["prepared"], d["learner"], d["downstream"] / arm, timing=timed(f"train@{arm}"))
+    train_learned.run(params, d["prepared"], d["learner"], d["downstream"] / "learned", d["policy"], d["augmented"],
+                      timed("train_learned"))
+    return evaluate.run(params, d["prepared"], d["downstream"], d["metrics"], d["plots"], d["policy"], d.get("reports"))
 
 
 def search_policies(prepared: Path, outs: list[Path], **overrides) -> None:

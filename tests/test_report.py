@@ -12,9 +12,10 @@ import pytest
 from PIL import Image
 
 from conftest import tiny_config
+from helpers import run_pipeline
 from metaaug.errors import MetaaugError
 from metaaug.files import read_json
-from metaaug.stages import augment, evaluate, metatrain, prepare, train
+from metaaug.stages import evaluate
 
 
 @pytest.fixture(scope="module")
@@ -22,24 +23,21 @@ def pipeline(tmp_path_factory):
     """The tiny pipeline run once through the stage functions, into its own MLflow store."""
     root = tmp_path_factory.mktemp("pipeline")
     params = tiny_config(**{"metatrain.workers": 1})  # no scoring processes to start: seconds saved
-    d = {name: root / name for name in ("prepared", "policy", "augmented", "downstream", "plots", "reports")}
+    d = {name: root / name for name in ("prepared", "learner", "policy", "augmented", "downstream", "plots", "reports")}
+    d["metrics"] = root / "metrics.json"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
         mp.chdir(root)  # outside the repo (edited by others meanwhile): no git commit, one pipeline id
-        prepare.run(params, d["prepared"])
-        metatrain.run(params, d["prepared"], d["policy"], root / "timings" / "metatrain.json")
-        augment.run(params, d["prepared"], d["policy"], d["augmented"])
-        train.run(params, d["prepared"], d["downstream"], d["policy"], d["augmented"], root / "timings" / "train.json")
-        metrics = evaluate.run(params, d["prepared"], d["downstream"], root / "metrics.json", d["plots"],
-                                 d["policy"], d["reports"])
-    return {"root": root, "params": params, "metrics": metrics, **d}
+        metrics = run_pipeline(params, d, root / "timings")
+    return {**d, "root": root, "params": params, "metrics": metrics}
 
 
 def test_results_shows_the_cost_timed_with_the_outputs_it_evaluated(pipeline):
     """The timings name the digests of the outputs they timed, evaluation.json those it compared: they match, so
     `metaaug results` shows the cost; once metatrain's timing describes another output, it says why not."""
     evaluation, timings = pipeline["reports"] / "evaluation.json", pipeline["root"] / "timings"
-    assert set(json.loads(evaluation.read_text())["inputs"]) == {"prepare", "metatrain", "train"}
+    assert set(json.loads(evaluation.read_text())["inputs"]) == {"prepare", "metatrain", "train_learned",
+                                                                 *(f"train.{arm}" for arm in pipeline["params"].train.arms)}
     done = subprocess.run([sys.executable, "-m", "metaaug", "results", "--evaluation", str(evaluation),
                            "--timings", str(timings)], capture_output=True, text=True)
     assert done.returncode == 0 and "× one downstream training run" in done.stdout, done.stderr
@@ -71,8 +69,13 @@ def test_report_links_every_png_and_each_is_a_valid_image(pipeline):
     top = max(s["mean"] for s in arms.values())
     best = "|".join(arm for arm, s in arms.items() if s["mean"] == top)  # tied arms: either may be named
     assert re.search(rf"Best and worst arm by mean accuracy \(({best}) and \w+\)", text)
-    learner = read_json(pipeline["downstream"] / "results.json")["learner"]
+    learner = read_json(pipeline["downstream"] / "learned" / "results.json")["learner"]
     assert f"## Downstream learner\n\n**Downstream learner: {learner['model']}** ({learner['rule']})." in text
+
+
+def stage_key(tags: dict) -> str:
+    """A stage run's stage, `train@<arm>` for a fixed arm's (one DVC stage each)."""
+    return f"train@{tags['metaaug.arm']}" if tags["metaaug.stage"] == "train" else tags["metaaug.stage"]
 
 
 def test_report_and_lineage_in_mlflow(pipeline):
@@ -81,9 +84,12 @@ def test_report_and_lineage_in_mlflow(pipeline):
     client = mlflow.MlflowClient(f"sqlite:///{pipeline['root'] / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("metaaug").experiment_id
     runs = client.search_runs([experiment], max_results=100)
-    # the experiment holds the five stage runs only: the arm x split runs are beside it, not burying them
-    stages = {r.data.tags["metaaug.stage"]: r for r in runs}
-    assert len(runs) == len(stages) == 5
+    # the experiment holds the stage runs only (one per fixed arm: train@<arm>): the arm x split runs are beside
+    # it, not burying them
+    stages = {stage_key(r.data.tags): r for r in runs}
+    assert len(runs) == len(stages) and set(stages) == {"prepare", "learner", "metatrain", "augment", "train@none",
+                                                        "train@trivialaugment", "train_learned", "evaluate"}
+    by_id = {r.info.run_id: r for r in runs}
     children = client.search_runs([client.get_experiment_by_name("metaaug-splits").experiment_id], max_results=100)
     execution = stages["evaluate"].data.tags["metaaug.pipeline"]
     assert {r.data.tags["metaaug.pipeline"] for r in [*stages.values(), *children]} == {execution}
@@ -97,37 +103,40 @@ def test_report_and_lineage_in_mlflow(pipeline):
         assert c.data.metrics["test_accuracy"] == pytest.approx(
             accuracy[(c.data.tags["metaaug.arm"], int(c.data.tags["metaaug.split"]))], abs=0.006)  # csv: 0.01 points
         # the run spans its population's training; `seconds` is this learner's share of it
-        population = int(stages["train"].data.params["train.population_size"])
+        population = int(by_id[c.data.tags["metaaug.train_run"]].data.params["train.population_size"])
         assert 1000 * c.data.metrics["seconds"] - 50 <= c.info.end_time - c.info.start_time \
             <= 1000 * c.data.metrics["seconds"] * population + 50
     # run names and params say which pipeline a run belongs to
-    for name, run in stages.items():  # evaluate's opens with which arm won (tracking.winner)
-        shown = f"{name}: {run.data.tags['metaaug.winner']}" if name == "evaluate" else name
-        assert run.info.run_name.startswith(f"{shown} · digits [5,6,7,8,9] 5-shot × 2"), run.info.run_name
+    for run in stages.values():
+        assert run.info.run_name.startswith(run.data.tags["metaaug.stage"]), run.info.run_name
+        assert run.info.run_name.endswith(" · digits [5,6,7,8,9] 5-shot × 2"), run.info.run_name
         assert run.data.params["target.classes"] == '["5", "6", "7", "8", "9"]'
         assert run.data.params["target.shots"] == "5" and run.data.params["target.splits"] == "2"
-    evaluate = stages["evaluate"]
+    evaluate = stages["evaluate"]  # its name opens with which arm won (tracking.winner), train's with the arm
+    assert evaluate.info.run_name.startswith(f"evaluate: {evaluate.data.tags['metaaug.winner']} · ")
+    assert stages["train@none"].info.run_name.startswith("train: arm none · ")
     artifacts = {a.path for a in client.list_artifacts(evaluate.info.run_id, "report")}
     assert {"report/report.md", "report/samples.png", "report/policy.png", "report/evaluation.json"} <= artifacts
-    train_id = stages["train"].info.run_id
     note = evaluate.data.tags["mlflow.note.content"]
-    assert note.startswith("**Verdict:") and f"runs/{train_id})" in note and "metaaug-splits" in note
+    assert note.startswith("**Verdict:") and "metaaug-splits" in note
+    assert all(f"runs/{stages[s].info.run_id})" in note for s in ("train@none", "train@trivialaugment", "train_learned"))
     selected = client.search_runs([c.info.experiment_id for c in children[:1]],
-                                  f"tags.`metaaug.train_run` = '{train_id}'")
+                                  f"tags.`metaaug.evaluate_run` = '{evaluate.info.run_id}'")  # the note's search
     assert len(selected) == len(children) == 3 * 2
     # metatrain: the answer first; its description says what was chosen and why, a figure draws it
     metatrain = stages["metatrain"]
     assert set(metatrain.data.metrics) == {"search.seconds", "search.proxy_seconds", "search.workers",
-                                           "search.trainings", "search.budget", "search.spent",
-                                           "learner.seconds.small_cnn", "learner.seconds.resnet"}
+                                           "search.trainings", "search.budget", "search.spent"}
+    assert set(stages["learner"].data.metrics) == {"learner.seconds.small_cnn", "learner.seconds.resnet"}
     assert 0 < metatrain.data.metrics["search.spent"] <= metatrain.data.metrics["search.budget"]
     note = metatrain.data.tags["mlflow.note.content"]
     assert note.startswith("**Chosen policy: ") and "How it was decided: " in note
-    # ... and which downstream learner the trial chose, with its evidence (train's description too)
-    learner = read_json(pipeline["policy"] / "learner.json")
-    assert read_json(pipeline["downstream"] / "results.json")["learner"] == learner
-    assert metatrain.data.tags["metaaug.learner"] == learner["model"] == stages["train"].data.params["train.model"]
-    for run in (metatrain, stages["train"]):
+    # ... and which downstream learner the trial (stage learner) chose, with its evidence (train's too)
+    learner = read_json(pipeline["learner"] / "learner.json")
+    assert read_json(pipeline["downstream"] / "none" / "results.json")["learner"] == learner
+    assert stages["learner"].data.tags["metaaug.learner"] == metatrain.data.tags["metaaug.learner"] == learner["model"]
+    assert learner["model"] == stages["train@none"].data.params["train.model"]
+    for run in (stages["learner"], metatrain, stages["train@none"], stages["train_learned"]):
         assert f"**Downstream learner: {learner['model']}** ({learner['rule']})." in run.data.tags["mlflow.note.content"]
         assert f"95 % CI [{learner['difference']['ci_low']:+.2f}, " in run.data.tags["mlflow.note.content"]
     assert {"policy.png", "search_finalists.json", "policy"} <= {a.path for a in client.list_artifacts(

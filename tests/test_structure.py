@@ -205,20 +205,11 @@ def resolved(key: str, params: dict) -> str:
     return re.sub(r"\$\{([^}]+)\}", value, key)
 
 
-def commands(declaration, params: dict) -> list[str]:
-    """The commands DVC runs for a stage: one, or one per item of its `matrix:` list (`${item.<key>}` filled)."""
-    if declaration.matrix is None:
-        return [declaration.cmd()]
-    key, items = declaration.matrix[0], params
-    for part in declaration.matrix[1].split("."):  # the list, as DVC reads it from params
-        items = items[part]
-    return [declaration.cmd().replace(f"${{item.{key}}}", item) for item in items]
-
-
 def test_stage_params_declare_every_key_the_stage_reads(tmp_path, monkeypatch):
     """Each stage run through its command on tiny data, its paths the declared ones under a scratch folder, with
     reads recorded: every key it read is one of its DVC params or declared as read without being one."""
     from conftest import tiny_params
+    from helpers import stage_commands
     from metaaug import config
     from metaaug.cli import main
     from metaaug.declaration import declarations
@@ -231,7 +222,7 @@ def test_stage_params_declare_every_key_the_stage_reads(tmp_path, monkeypatch):
             reads = recorded_reads(mp)
             # what loading reads (its validators) is no read of the stage's
             mp.setattr(module, "load_params", lambda path: (load(path), reads.clear())[0])
-            for command in commands(declaration, tiny_params()):  # a matrix stage: each item's
+            for command in stage_commands(declaration.dvc_stage(), tiny_params()):  # a matrix stage: each item's
                 with pytest.raises(SystemExit) as exit:
                     main([name, *command.split()[2:]])
                 assert exit.value.code == 0, command

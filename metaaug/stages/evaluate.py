@@ -116,6 +116,7 @@ def run(params: Params, prepared_dir: Path, downstream_dir: Path, metrics_path: 
         summary = verdict(metrics, baseline, search)
         won = tracking.winner(headline(metrics), best_fixed(metrics["arms"]))
         stage.headline = won
+        tracking.set_tags({"metaaug.winner": won})
         if reports_dir is not None:
             write_report(stage.output(reports_dir), metrics, summary, accuracy, results, confusion, prepared,
                          policy_dir, baseline, search, stage.inputs)

@@ -38,6 +38,7 @@ def run(params: Params, prepared_dir: Path, out: Path) -> dict:
         stage.headline = choice["model"]
         tracking.set_description("\n".join(learners.markdown(choice)))
         tracking.set_tags({"metaaug.learner": choice["model"]})
+        tracking.log_metrics({f"learner.seconds.{m}": s for m, s in choice.get("seconds", {}).items()})
         print("learner: " + " ".join(learners.markdown(choice)).replace("**", ""))
     return choice
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from metaaug.config import LEARNED, load_params
+from metaaug.config import LEARNED, Params, load_params
 from metaaug.declaration import Declaration, Output
 from metaaug.stages import PARAMS, train
 
@@ -20,9 +20,14 @@ DECLARATION = Declaration(
     params=(*train.PARAMS_OF_AN_ARM, "train.learned_source"), reads=train.READS, timing=True, splits=True)
 
 
+def run(params: Params, prepared_dir: Path, learner_dir: Path, out: Path, policy_dir: Path,
+        augmented_dir: Path | None = None, timing: Path | None = None) -> None:
+    train.run(params, LEARNED, prepared_dir, learner_dir, out, policy_dir, augmented_dir, timing, DECLARATION)
+
+
 def command(params: Path = PARAMS, prepared: Path = DECLARATION.option("prepared"),
             learner: Path = DECLARATION.option("learner"), policy: Path = DECLARATION.option("policy"),
             augmented: Path = DECLARATION.option("augmented"), out: Path = DECLARATION.option("out"),
             timing: Path = DECLARATION.option("timing")):
     """Train the downstream learner under the learned policy on every target split."""
-    train.run(load_params(params), LEARNED, prepared, learner, out, policy, augmented, timing, DECLARATION)
+    run(load_params(params), prepared, learner, out, policy, augmented, timing)
