@@ -350,17 +350,17 @@ def tree(root) -> dict:
     return found
 
 
-def run_pipeline(project, params: dict, **outs) -> None:
-    """prepare -> evaluate through the CLI in `project` (default output paths unless given in `outs`)."""
+def run_pipeline(project, params: dict) -> None:
+    """prepare -> evaluate through the CLI in `project`, at the default output paths (train: once per arm)."""
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(project)
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
         for stage in STAGES:
-            args = [f"--{k}={v}" for k, v in outs.get(stage, {}).items()]
-            with pytest.raises(SystemExit) as exit:
-                main([stage, *args])
-            assert exit.value.code == 0, stage
+            for args in ([["--arm", arm] for arm in params["train"]["arms"]] if stage == "train" else [[]]):
+                with pytest.raises(SystemExit) as exit:
+                    main([stage, *args])
+                assert exit.value.code == 0, stage
 
 
 @pytest.fixture(scope="module")
@@ -422,9 +422,9 @@ OUTPUT_ROWS = {  # (stage and args, the names the line must hold): anything at a
     "metrics_at_params_file": (["evaluate", "--metrics", "params.yaml"], ["params.yaml"]),
     "metrics_at_a_folder": (["evaluate", "--metrics", "mydata"], ["mydata", "is a folder"]),
     "metrics_inside_an_output": (["evaluate", "--metrics", "models/policy/search.json"], ["lies inside"]),
-    "train_at_augmented": (["train", "--out", "data/augmented"], ["data/augmented"]),
+    "train_at_augmented": (["train", "--arm", "none", "--out", "data/augmented"], ["data/augmented"]),
     "timing_at_a_user_file": (["metatrain", "--timing", "notes.txt"], ["notes.txt", "timing output"]),
-    "timing_inside_an_output": (["train", "--timing", "models/policy/train.json"], ["lies inside"]),
+    "timing_inside_an_output": (["train", "--arm", "none", "--timing", "models/policy/train.json"], ["lies inside"]),
 }
 
 
@@ -502,11 +502,13 @@ MISMATCH_ROWS = {  # a CLI stage given inputs that do not belong together: (args
                                          ["models/downstream", "another prepare output than other"]),
     "evaluate_prepared_of_same_shape": (["evaluate", "--prepared", "same_shape"],
                                         ["models/downstream", "another prepare output than same_shape"]),
-    "train_augmented_of_other_prepared": (["train", "--prepared", "same_shape", "--out", "models/new"],
+    "train_augmented_of_other_prepared": (["train_learned", "--prepared", "same_shape", "--out", "models/new"],
                                           ["another prepare output than same_shape"]),  # the augmented set (a policy is portable)
-    "evaluate_downstream_is_prepared": (["evaluate", "--downstream", "data/prepared"],
-                                        ["data/prepared", "output of `metaaug prepare`"]),
-    "train_prepared_is_policy": (["train", "--prepared", "models/policy", "--out", "models/new"],
+    "evaluate_learned_is_prepared": (["evaluate", "--learned", "data/prepared"],
+                                     ["data/prepared", "output of `metaaug prepare`"]),
+    "evaluate_downstream_is_prepared": (["evaluate", "--downstream", "data"],  # data/prepared is no arm's folder
+                                        ["data/none", "does not exist", "output of `metaaug train`"]),
+    "train_prepared_is_policy": (["train", "--arm", "none", "--prepared", "models/policy", "--out", "models/new"],
                                  ["models/policy", "output of `metaaug metatrain`"]),
     "augment_prepared_is_augmented": (["augment", "--prepared", "data/augmented", "--out", "data/new"],
                                       ["data/augmented", "output of `metaaug augment`"]),
@@ -524,8 +526,10 @@ def test_mismatched_stage_inputs_stop_in_one_line(row, project, capsys):
 @pytest.mark.parametrize("stage, args, unmarked", [
     ("metatrain", ["--out", "models/new"], "data/prepared"),
     ("augment", ["--out", "data/new"], "models/policy"),
-    ("train", ["--out", "models/new"], "data/augmented"),
-    ("evaluate", ["--metrics", "m.json"], "models/downstream"),
+    ("train", ["--arm", "none", "--out", "models/new"], "models/learner"),
+    ("train_learned", ["--out", "models/new"], "data/augmented"),
+    ("evaluate", ["--metrics", "m.json"], "models/downstream/none"),
+    ("evaluate", ["--metrics", "m.json"], "models/downstream/learned"),
 ])
 def test_an_input_without_its_marker_is_refused(stage, args, unmarked, project, capsys):
     """A folder that holds an output's files but no marker (copied without it, or from before markers): nothing
@@ -767,10 +771,11 @@ OWNERSHIP_ROWS = {  # (damage, stage and args, names): an output changed since m
     "hand_edited_report": (edit_report, ["evaluate"], ["reports", "report.md", "modified since metaaug wrote it"]),
     "hand_edited_metrics": (edit_metrics, ["evaluate"], ["metrics.json", "modified since metaaug wrote it"]),
     "fake_marker_on_user_folder": (fake_marker, ["prepare", "--out", "mine"], ["mine", "data.txt", "modified"]),
-    "train_timing_at_evaluate_metrics": (lambda r: None, ["train", "--out", "models/new", "--timing", "metrics.json"],
+    "train_timing_at_evaluate_metrics": (lambda r: None, ["train", "--arm", "none", "--out", "models/new", "--timing",
+                                                          "metrics.json"],
                                          ["metrics.json", "metrics output of `metaaug evaluate`"]),
     "metatrain_timing_at_train_timing": (lambda r: None, ["metatrain", "--out", "models/new", "--timing",
-                                                          "timings/train.json"], ["timing output of `metaaug train`"]),
+                                                          "timings/train@none.json"], ["timing output of `metaaug train`"]),
 }
 
 
@@ -779,7 +784,7 @@ def test_outputs_changed_since_metaaug_wrote_them_are_kept(row, project, capsys)
     damage, args, names = OWNERSHIP_ROWS[row]
     (project / "timings").mkdir(exist_ok=True)
     if row == "metatrain_timing_at_train_timing":
-        cli(capsys, "train", "--out", "models/t", "--timing", "timings/train.json")
+        cli(capsys, "train", "--arm", "none", "--out", "models/t", "--timing", "timings/train@none.json")
     damage(project)
     refused(capsys, project, *args, names=names)
 
@@ -802,10 +807,9 @@ def other_seed_under_old_marker(root):
             shutil.copy(f, root / "data" / "prepared" / f.name)
 
 
-def other_learner_without_the_learned_arm(root):
-    """learner.json naming the other learner, read by a train without the learned arm (train.model: auto)."""
-    (root / "none.yaml").write_text(yaml.safe_dump(tiny_params(**{"train.arms": ["none"]})))
-    path = root / "models" / "policy" / "learner.json"
+def other_learner(root):
+    """learner.json naming the other learner, read by a fixed arm's train (train.model: auto)."""
+    path = root / "models" / "learner" / "learner.json"
     doc = json.loads(path.read_text())
     path.write_text(json.dumps({**doc, "model": {"small_cnn": "resnet", "resnet": "small_cnn"}[doc["model"]]}))
 
@@ -819,7 +823,8 @@ def truncate(rel):
 
 
 INPUT_ROWS = {  # (damage, stage and args, names): an input whose files differ from its marker is never read
-    "flipped_bank_bytes": (flip_bank, ["train", "--out", "models/new"], ["data/augmented", "images.npy", "modified"]),
+    "flipped_bank_bytes": (flip_bank, ["train_learned", "--out", "models/new"],
+                           ["data/augmented", "images.npy", "modified"]),
     "zeroed_test_set": (zero_test_set, ["evaluate", "--metrics", "m.json", "--plots", "p", "--reports", "r"],
                         ["data/prepared", "target_images.npy", "modified"]),
     "other_seed_under_old_marker": (other_seed_under_old_marker, ["metatrain", "--out", "models/new"],
@@ -828,11 +833,10 @@ INPUT_ROWS = {  # (damage, stage and args, names): an input whose files differ f
                            ["data/prepared", "manifest.json", "modified"]),
     "truncated_checkpoint_json": (truncate("models/policy/checkpoint.json"), ["augment", "--out", "data/new"],
                                   ["models/policy", "checkpoint.json", "modified"]),
-    "truncated_results": (truncate("models/downstream/results.json"), ["evaluate", "--metrics", "m.json"],
-                          ["models/downstream", "results.json", "modified"]),
-    "other_learner_without_the_learned_arm": (other_learner_without_the_learned_arm,
-                                              ["train", "--params", "none.yaml", "--out", "models/new"],
-                                              ["models/policy", "learner.json", "modified"]),
+    "truncated_results": (truncate("models/downstream/none/results.json"), ["evaluate", "--metrics", "m.json"],
+                          ["models/downstream/none", "results.json", "modified"]),
+    "other_learner": (other_learner, ["train", "--arm", "none", "--out", "models/new"],
+                      ["models/learner", "learner.json", "modified"]),
     "truncated_marker": (truncate("data/prepared/.metaaug-output.json"), ["metatrain", "--out", "models/new"],
                          ["data/prepared", "not a readable marker"]),
 }
@@ -886,7 +890,7 @@ def test_deleted_splits_experiment_stops_train_before_any_work(project, capsys):
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     splits = client.get_experiment_by_name("metaaug-splits")
     client.delete_experiment(splits.experiment_id)
-    refused(capsys, project, "train", names=["metaaug-splits", "deleted", "restore"])
+    refused(capsys, project, "train", "--arm", "none", names=["metaaug-splits", "deleted", "restore"])
 
 
 def test_tracking_failure_keeps_previous_output_and_marks_the_run_failed(project, capsys, monkeypatch):

@@ -183,7 +183,7 @@ def evaluation_doc(inputs: dict) -> dict:
 
 def timings(folder, metatrain: object, train: object):
     folder.mkdir(exist_ok=True)
-    for name, doc in (("metatrain.json", metatrain), ("train.json", train)):
+    for name, doc in (("metatrain.json", metatrain), ("train_learned.json", train)):
         (folder / name).write_text(doc if isinstance(doc, str) else json.dumps(doc))
     return folder
 
@@ -195,14 +195,14 @@ TRAIN = {"run_seconds": 3.0, "machine": "m", "output_digest": "models1"}
 @pytest.mark.parametrize("metatrain, train, names", [
     ([1, 2], TRAIN, ["metatrain.json", "no timing"]),
     ({}, TRAIN, ["metatrain.json", "'search_seconds' is None"]),
-    (SEARCH, {**TRAIN, "run_seconds": 0}, ["train.json", "'run_seconds' is 0"]),
-    (SEARCH, {**TRAIN, "run_seconds": "3"}, ["train.json", "'run_seconds' is '3'"]),
+    (SEARCH, {**TRAIN, "run_seconds": 0}, ["train_learned.json", "'run_seconds' is 0"]),
+    (SEARCH, {**TRAIN, "run_seconds": "3"}, ["train_learned.json", "'run_seconds' is '3'"]),
     ({**SEARCH, "machine": None}, TRAIN, ["metatrain.json"]),
     ("{", TRAIN, ["metatrain.json", "not valid JSON"]),
-    (SEARCH, "[" * 5000, ["train.json", "levels deep"]),
+    (SEARCH, "[" * 5000, ["train_learned.json", "levels deep"]),
 ])
 def test_results_at_foreign_timings_is_one_line(metatrain, train, names, tmp_path, capsys):
-    (tmp_path / "evaluation.json").write_text(json.dumps(evaluation_doc({"metatrain": "policy1", "train": "models1"})))
+    (tmp_path / "evaluation.json").write_text(json.dumps(evaluation_doc({"metatrain": "policy1", "train_learned": "models1"})))
     folder = timings(tmp_path / "timings", metatrain, train)
     code, err = cli(capsys, "results", "--evaluation", tmp_path / "evaluation.json", "--timings", folder)
     one_line(code, err, *names)
@@ -212,8 +212,8 @@ def test_results_shows_only_the_timings_of_the_outputs_it_evaluated(tmp_path, ca
     """Each timing names the digest of the output it timed; evaluation.json the digests of the outputs it
     compared: a cost is shown only where both match (an evaluation without digests shows none)."""
     folder = timings(tmp_path / "timings", SEARCH, TRAIN)
-    for inputs, shown in (({"metatrain": "policy1", "train": "models1"}, True),
-                          ({"metatrain": "policy2", "train": "models1"}, False),
+    for inputs, shown in (({"metatrain": "policy1", "train_learned": "models1"}, True),
+                          ({"metatrain": "policy2", "train_learned": "models1"}, False),
                           ({"metatrain": "policy1"}, False)):
         (tmp_path / "evaluation.json").write_text(json.dumps(evaluation_doc(inputs)))
         code, out = cli(capsys, "results", "--evaluation", tmp_path / "evaluation.json", "--timings", folder,
