@@ -95,7 +95,8 @@ def tree_rss(launcher_pid: int) -> int:
 
 
 def stage_names(project: Path) -> list[str]:
-    """The stages in dvc.yaml order, which is the pipeline's order (each depends only on earlier ones)."""
+    """The stages in dvc.yaml order, which is the pipeline's order (each depends only on earlier ones); a matrix
+    stage (train: one per fixed arm) by its name, which `dvc repro -s` runs whole."""
     return list(yaml.safe_load((project / "dvc.yaml").read_text())["stages"])
 
 
@@ -140,7 +141,7 @@ def table(stages: dict, noop: dict, cost: dict, limit: float = TARGETS["pipeline
     checks = [(f"full pipeline ≤ {limit / 60:g} min", f"{total / 60:.1f} min", total <= limit),
               ("peak RSS ≤ 2 GiB", f"{peak / GIB:.2f} GiB", peak <= TARGETS["peak_rss"]),
               ("no-op `dvc repro` ≤ 5 s", f"{noop['seconds']:.1f} s", noop["seconds"] <= TARGETS["noop_seconds"])]
-    lines += ["", f"One downstream training (median over arms × splits): {one:.2f} s. Metatrain: "
+    lines += ["", f"One downstream training (median over the learned arm's splits): {one:.2f} s. Metatrain: "
               f"search {cost['search_cost']:.1f}× one training (timings/; proxy trainings summed over processes "
               f"{cost['search_cost_one_core']:.1f}×), whole stage "
               f"{stages['metatrain']['seconds'] / one:.1f}× (with DVC and MLflow start-up).", "",

@@ -158,3 +158,23 @@ def declarations() -> dict[str, Declaration]:
     for name in found:
         place(name, ())
     return ordered
+
+
+def expanded_stages(stages: dict, params: dict) -> dict[str, dict]:
+    """dvc.yaml's stage entries as DVC runs them: a `matrix:` stage as one entry per item of its list (read from
+    `params`, a params.yaml mapping), named `<stage>@<item>`, with `${item.<key>}` filled in. For running the
+    stages without DVC (the tests' in-process repro, bench/gpu_check.py)."""
+    import yaml
+
+    found = {}
+    for name, stage in stages.items():
+        if "matrix" not in stage:
+            found[name] = stage
+            continue
+        (key, listed), = stage["matrix"].items()
+        items = params
+        for part in listed.removeprefix("${").removesuffix("}").split("."):
+            items = items[part]
+        entry = yaml.safe_dump({k: v for k, v in stage.items() if k != "matrix"})
+        found.update({f"{name}@{item}": yaml.safe_load(entry.replace(f"${{item.{key}}}", item)) for item in items})
+    return found

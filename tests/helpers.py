@@ -27,7 +27,7 @@ import yaml
 from conftest import tiny_config, tiny_params
 from metaaug import publish
 from metaaug.cli import main
-from metaaug.declaration import declarations
+from metaaug.declaration import declarations, expanded_stages
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # the scratch projects the benches make too
 from _common import kill_group, make_project, sh  # noqa: E402
@@ -58,30 +58,17 @@ def atomic_dir(path: str | Path, kind: str | None = None, inputs: dict | None = 
     publish.publish(staged)
 
 
-def stage_commands(stage: dict, params: dict) -> list[str]:
-    """The commands DVC runs for a dvc.yaml stage entry: its cmd, or one per item of its `matrix:` list (read
-    from `params`, `${item.<key>}` filled in)."""
-    if "matrix" not in stage:
-        return [stage["cmd"]]
-    (key, listed), = stage["matrix"].items()
-    items = params
-    for part in listed.removeprefix("${").removesuffix("}").split("."):
-        items = items[part]
-    return [stage["cmd"].replace(f"${{item.{key}}}", str(item)) for item in items]
-
-
 def repro_in_process(root: Path) -> None:
     """What `dvc repro` does, minus a fresh interpreter per stage: run each dvc.yaml command (`python
     stages/<name>.py ...`) in this process, where the imports are already paid for (one torch + mlflow
     import instead of five), then `dvc commit` the outputs, so DVC sees the pipeline up to date. The
     caller has chdir'd to root."""
     params = yaml.safe_load((root / "params.yaml").read_text())
-    for stage in yaml.safe_load((root / "dvc.yaml").read_text())["stages"].values():
-        for command in stage_commands(stage, params):
-            script, *args = shlex.split(command)[1:]
-            with pytest.raises(SystemExit) as exit:
-                main([Path(script).stem, *args])
-            assert exit.value.code == 0, command
+    for stage in expanded_stages(yaml.safe_load((root / "dvc.yaml").read_text())["stages"], params).values():
+        script, *args = shlex.split(stage["cmd"])[1:]
+        with pytest.raises(SystemExit) as exit:
+            main([Path(script).stem, *args])
+        assert exit.value.code == 0, stage["cmd"]
     committed = dvc(root, "commit", "--force")
     assert committed.returncode == 0 and "up to date" in dvc(root, "status").stdout, committed.stderr
 
@@ -180,13 +167,18 @@ def served_pipeline(tmp_path_factory):
 
 
 def stage_runs(url: str) -> dict:
-    """Stage name -> its run, from the server."""
+    """DVC stage name (`train@<arm>` for a fixed arm's) -> its run, from the server."""
     import mlflow
 
     client = mlflow.MlflowClient(url)
     exp = client.get_experiment_by_name("metaaug")
     runs = client.search_runs([exp.experiment_id], filter_string="tags.`metaaug.stage` != ''")
-    return {r.data.tags["metaaug.stage"]: r for r in runs}
+    return {dvc_stage_name(r.data.tags): r for r in runs}
+
+
+def dvc_stage_name(tags: dict) -> str:
+    """The DVC stage a stage run ran: its stage, `train@<arm>` for a fixed arm's (a `matrix:` item)."""
+    return f"train@{tags['metaaug.arm']}" if tags["metaaug.stage"] == "train" else tags["metaaug.stage"]
 
 
 CIFAR10_NAMES = [b"airplane", b"automobile", b"bird"]

@@ -16,9 +16,10 @@ from helpers import dvc, make_project, repro_in_process, sh
 
 pytestmark = pytest.mark.slow
 
-# Three experiments that change only what the train stage reads, and what it writes (train's output is
+# Three experiments that change only what the train stages read, and what they write (train's output is
 # deterministic: an experiment that trains the same models leaves evaluate's inputs as they were, and DVC
-# rightly skips evaluate): each reruns train and evaluate.
+# rightly skips evaluate): each reruns train_learned and evaluate; only a recipe change (train.epochs) retrains the
+# fixed arms (train@<arm>), and the learner trial and the search that use that recipe.
 EXPERIMENTS = [{"train.epochs": 5}, {"train.learned_source": "on_the_fly"},
                {"train.epochs": 5, "train.learned_source": "on_the_fly"}]
 
@@ -75,8 +76,12 @@ def test_queued_experiments_log_every_run_to_one_sqlite_store(baseline, tmp_path
     tasks = wait_for_queue(baseline, len(EXPERIMENTS), timeout=600)
     logs = {task: dvc(baseline, "queue", "logs", task).stdout for task in tasks}
     assert set(tasks.values()) == {"Success"}, logs
-    ran = Counter(stage for log in logs.values() for stage in re.findall(r"Running stage '(\w+)'", log))
-    assert ran["train"] == ran["evaluate"] == len(EXPERIMENTS), ran
+    ran = Counter(stage for log in logs.values() for stage in re.findall(r"Running stage '([\w@]+)'", log))
+    params = tiny_params()
+    recipe = sum("train.epochs" in e for e in EXPERIMENTS)
+    assert ran["train_learned"] == ran["evaluate"] == len(EXPERIMENTS), ran
+    assert {arm: ran[f"train@{arm}"] for arm in params["train"]["arms"]} == dict.fromkeys(params["train"]["arms"],
+                                                                                         recipe), ran
 
     with sqlite3.connect(db) as con:
         assert con.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
@@ -89,17 +94,21 @@ def test_queued_experiments_log_every_run_to_one_sqlite_store(baseline, tmp_path
     stages = {}
     for run in runs:
         stages.setdefault(run.data.tags.get("metaaug.stage", "child"), []).append(run)
-    params = tiny_params()
-    n_children = len(params["train"]["arms"]) * params["tasks"]["splits"]  # one per arm x split
-    assert {stage: len(found) for stage, found in stages.items()} == {**ran, "child": ran["train"] * n_children}
-    settings = {(int(r.data.params["train.epochs"]), r.data.params["train.learned_source"]) for r in stages["train"]}
+    expected = {stage: n for stage, n in ran.items() if "@" not in stage}
+    expected["train"] = sum(n for stage, n in ran.items() if stage.startswith("train@"))
+    trained = stages["train"] + stages["train_learned"]  # one run per arm, a child per split
+    assert {stage: len(found) for stage, found in stages.items()} == {
+        **expected, "child": len(trained) * params["tasks"]["splits"]}
+    settings = {(int(r.data.params["train.epochs"]), r.data.params["train.learned_source"])
+                for r in stages["train_learned"]}
     assert settings == {(e.get("train.epochs", params["train"]["epochs"]), e.get("train.learned_source", "augmented"))
                         for e in EXPERIMENTS}
-    for train in stages["train"]:
+    for train in trained:
         children = [c for c in stages["child"] if c.data.tags["metaaug.train_run"] == train.info.run_id]
-        assert len(children) == n_children
+        assert len(children) == params["tasks"]["splits"]
         for child in children:
             epochs = int(train.data.params["train.epochs"])
             assert len(client.get_metric_history(child.info.run_id, "loss")) == epochs
-        evaluate = [e for e in stages["evaluate"] if e.data.tags["upstream.train"] == train.info.run_id]
+    for learned in stages["train_learned"]:
+        evaluate = [e for e in stages["evaluate"] if e.data.tags["upstream.train_learned"] == learned.info.run_id]
         assert len(evaluate) == 1 and "gain" in evaluate[0].data.metrics

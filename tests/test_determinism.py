@@ -15,12 +15,12 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
-    """Two fresh projects, each with its own MLflow store, reproduced up to train side by side."""
+    """Two fresh projects, each with its own MLflow store, reproduced up to train (every arm) side by side."""
     params = tiny_params(**{"train.device": "cpu"})
     roots = [make_project(tmp_path_factory.mktemp("determinism") / "project", params) for _ in range(2)]
     with pytest.MonkeyPatch.context() as env, ThreadPoolExecutor(2) as pool:
         env.delenv("MLFLOW_TRACKING_URI", raising=False)  # each project's own sqlite:///mlflow.db
-        runs = list(pool.map(lambda root: dvc(root, "repro", "train"), roots))
+        runs = list(pool.map(lambda root: dvc(root, "repro", "train", "train_learned"), roots))
     for run in runs:
         assert run.returncode == 0, run.stdout + run.stderr
     return roots
@@ -42,5 +42,5 @@ def test_dvc_lock_entries_are_identical(two_runs):
     """Run ids and wall times live in MLflow and timings/, never in the outputs, so every hash in the lock
     entries matches."""
     a, b = two_runs
-    for stage in ("prepare", "metatrain", "augment", "train"):
+    for stage in ("prepare", "learner", "metatrain", "augment", "train@none", "train@trivialaugment", "train_learned"):
         assert lock(a)[stage] == lock(b)[stage], stage

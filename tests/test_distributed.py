@@ -50,7 +50,8 @@ def train_alone(root: Path, model: str) -> None:
     """The train stage in this process for `model`, into `single-<model>`."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", tracking_uri(root))
-        train.run(validate(params_for("none", model)), root / "prepared", root / f"single-{model}")
+        for arm in ARMS:
+            train.run(validate(params_for("none", model)), arm, root / "prepared", None, root / f"single-{model}" / arm)
 
 
 def tracking_uri(root: Path) -> str:
@@ -59,20 +60,21 @@ def tracking_uri(root: Path) -> str:
 
 
 def torchrun(root: Path, mode: str, out: Path, model: str) -> None:
-    """`torchrun --nproc_per_node=2 stages/train.py ...`, the command in docs/scaling.md."""
+    """`torchrun --nproc_per_node=2 stages/train.py --arm <arm> ...`, the command in docs/scaling.md, per arm."""
     params_file = root / f"{mode}-{model}.yaml"
     params_file.write_text(yaml.safe_dump(params_for(mode, model)))
     torchrun_bin = Path(sys.executable).parent / "torchrun"
-    cmd = [str(torchrun_bin), "--standalone", "--nproc_per_node=2", str(REPO / "stages/train.py"),
-           "--params", str(params_file), "--prepared", str(root / "prepared"), "--out", str(out)]
-    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": tracking_uri(root)})
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.count("train: none: 2 splits") == 1, done.stdout  # rank 0 alone reports
+    for arm in ARMS:
+        cmd = [str(torchrun_bin), "--standalone", "--nproc_per_node=2", str(REPO / "stages/train.py"), "--arm", arm,
+               "--params", str(params_file), "--prepared", str(root / "prepared"), "--out", str(out / arm)]
+        done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": tracking_uri(root)})
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout.count(f"train: {arm}: 2 splits") == 1, done.stdout  # rank 0 alone reports
 
 
 def outputs(out: Path, arm: str) -> tuple[list[dict], list[dict]]:
-    return torch.load(out / f"{arm}.pt", weights_only=True), read_json(out / "results.json")["arms"][arm]
+    return torch.load(out / arm / f"{arm}.pt", weights_only=True), read_json(out / arm / "results.json")["arms"][arm]
 
 
 def stage_runs(root: Path, mode: str, model: str) -> tuple:
@@ -93,8 +95,8 @@ def against_single(root: Path, mode: str, model: str = "small_cnn") -> list[tupl
     out = root / f"{mode}-{model}"
     torchrun(root, mode, out, model)
     train, children = stage_runs(root, mode, model)
-    assert len(train) == 1 and train[0].data.params["train.distributed"] == mode
-    assert train[0].data.params["train.ranks"] == "2" and len(children) == len(ARMS) * 2
+    assert len(train) == len(ARMS) and {r.data.params["train.distributed"] for r in train} == {mode}
+    assert {r.data.params["train.ranks"] for r in train} == {"2"} and len(children) == len(ARMS) * 2
     pairs = []
     for arm in ARMS:
         (states, runs), (ref_states, ref_runs) = outputs(out, arm), outputs(root / f"single-{model}", arm)
@@ -176,7 +178,7 @@ def test_each_ddp_step_has_the_whole_batch_gradient(model, tmp_path):
 def test_several_processes_without_a_distributed_mode_stop_before_writing(single, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(MetaaugError, match=r"train.distributed = none, but torchrun started 2 processes; expected"):
-        train.run(validate(params_for("none")), single / "prepared", single / "never")
+        train.run(validate(params_for("none")), "none", single / "prepared", None, single / "never")
     assert not (single / "never").exists()
 
 

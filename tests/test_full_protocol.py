@@ -104,10 +104,11 @@ def test_full_pipeline_compares_the_arms_over_paired_seeds(tmp_path, monkeypatch
                             "metatrain.workers": 1, "metatrain.query_per_class": 3})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
-    for stage in ("prepare", "metatrain", "augment", "train", "evaluate"):
+    for args in (["prepare"], ["learner"], ["metatrain"], ["augment"], *(["train", "--arm", arm] for arm in
+                 params["train"]["arms"]), ["train_learned"], ["evaluate"]):
         with pytest.raises(SystemExit) as exit:
-            main([stage])
-        assert exit.value.code == 0, stage
+            main(args)
+        assert exit.value.code == 0, args
     metrics = read_json(tmp_path / "reports" / "evaluation.json")  # metrics.json is the compact headline
     assert {a: s["n"] for a, s in metrics["arms"].items()} == {"none": 3, "trivialaugment": 3, "learned": 3}
     assert metrics["paired"] and all(d["n"] == 3 for d in metrics["paired"].values())

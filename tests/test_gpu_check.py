@@ -21,7 +21,7 @@ def rows(table: str) -> list[list[str]]:
             if line.startswith("| ") and not line.startswith("| part ")]
 
 
-@pytest.mark.slow  # about 100 s on 2 cores: nine stage processes, two of them under torchrun
+@pytest.mark.slow  # about 2 min on 2 cores: twelve stage processes, four of them under torchrun
 def test_dry_run_passes_every_part(tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--keep", str(tmp_path / "run")],
                           cwd=REPO, capture_output=True, text=True, timeout=900)
@@ -29,7 +29,7 @@ def test_dry_run_passes_every_part(tmp_path):
     table = rows(done.stdout)
     assert not [r for r in table if any("FAILED" in cell for cell in r)], done.stdout
     checks = {(r[0], r[1]): r[2] for r in table}
-    for stage in STAGES:
+    for stage in [*(s for s in STAGES if s != "train"), "train@none", "train@trivialaugment"]:  # a fixed arm's each
         assert re.fullmatch(r"[\d.]+ s.*", checks["A", f"{stage} on cpu"]), stage
     assert checks["A", "chosen policy"].startswith("baseline point: ")
     assert "gain " in checks["A", "evaluation headline"]

@@ -20,11 +20,13 @@ from conftest import tiny_params
 from metaaug.publish import KILL_ENV
 from metaaug.files import dir_digest
 from helpers import dvc, make_project, repro_in_process
+from metaaug.declaration import expanded_stages
 
 pytestmark = pytest.mark.slow
 
 # The output each stage publishes first: killed there, none of the stage's outputs may have changed.
-FIRST_OUTPUT = {"prepare": "prepared", "metatrain": "policy", "augment": "augmented", "train": "downstream",
+FIRST_OUTPUT = {"prepare": "prepared", "learner": "learner", "metatrain": "policy", "augment": "augmented",
+                "train@none": "none", "train@trivialaugment": "trivialaugment", "train_learned": "learned",
                 "evaluate": "reports"}
 
 
@@ -53,7 +55,7 @@ def run_killed(root: Path, cmd: str, output: str) -> subprocess.CompletedProcess
 def test_killed_stages_keep_previous_outputs_and_repro_completes(tmp_path, monkeypatch):
     root = make_project(tmp_path / "project", tiny_params())
     monkeypatch.chdir(root)
-    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    stages = expanded_stages(yaml.safe_load((root / "dvc.yaml").read_text())["stages"], tiny_params())
     repro_in_process(root)
     assert set(stages) == set(FIRST_OUTPUT)
     outputs = {name: stage_outputs(root, stage) for name, stage in stages.items()}
@@ -70,22 +72,22 @@ def test_killed_stages_keep_previous_outputs_and_repro_completes(tmp_path, monke
     every_output = {f".{p.name}" for paths in outputs.values() for p in paths} | {f".{n}" for n in timing_files}
     assert {f".{o}" for o in FIRST_OUTPUT.values()} <= left <= every_output, left
 
-    # Under DVC, with a new seed, killed mid-write in train: DVC had removed the old output before running the
+    # Under DVC, with a new seed, killed mid-write in train@none: DVC had removed the old output before running the
     # stage (it keeps it in its cache), so the path is absent, never half-written; `dvc checkout` restores it.
     (root / "params.yaml").write_text(yaml.safe_dump({**tiny_params(), "seed": 1}))
-    downstream = root / "models" / "downstream"
-    monkeypatch.setenv(KILL_ENV, FIRST_OUTPUT["train"])
+    downstream = root / "models" / "downstream" / "none"
+    monkeypatch.setenv(KILL_ENV, FIRST_OUTPUT["train@none"])
     interrupted = dvc(root, "repro")
     monkeypatch.delenv(KILL_ENV)
     assert interrupted.returncode != 0 and "train" in interrupted.stderr, interrupted.stdout + interrupted.stderr
     assert not downstream.exists()
-    assert dvc(root, "checkout", "models/downstream").returncode == 0
-    assert dir_digest(downstream) == before["train"][downstream][1]
+    assert dvc(root, "checkout", "models/downstream/none").returncode == 0
+    assert dir_digest(downstream) == before["train@none"][downstream][1]
 
     # The next `dvc repro` completes: the changed stages run, the pipeline is up to date, no temp is left.
     second = dvc(root, "repro")
     assert second.returncode == 0, second.stdout + second.stderr
-    assert "Running stage 'train'" in second.stdout and "Running stage 'prepare'" not in second.stdout
+    assert "Running stage 'train@none'" in second.stdout and "Running stage 'prepare'" not in second.stdout
     assert dir_digest(root / "data" / "prepared") != before["prepare"][root / "data" / "prepared"][1]
     assert "up to date" in dvc(root, "status").stdout
     assert temps(root) == []

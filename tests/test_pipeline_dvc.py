@@ -11,6 +11,7 @@ import yaml
 
 from conftest import REPO, tiny_params
 from helpers import STAGES, dvc, make_project, sh
+from metaaug.declaration import expanded_stages
 from metaaug.cli import main
 
 pytestmark = pytest.mark.slow
@@ -22,15 +23,16 @@ def test_dvc_repro_end_to_end(tmp_path, monkeypatch):
     first = dvc(root, "repro")
     assert first.returncode == 0, first.stdout + first.stderr
     assert (root / "data/prepared/manifest.json").exists()
-    assert (root / "models/downstream/results.json").exists()
+    assert all((root / f"models/downstream/{arm}/results.json").exists() for arm in ("none", "trivialaugment", "learned"))
     metrics = yaml.safe_load((root / "metrics.json").read_text())
     assert set(metrics) == {"none", "trivialaugment", "learned", "gain", "gain_low", "gain_high"}
     evaluation = json.loads((root / "reports/evaluation.json").read_text())  # every pair; metrics.json: learned's
     assert {"learned-none", "learned-trivialaugment", "trivialaugment-none"} <= set(evaluation["paired"])
     assert evaluation["verdict"].startswith("**Verdict")
     assert "search_cost" not in metrics and "machine" not in metrics  # evaluate's outputs: its DVC inputs alone
-    timings = {name: json.loads((root / "timings" / f"{name}.json").read_text()) for name in ("metatrain", "train")}
-    assert timings["metatrain"]["search_seconds"] > 0 and timings["train"]["run_seconds"] > 0
+    timings = {name: json.loads((root / "timings" / f"{name}.json").read_text())
+               for name in ("metatrain", "train@none", "train_learned")}
+    assert timings["metatrain"]["search_seconds"] > 0 and timings["train_learned"]["run_seconds"] > 0
     results = subprocess.run([str(Path(sys.executable).parent / "metaaug"), "results"], cwd=root,
                              capture_output=True, text=True)
     assert results.returncode == 0 and "one downstream training run" in results.stdout, results.stderr
@@ -75,19 +77,25 @@ def test_dvc_repro_end_to_end(tmp_path, monkeypatch):
     by_stage = {}
     for run in runs:
         by_stage.setdefault(run.data.tags.get("metaaug.stage"), []).append(run)
-    assert {s: len(r) for s, r in by_stage.items() if s} == {stage: 1 for stage in STAGES}
-    prepare, metatrain, augment, train, evaluate = (by_stage[s][0] for s in STAGES)
-    for run in (prepare, metatrain, augment, train, evaluate):
+    assert {s: len(r) for s, r in by_stage.items() if s} == {**{stage: 1 for stage in STAGES}, "train": 2}  # an arm each
+    prepare, learner, metatrain, augment, _, learned, evaluate = (by_stage[s][0] for s in STAGES)
+    fixed = {run.data.tags["metaaug.arm"]: run for run in by_stage["train"]}
+    named = {"prepare": prepare, "learner": learner, "metatrain": metatrain, "augment": augment,
+             **{f"train@{arm}": run for arm, run in fixed.items()}, "train_learned": learned, "evaluate": evaluate}
+    for run in named.values():
         assert len(run.data.tags["git.commit"]) == 40
         assert run.data.tags["git.dirty"] == "false", run.data.tags  # DVC deleting a stage's own outputs is no edit
     # one `dvc repro`, one pipeline execution id, though dvc.lock changed between stages
     assert len({run.data.tags["metaaug.pipeline"] for run in runs}) == 1
-    assert train.data.tags["upstream.prepare"] == prepare.info.run_id
-    assert metatrain.data.tags["upstream.prepare"] == prepare.info.run_id
+    assert learner.data.tags["upstream.prepare"] == metatrain.data.tags["upstream.prepare"] == prepare.info.run_id
+    assert metatrain.data.tags["upstream.learner"] == learner.info.run_id
     assert augment.data.tags["upstream.metatrain"] == metatrain.info.run_id
-    assert train.data.tags["upstream.metatrain"] == metatrain.info.run_id
-    assert train.data.tags["upstream.augment"] == augment.info.run_id
-    assert evaluate.data.tags["upstream.train"] == train.info.run_id
+    for run in fixed.values():  # a fixed arm reads no policy: a new one leaves it as it is
+        assert run.data.tags["upstream.learner"] == learner.info.run_id and "upstream.metatrain" not in run.data.tags
+    assert learned.data.tags["upstream.metatrain"] == metatrain.info.run_id
+    assert learned.data.tags["upstream.augment"] == augment.info.run_id
+    assert evaluate.data.tags["upstream.train_learned"] == learned.info.run_id
+    assert all(evaluate.data.tags[f"upstream.train.{arm}"] == run.info.run_id for arm, run in fixed.items())
     assert evaluate.data.tags["upstream.prepare"] == prepare.info.run_id
     assert evaluate.data.tags["upstream.metatrain"] == metatrain.info.run_id
     assert prepare.data.params["tasks.shots"] == "5"
@@ -108,15 +116,17 @@ def test_dvc_repro_end_to_end(tmp_path, monkeypatch):
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
     recorded = {entry["path"]: entry["md5"] for stage in lock.values() for entry in stage.get("outs", [])}
     logged = {(stage, d.dataset.name, {t.key: t.value for t in d.tags}["mlflow.data.context"]): d.dataset.digest
-              for stage, run in zip(STAGES, (prepare, metatrain, augment, train, evaluate))
+              for stage, run in named.items()
               for d in client.get_run(run.info.run_id).inputs.dataset_inputs}
     assert logged[("prepare", "data/prepared", "output")] == recorded["data/prepared"]
     assert logged[("metatrain", "data/prepared", "input")] == recorded["data/prepared"]
     assert {name for stage, name, context in logged if context == "output"} == set(recorded)
     assert all(digest == recorded[name] for (_, name, _), digest in logged.items())
-    assert {(name, context) for stage, name, context in logged if stage == "train"} == {
-        ("data/prepared", "input"), ("models/policy", "input"), ("data/augmented", "input"),
-        ("models/downstream", "output")}
+    assert {(name, context) for stage, name, context in logged if stage == "train@none"} == {
+        ("data/prepared", "input"), ("models/learner", "input"), ("models/downstream/none", "output")}
+    assert {(name, context) for stage, name, context in logged if stage == "train_learned"} == {
+        ("data/prepared", "input"), ("models/learner", "input"), ("models/policy", "input"), ("data/augmented", "input"),
+        ("models/downstream/learned", "output")}
 
     # the registered policy: metatrain's version, alias current, evaluate's verdict in its description
     version = client.get_model_version_by_alias("metaaug-policy", "current")
@@ -131,7 +141,7 @@ def test_dvc_repro_end_to_end(tmp_path, monkeypatch):
 def test_a_fresh_clone_logs_every_stage_and_a_second_repro_runs_nothing(tmp_path, monkeypatch):
     """The README's quick start on a fresh clone (no DVC cache): the committed outputs (metrics.json, reports/)
     reproduce byte for byte, yet evaluate runs, because plots/ is a cached output a clone lacks; so MLflow gets
-    all five stage runs of that execution, evaluate's with its verdict; and a second
+    every stage run of that execution, evaluate's with its verdict; and a second
     `dvc repro` runs nothing. `metaaug evaluate` by hand in the clone may replace the committed metrics.json
     (its sidecar is committed)."""
     origin = make_project(tmp_path / "origin", tiny_params())
@@ -147,7 +157,8 @@ def test_a_fresh_clone_logs_every_stage_and_a_second_repro_runs_nothing(tmp_path
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     first = dvc(clone, "repro")
     assert first.returncode == 0, first.stdout + first.stderr
-    assert all(f"Running stage '{stage}'" in first.stdout for stage in STAGES), first.stdout
+    executed = expanded_stages(yaml.safe_load((clone / "dvc.yaml").read_text())["stages"], tiny_params())
+    assert all(f"Running stage '{stage}'" in first.stdout for stage in executed), first.stdout
     assert sh("git", "status", "--porcelain", cwd=clone).stdout == ""  # the same bytes as committed
     assert "Running stage" not in dvc(clone, "repro").stdout
 
@@ -156,7 +167,7 @@ def test_a_fresh_clone_logs_every_stage_and_a_second_repro_runs_nothing(tmp_path
     client = mlflow.MlflowClient(f"sqlite:///{clone / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("metaaug").experiment_id],
                               filter_string="tags.`metaaug.stage` != ''")
-    assert sorted(r.data.tags["metaaug.stage"] for r in runs) == sorted(STAGES)
+    assert sorted(r.data.tags["metaaug.stage"] for r in runs) == sorted(name.split("@")[0] for name in executed)
     assert len({r.data.tags["metaaug.pipeline"] for r in runs}) == 1
     evaluate = next(r for r in runs if r.data.tags["metaaug.stage"] == "evaluate")
     assert evaluate.data.tags["mlflow.note.content"].startswith("**Verdict") and "gain" in evaluate.data.metrics
@@ -173,6 +184,8 @@ def test_a_fresh_clone_logs_every_stage_and_a_second_repro_runs_nothing(tmp_path
     params["metatrain"]["race"]["tasks"] += 1
     (clone / "params.yaml").write_text(yaml.safe_dump(params))
     assert "metatrain.race" in dvc(clone, "status").stdout
+    rerun = dvc(clone, "repro", "--dry").stdout  # a new policy retrains the learned arm alone
+    assert "Running stage 'train_learned'" in rerun and "Running stage 'train@" not in rerun, rerun
     sh("git", "checkout", "params.yaml", cwd=clone)
 
     monkeypatch.chdir(clone)

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import tiny_config
-from helpers import run_pipeline
+from helpers import dvc_stage_name, run_pipeline
 from metaaug.errors import MetaaugError
 from metaaug.files import read_json
 from metaaug.stages import evaluate
@@ -73,11 +73,6 @@ def test_report_links_every_png_and_each_is_a_valid_image(pipeline):
     assert f"## Downstream learner\n\n**Downstream learner: {learner['model']}** ({learner['rule']})." in text
 
 
-def stage_key(tags: dict) -> str:
-    """A stage run's stage, `train@<arm>` for a fixed arm's (one DVC stage each)."""
-    return f"train@{tags['metaaug.arm']}" if tags["metaaug.stage"] == "train" else tags["metaaug.stage"]
-
-
 def test_report_and_lineage_in_mlflow(pipeline):
     import mlflow
 
@@ -86,7 +81,7 @@ def test_report_and_lineage_in_mlflow(pipeline):
     runs = client.search_runs([experiment], max_results=100)
     # the experiment holds the stage runs only (one per fixed arm: train@<arm>): the arm x split runs are beside
     # it, not burying them
-    stages = {stage_key(r.data.tags): r for r in runs}
+    stages = {dvc_stage_name(r.data.tags): r for r in runs}
     assert len(runs) == len(stages) and set(stages) == {"prepare", "learner", "metatrain", "augment", "train@none",
                                                         "train@trivialaugment", "train_learned", "evaluate"}
     by_id = {r.info.run_id: r for r in runs}

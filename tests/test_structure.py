@@ -209,7 +209,7 @@ def test_stage_params_declare_every_key_the_stage_reads(tmp_path, monkeypatch):
     """Each stage run through its command on tiny data, its paths the declared ones under a scratch folder, with
     reads recorded: every key it read is one of its DVC params or declared as read without being one."""
     from conftest import tiny_params
-    from helpers import stage_commands
+    from metaaug.declaration import expanded_stages
     from metaaug import config
     from metaaug.cli import main
     from metaaug.declaration import declarations
@@ -222,10 +222,10 @@ def test_stage_params_declare_every_key_the_stage_reads(tmp_path, monkeypatch):
             reads = recorded_reads(mp)
             # what loading reads (its validators) is no read of the stage's
             mp.setattr(module, "load_params", lambda path: (load(path), reads.clear())[0])
-            for command in stage_commands(declaration.dvc_stage(), tiny_params()):  # a matrix stage: each item's
+            for stage in expanded_stages({name: declaration.dvc_stage()}, tiny_params()).values():  # each item's
                 with pytest.raises(SystemExit) as exit:
-                    main([name, *command.split()[2:]])
-                assert exit.value.code == 0, command
+                    main([name, *stage["cmd"].split()[2:]])
+                assert exit.value.code == 0, stage["cmd"]
         allowed = [resolved(key, tiny_params()) for key in [*declaration.dvc_params(), *declaration.reads]]
         undeclared = sorted(key for key in reads if not any(key == p or key.startswith(p + ".") for p in allowed))
         assert not undeclared, f"stage {name} reads params its declaration does not list: {undeclared}"

@@ -49,7 +49,7 @@ DECLARATION = Declaration(
 NOT_OF_AN_ARM = {"arms", "learned_source", "workers"}  # train keys a fixed arm's run neither logs nor compares
 
 
-def run(params: Params, arm: str, prepared_dir: Path, learner_dir: Path, out: Path, policy_dir: Path | None = None,
+def run(params: Params, arm: str, prepared_dir: Path, learner_dir: Path | None, out: Path, policy_dir: Path | None = None,
         augmented_dir: Path | None = None, timing: Path | None = None, declaration: Declaration = DECLARATION) -> None:
     """Train `arm` on every split into `out`; the learned arm (declaration: train_learned's) reads the policy, and
     its augmented bank where train.learned_source says so."""
@@ -73,7 +73,7 @@ def run(params: Params, arm: str, prepared_dir: Path, learner_dir: Path, out: Pa
                                                          "seed": params.seed, "arm": arm}),
                                      **{f"{name} output (digest)": d for name, d in digests.items()}})
         learner = learners.shared(world, lambda: learners.choose(prepared, params, world.device, workers.count(
-            cfg.workers, world.device), output_path(learner_dir) / learners.FILE))
+            cfg.workers, world.device), learner_dir and output_path(learner_dir) / learners.FILE))
         cfg = learners.with_learner(params, learner).train  # the learner stage's answer (or the trial's here)
         x_all, y_all = to_device(x_all, world.device), to_device(y_all, world.device)
         augment = arm_augmenter(arm, channels, cfg.learned_source if arm == LEARNED else None, policy_dir, augmented_dir)
