@@ -26,7 +26,7 @@ from pydantic_core import PydanticCustomError
 from metaaug.errors import MetaaugError
 from metaaug.reading import MAX_DEPTH, MAX_PARAMS_BYTES, read_text
 
-FIXED_ARMS = ("none", "handcrafted", "randaugment", "trivialaugment")  # train.arms: what the learned arm is compared with
+FIXED_ARMS = ("none", "handcrafted", "randaugment", "trivialaugment")  # train.arms: what learned is compared with
 LEARNED = "learned"  # always trained (its own DVC stage, train_learned), after the fixed arms
 ARMS = (*FIXED_ARMS, LEARNED)
 ANCHORS = ("none", "handcrafted", "randaugment")  # fixed baselines metatrain can start from (metaaug.search.space.anchor_points)

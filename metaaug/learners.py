@@ -1,6 +1,6 @@
 """Which downstream learner `train.model: auto` trains: decided by a paired trial, not by the image size.
 
-Before the search, metatrain trains both learners (metaaug.models: the small CNN and the ResNet) with the
+Before the search, the learner stage trains both learners (metaaug.models: the small CNN and the ResNet) with the
 downstream recipe (`train.epochs`, `train.width`, ..., no augmentation) on the same meta-train tasks, shaped
 like the target task (its number of classes and its images per class, as far as the meta-train classes
 allow), same seeds, and scores each on the task's clean query images. The ResNet costs several times the
@@ -12,8 +12,9 @@ The trial runs in rungs of RUNG tasks, up to MAX_TASKS: it stops as soon as the 
 the ResNet is not ahead on average (then more tasks could at best make it a tie, which the small CNN keeps).
 On the 32 px RGB tasks where the small CNN is the better learner the first rung decides (bench/learners.py,
 docs/benchmarks.md). The answer is a function of the prepared data and the params alone (byte-identical run to
-run); metatrain writes it to `models/policy/learner.json`, searches with it, and train reads it back (or runs
-the same trial itself where that file does not match). `train.model: small_cnn | resnet` skips the trial.
+run); the learner stage writes it to `models/learner/learner.json`, metatrain searches with it, and every train
+stage reads it back (each runs the same trial itself where that file does not match). `train.model:
+small_cnn | resnet` skips the trial.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ def test_partial_file_is_merged_over_defaults(tmp_path):
     ({"train": {"device": "tpu"}}, "train.device = 'tpu' is out of range; expected one of ['auto', 'cpu', 'cuda']"),
     ({"train": {"arms": ["none", "magic"]}}, "train.arms contains 'magic'"),
     ({"train": {"arms": ["none", "none"]}}, "train.arms lists an item twice"),
-    ({"train": {"arms": ["none", "learned"]}}, "train.arms lists 'learned', which is always trained (stage train_learned)"),
+    ({"train": {"arms": ["none", "learned"]}}, "train.arms lists 'learned', which is always trained"),
     ({"tasks": {"shots": -1}}, "tasks.shots = -1 is out of range"),
     ({"tasks": {"test_fraction": 1.5}}, "tasks.test_fraction = 1.5 is out of range"),
     ({"data": {"image_size": 2}}, "data.image_size = 2 is out of range"),

@@ -41,7 +41,7 @@ NOT_RUN = {
     ("docs/scaling.md", "python bench/gpu_check.py"): "needs a GPU (its first line; the --device cpu line is "
                                                       "tests/test_gpu_check.py's)",
     ("docs/scaling.md", "--nnodes=2"): "torchrun over two nodes and a tracking server",
-    ("docs/scaling.md", "stages/train.py --prepared"): "torchrun after a `dvc repro` and the params.yaml edit its first "
+    ("docs/scaling.md", "stages/train.py --arm none"): "torchrun after a `dvc repro` and the params.yaml edit its first "
                                                        "line names (tests/test_distributed.py runs this command)",
     ("docs/scaling.md", "--nproc_per_node=2 stages/metatrain.py"): "torchrun after a `dvc repro` and the params.yaml "
                                                                    "edit its first line names (tests/test_distributed.py)",

@@ -202,7 +202,8 @@ TRAIN = {"run_seconds": 3.0, "machine": "m", "output_digest": "models1"}
     (SEARCH, "[" * 5000, ["train_learned.json", "levels deep"]),
 ])
 def test_results_at_foreign_timings_is_one_line(metatrain, train, names, tmp_path, capsys):
-    (tmp_path / "evaluation.json").write_text(json.dumps(evaluation_doc({"metatrain": "policy1", "train_learned": "models1"})))
+    evaluation = evaluation_doc({"metatrain": "policy1", "train_learned": "models1"})
+    (tmp_path / "evaluation.json").write_text(json.dumps(evaluation))
     folder = timings(tmp_path / "timings", metatrain, train)
     code, err = cli(capsys, "results", "--evaluation", tmp_path / "evaluation.json", "--timings", folder)
     one_line(code, err, *names)

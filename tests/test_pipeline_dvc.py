@@ -23,7 +23,8 @@ def test_dvc_repro_end_to_end(tmp_path, monkeypatch):
     first = dvc(root, "repro")
     assert first.returncode == 0, first.stdout + first.stderr
     assert (root / "data/prepared/manifest.json").exists()
-    assert all((root / f"models/downstream/{arm}/results.json").exists() for arm in ("none", "trivialaugment", "learned"))
+    assert all((root / "models/downstream" / arm / "results.json").exists()
+               for arm in ("none", "trivialaugment", "learned"))
     metrics = yaml.safe_load((root / "metrics.json").read_text())
     assert set(metrics) == {"none", "trivialaugment", "learned", "gain", "gain_low", "gain_high"}
     evaluation = json.loads((root / "reports/evaluation.json").read_text())  # every pair; metrics.json: learned's
@@ -77,7 +78,7 @@ def test_dvc_repro_end_to_end(tmp_path, monkeypatch):
     by_stage = {}
     for run in runs:
         by_stage.setdefault(run.data.tags.get("metaaug.stage"), []).append(run)
-    assert {s: len(r) for s, r in by_stage.items() if s} == {**{stage: 1 for stage in STAGES}, "train": 2}  # an arm each
+    assert {s: len(r) for s, r in by_stage.items() if s} == {**dict.fromkeys(STAGES, 1), "train": 2}  # an arm each
     prepare, learner, metatrain, augment, _, learned, evaluate = (by_stage[s][0] for s in STAGES)
     fixed = {run.data.tags["metaaug.arm"]: run for run in by_stage["train"]}
     named = {"prepare": prepare, "learner": learner, "metatrain": metatrain, "augment": augment,
@@ -125,8 +126,8 @@ def test_dvc_repro_end_to_end(tmp_path, monkeypatch):
     assert {(name, context) for stage, name, context in logged if stage == "train@none"} == {
         ("data/prepared", "input"), ("models/learner", "input"), ("models/downstream/none", "output")}
     assert {(name, context) for stage, name, context in logged if stage == "train_learned"} == {
-        ("data/prepared", "input"), ("models/learner", "input"), ("models/policy", "input"), ("data/augmented", "input"),
-        ("models/downstream/learned", "output")}
+        ("data/prepared", "input"), ("models/learner", "input"), ("models/policy", "input"),
+        ("data/augmented", "input"), ("models/downstream/learned", "output")}
 
     # the registered policy: metatrain's version, alias current, evaluate's verdict in its description
     version = client.get_model_version_by_alias("metaaug-policy", "current")

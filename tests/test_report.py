@@ -36,8 +36,8 @@ def test_results_shows_the_cost_timed_with_the_outputs_it_evaluated(pipeline):
     """The timings name the digests of the outputs they timed, evaluation.json those it compared: they match, so
     `metaaug results` shows the cost; once metatrain's timing describes another output, it says why not."""
     evaluation, timings = pipeline["reports"] / "evaluation.json", pipeline["root"] / "timings"
-    assert set(json.loads(evaluation.read_text())["inputs"]) == {"prepare", "metatrain", "train_learned",
-                                                                 *(f"train.{arm}" for arm in pipeline["params"].train.arms)}
+    fixed = {f"train.{arm}" for arm in pipeline["params"].train.arms}
+    assert set(json.loads(evaluation.read_text())["inputs"]) == {"prepare", "metatrain", "train_learned", *fixed}
     done = subprocess.run([sys.executable, "-m", "metaaug", "results", "--evaluation", str(evaluation),
                            "--timings", str(timings)], capture_output=True, text=True)
     assert done.returncode == 0 and "× one downstream training run" in done.stdout, done.stderr
@@ -114,7 +114,8 @@ def test_report_and_lineage_in_mlflow(pipeline):
     assert {"report/report.md", "report/samples.png", "report/policy.png", "report/evaluation.json"} <= artifacts
     note = evaluate.data.tags["mlflow.note.content"]
     assert note.startswith("**Verdict:") and "metaaug-splits" in note
-    assert all(f"runs/{stages[s].info.run_id})" in note for s in ("train@none", "train@trivialaugment", "train_learned"))
+    assert all(f"runs/{stages[s].info.run_id})" in note
+               for s in ("train@none", "train@trivialaugment", "train_learned"))
     selected = client.search_runs([c.info.experiment_id for c in children[:1]],
                                   f"tags.`metaaug.evaluate_run` = '{evaluate.info.run_id}'")  # the note's search
     assert len(selected) == len(children) == 3 * 2

@@ -94,7 +94,8 @@ def run(params: Params, prepared_dir: Path, downstream_dir: Path, metrics_path: 
     `downstream_dir`/learned/)."""
     fixed = {arm: Path(downstream_dir) / arm for arm in params.train.arms}
     learned_dir = Path(downstream_dir) / LEARNED if learned_dir is None else learned_dir
-    upstream = {"prepare": prepared_dir, **{f"train.{arm}": d for arm, d in fixed.items()}, "train_learned": learned_dir}
+    upstream = {"prepare": prepared_dir, **{f"train.{arm}": d for arm, d in fixed.items()},
+                "train_learned": learned_dir}
     if policy_dir is not None and (Path(policy_dir) / "search.json").exists():
         upstream["metatrain"] = policy_dir
     ownership.verify_inputs(upstream)  # before anything is read (stage_run reuses the digests)
@@ -130,7 +131,8 @@ def run(params: Params, prepared_dir: Path, downstream_dir: Path, metrics_path: 
         if reports_dir is not None:
             tracking.log_artifacts(stage.output(reports_dir), "report")
         for arm, accs in accuracy.items():
-            train_run = run_.data.tags.get(f"upstream.{'train_learned' if arm == LEARNED else 'train.' + arm}", "unknown")
+            trained_by = "train_learned" if arm == LEARNED else f"train.{arm}"
+            train_run = run_.data.tags.get(f"upstream.{trained_by}", "unknown")
             tracking.log_split_accuracies(train_run, {(arm, i): 100 * a for i, a in enumerate(accs)}, run_.info.run_id)
         tracking.describe_evaluate_run(run_, summary)
         registry.record_verdict(params.tracking.policy_model_name, run_.data.tags.get("upstream.metatrain", "unknown"),

@@ -49,15 +49,17 @@ DECLARATION = Declaration(
 NOT_OF_AN_ARM = {"arms", "learned_source", "workers"}  # train keys a fixed arm's run neither logs nor compares
 
 
-def run(params: Params, arm: str, prepared_dir: Path, learner_dir: Path | None, out: Path, policy_dir: Path | None = None,
-        augmented_dir: Path | None = None, timing: Path | None = None, declaration: Declaration = DECLARATION) -> None:
+def run(params: Params, arm: str, prepared_dir: Path, learner_dir: Path | None, out: Path,
+        policy_dir: Path | None = None, augmented_dir: Path | None = None, timing: Path | None = None,
+        declaration: Declaration = DECLARATION) -> None:
     """Train `arm` on every split into `out`; the learned arm (declaration: train_learned's) reads the policy, and
     its augmented bank where train.learned_source says so."""
     cfg = params.train
     if arm not in (FIXED_ARMS if declaration is DECLARATION else (LEARNED,)):
-        expected = "the learned arm (stage train_learned)" if arm == LEARNED else f"a fixed arm ({', '.join(FIXED_ARMS)})"
+        expected = ("the learned arm (stage train_learned)" if arm == LEARNED
+                    else f"a fixed arm ({', '.join(FIXED_ARMS)})")
         raise MetaaugError(f"--arm {arm}: not an arm this stage trains; expected {expected}")
-    own = {"learned_source"} if arm == LEARNED else set()  # the train keys this arm's output depends on, beyond its recipe
+    own = {"learned_source"} if arm == LEARNED else set()  # train keys its output depends on, beyond the recipe
     upstream = {"prepare": prepared_dir, "learner": learner_dir}
     if arm == LEARNED:
         upstream["metatrain"] = policy_dir
@@ -76,7 +78,8 @@ def run(params: Params, arm: str, prepared_dir: Path, learner_dir: Path | None, 
             cfg.workers, world.device), learner_dir and output_path(learner_dir) / learners.FILE))
         cfg = learners.with_learner(params, learner).train  # the learner stage's answer (or the trial's here)
         x_all, y_all = to_device(x_all, world.device), to_device(y_all, world.device)
-        augment = arm_augmenter(arm, channels, cfg.learned_source if arm == LEARNED else None, policy_dir, augmented_dir)
+        source = cfg.learned_source if arm == LEARNED else None
+        augment = arm_augmenter(arm, channels, source, policy_dir, augmented_dir)
 
         def train_group(group: list[int]) -> list[dict]:
             """Train one population of split learners; each member's result and its share of the wall time."""
@@ -94,7 +97,8 @@ def run(params: Params, arm: str, prepared_dir: Path, learner_dir: Path | None, 
                                                                        cfg.width, cfg.model)
         groups = populations(jobs, per_population)
         n_workers = 1 if world.mode == "ddp" else workers.count(cfg.workers, world.device)
-        logged = {"train": cfg.model_dump(exclude=NOT_OF_AN_ARM - own - {"workers"}), "train.arm": arm, "train.ranks": world.size,
+        logged = {"train": cfg.model_dump(exclude=NOT_OF_AN_ARM - own - {"workers"}), "train.arm": arm,
+                  "train.ranks": world.size,
                   "train.device_used": world.device.type, "train.population_size": per_population,
                   "train.worker_processes": n_workers, "tasks.shots": params.tasks.shots}
         paths = {"prepared": prepared_dir, "learner": learner_dir, "policy": upstream.get("metatrain"),
@@ -150,4 +154,5 @@ def command(arm: str = typer.Option(..., help="The fixed arm to train (one of tr
             prepared: Path = DECLARATION.option("prepared"), learner: Path = DECLARATION.option("learner"),
             out: Path = DECLARATION.option("out"), timing: Path = DECLARATION.option("timing")):
     """Train the downstream learner under one fixed arm on every target split."""
-    run(load_params(params), arm, prepared, learner, DECLARATION.for_item(out, arm), timing=DECLARATION.for_item(timing, arm))
+    run(load_params(params), arm, prepared, learner, DECLARATION.for_item(out, arm),
+        timing=DECLARATION.for_item(timing, arm))
