@@ -135,6 +135,12 @@ def choose(prepared, params: Params, device, n_workers: int, known: Path | None 
     return trial(tasks, params, device, n_workers)
 
 
+def needed(params: Params, learner_dir: Path | None) -> Path | None:
+    """The learner stage's output where `train.model: auto` reads it (an input, verified); None for a forced
+    learner, which needs no trial and no learner output."""
+    return learner_dir if params.train.model == "auto" else None
+
+
 def shared(world, compute) -> dict:
     """`compute()` on rank 0, its answer on every rank (torchrun); the trial runs once."""
     if world.size == 1:

@@ -503,7 +503,7 @@ MISMATCH_ROWS = {  # a CLI stage given inputs that do not belong together: (args
     "evaluate_prepared_of_same_shape": (["evaluate", "--prepared", "same_shape"],
                                         ["models/downstream", "another prepare output than same_shape"]),
     "train_augmented_of_other_prepared": (["train_learned", "--prepared", "same_shape", "--out", "models/new"],
-                                          ["another prepare output than same_shape"]),  # augmented: a policy is portable
+                                          ["another prepare output than same_shape"]),  # augmented (policies: portable)
     "evaluate_learned_is_prepared": (["evaluate", "--learned", "data/prepared"],
                                      ["data/prepared", "output of `metaaug prepare`"]),
     "evaluate_downstream_is_prepared": (["evaluate", "--downstream", "data"],  # data/prepared is no arm's folder

@@ -61,7 +61,7 @@ def checkpoint_path(out: Path, params: Params, prepared_digest: str, device: tor
 
 def run(params: Params, prepared_dir: Path, out: Path, timing: Path | None = None,
         learner_dir: Path | None = None) -> None:
-    cfg = params.metatrain
+    cfg, learner_dir = params.metatrain, learners.needed(params, learner_dir)
     with distributed.world(cfg.distributed, pick_device(params.train.device), "metatrain") as world:
         if world.mode == "shard":
             same_job_everywhere(world, params, prepared_dir)

@@ -60,6 +60,7 @@ def run(params: Params, arm: str, prepared_dir: Path, learner_dir: Path | None, 
                     else f"a fixed arm ({', '.join(FIXED_ARMS)})")
         raise MetaaugError(f"--arm {arm}: not an arm this stage trains; expected {expected}")
     own = {"learned_source"} if arm == LEARNED else set()  # train keys its output depends on, beyond the recipe
+    learner_dir = learners.needed(params, learner_dir)
     upstream = {"prepare": prepared_dir, "learner": learner_dir}
     if arm == LEARNED:
         upstream["metatrain"] = policy_dir
