@@ -28,7 +28,7 @@ import numpy as np
 
 from metaaug import workers
 from metaaug.config import Params
-from metaaug.files import read_json
+from metaaug.files import output_path, read_json
 from metaaug.models import resolve_model
 from metaaug.publish import write_json
 from metaaug.search.budget import training_flops
@@ -136,9 +136,12 @@ def choose(prepared, params: Params, device, n_workers: int, known: Path | None 
 
 
 def needed(params: Params, learner_dir: Path | None) -> Path | None:
-    """The learner stage's output where `train.model: auto` reads it (an input, verified); None for a forced
-    learner, which needs no trial and no learner output."""
-    return learner_dir if params.train.model == "auto" else None
+    """The learner stage's output where `train.model: auto` reads it (an input, verified like any other);
+    None for a forced learner (no trial), or where no learner output is there (`metaaug metatrain` or `train`
+    run without `metaaug learner` before: each runs the same trial itself)."""
+    if params.train.model != "auto" or learner_dir is None or not output_path(learner_dir).exists():
+        return None
+    return learner_dir
 
 
 def shared(world, compute) -> dict:

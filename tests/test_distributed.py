@@ -289,16 +289,17 @@ def test_a_dead_rank_fails_the_search_with_one_line_and_a_rerun_resumes_it(singl
     same_search(out, single_search)
 
 
-@pytest.mark.parametrize("stage, params, pattern", [
-    (train, lambda: params_for("ddp"), r"train.distributed = ddp needs processes started by torchrun.*expected"),
-    (metatrain, lambda: metatrain_params("shard"),
+@pytest.mark.parametrize("stage, pattern", [
+    (lambda root: train.run(validate(params_for("ddp")), "none", root / "prepared", None, root / "never"),
+     r"train.distributed = ddp needs processes started by torchrun.*expected"),
+    (lambda root: metatrain.run(validate(metatrain_params("shard")), root / "prepared", root / "never"),
      r"metatrain.distributed = shard needs processes started by torchrun.*expected"),
-])
-def test_distributed_without_torchrun_stops_before_writing(single, monkeypatch, stage, params, pattern):
+], ids=["train", "metatrain"])
+def test_distributed_without_torchrun_stops_before_writing(single, monkeypatch, stage, pattern):
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     with pytest.raises(MetaaugError, match=pattern):
-        stage.run(validate(params()), single / "prepared", single / "never")
+        stage(single)
     assert not (single / "never").exists()
 
 
