@@ -6,6 +6,11 @@ revision's (each stage runs its project's own package): each runs `dvc repro`, c
 `dvc exp run -S <key>=<value>` per sweep; for each, the stages DVC ran and the wall time.
 
     nice -n 10 python bench/sweep_reruns.py --before 1bb8168   # prints a markdown table
+    python bench/sweep_reruns.py --before 1bb8168 --default --sweeps metatrain.budget=4   # the real trainings
+
+On tiny params the trainings cost next to nothing, so the seconds measure start-ups and the load, and only the
+stages run tell the pipelines apart; `--default` runs the repository's params.yaml (100 downstream trainings
+of the digits), where the seconds show what a sweep costs.
 """
 
 import argparse
@@ -14,11 +19,13 @@ import os
 import re
 import shutil
 import subprocess
-import tarfile
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
+
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, make_project, sh  # noqa: E402
@@ -42,13 +49,13 @@ def dvc(root: Path, *args: str) -> str:
     return out.stdout
 
 
-def measure(root: Path) -> dict[str, tuple[list[str], float]]:
+def measure(root: Path, sweeps: list[str]) -> dict[str, tuple[list[str], float]]:
     """Per sweep: the stages `dvc exp run` ran and its wall time (after a first `dvc repro`, committed)."""
     dvc(root, "repro")
     sh("git", "add", "-A", cwd=root)
     sh("git", "commit", "-qm", "outputs", cwd=root)
     found = {}
-    for sweep in SWEEPS:
+    for sweep in sweeps:
         start = time.perf_counter()
         out = dvc(root, "exp", "run", "-S", sweep)
         found[sweep] = (re.findall(r"Running stage '([^']+)'", out), time.perf_counter() - start)
@@ -68,8 +75,11 @@ def at_revision(root: Path, revision: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", default="HEAD~1", help="git revision whose pipeline is the 'before'")
+    parser.add_argument("--default", action="store_true", help="the repository's params.yaml, not tiny params")
+    parser.add_argument("--sweeps", nargs="+", default=list(SWEEPS), help="key=value, one `dvc exp run -S` each")
     args = parser.parse_args()
-    params = tiny_params(**{"metatrain.workers": 2, "train.workers": 2})
+    params = (yaml.safe_load((REPO / "params.yaml").read_text()) if args.default
+              else tiny_params(**{"metatrain.workers": 2, "train.workers": 2}))
     with tempfile.TemporaryDirectory() as tmp:
         after = make_project(Path(tmp) / "after", params)
         old_arms = [*params["train"]["arms"], "learned"]  # before the learned arm had its own stage, it was listed
@@ -77,7 +87,7 @@ def main() -> None:
         at_revision(before, args.before)
         print("| pipeline | `dvc exp run -S ...` | stages run | s |\n|---|---|---|---|", flush=True)
         for name, root in ((f"at {args.before}", before), ("now", after)):
-            for sweep, (ran, seconds) in measure(root).items():
+            for sweep, (ran, seconds) in measure(root, args.sweeps).items():
                 print(f"| {name} | `{sweep}` | {', '.join(ran) or 'none'} | {seconds:.1f} |", flush=True)
 
 
