@@ -324,9 +324,9 @@ def verify_input(path: str | Path, kind: str, against: dict | None = None) -> st
 
 
 # An output made from another upstream output than the one given that is still used as given: a policy is a
-# portable artifact (searched on one data set, applied to another: docs/method.md), so its provenance is a
-# recorded fact (borrowed, tagged on the run), not a refusal.
-PORTABLE = {("metatrain", "prepare")}
+# portable artifact (searched on one data set, with that data's learner, applied to another: docs/method.md),
+# so its provenance is a recorded fact (borrowed, tagged on the run), not a refusal.
+PORTABLE = {("metatrain", "prepare"), ("metatrain", "learner")}
 
 
 def borrowed(inputs: dict[str, Path], digests: dict[str, str]) -> dict[str, str]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import typer
 
 from metaaug import ownership, registry, runner, tracking
 from metaaug.config import LEARNED, Params, load_params
@@ -148,7 +149,9 @@ def run(params: Params, prepared_dir: Path, downstream_dir: Path, metrics_path: 
 
 def command(params: Path = PARAMS, prepared: Path = DECLARATION.option("prepared"),
             downstream: Path = DECLARATION.option("downstream", "The fixed arms' models (<folder>/<arm>/: train)."),
-            learned: Path = DECLARATION.option("learned"), policy: Path = DECLARATION.option("policy"),
+            learned: Path = typer.Option(None, help="The learned arm's models (train_learned); default: "
+                                                    "<downstream>/learned."),
+            policy: Path = DECLARATION.option("policy"),
             metrics: Path = DECLARATION.option("metrics"), plots: Path = DECLARATION.option("plots"),
             reports: Path = DECLARATION.option("reports", "Where report.md and its PNGs go.")):
     """Test accuracy per arm, paired differences with bootstrap CIs, DVC plots, the report."""
