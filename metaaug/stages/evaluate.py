@@ -95,10 +95,11 @@ def run(params: Params, prepared_dir: Path, downstream_dir: Path, metrics_path: 
     `downstream_dir`/learned/)."""
     fixed = {arm: Path(downstream_dir) / arm for arm in params.train.arms}
     learned_dir = Path(downstream_dir) / LEARNED if learned_dir is None else learned_dir
-    upstream = {"prepare": prepared_dir, **{f"train.{arm}": d for arm, d in fixed.items()},
-                "train_learned": learned_dir}
-    if policy_dir is not None and (Path(policy_dir) / "search.json").exists():
-        upstream["metatrain"] = policy_dir
+    searched = policy_dir is not None and (Path(policy_dir) / "search.json").exists()
+    paths = {"prepared": prepared_dir, "downstream": fixed, "learned": learned_dir,
+             "policy": policy_dir if searched else None, "metrics": metrics_path, "plots": plots_dir,
+             "reports": reports_dir}
+    upstream = runner.declared_paths(DECLARATION, paths)[0]  # train.<arm> for each fixed arm, as stage_run names them
     ownership.verify_inputs(upstream)  # before anything is read (stage_run reuses the digests)
     prepared = load_prepared(prepared_dir)
     set_threads(prepared.target_images.shape[1])
@@ -106,11 +107,9 @@ def run(params: Params, prepared_dir: Path, downstream_dir: Path, metrics_path: 
     results = read_results(arm_dirs)
     arms = list(arm_dirs)
     search, baseline = None, None
-    if "metatrain" in upstream:
+    if searched:
         search = read_json(policy_dir / "search.json")
         baseline = read_policy(policy_dir / "policy.json")[1].get("baseline_point")
-    paths = {"prepared": prepared_dir, "downstream": fixed, "learned": learned_dir, "policy": upstream.get("metatrain"),
-             "metrics": metrics_path, "plots": plots_dir, "reports": reports_dir}
     with runner.stage_run(DECLARATION, {"evaluate.arms": arms}, params.tracking.experiment, paths) as stage:
         run_ = stage.run
         accuracy, confusion = test_accuracies(prepared, arm_dirs, results["model"])
