@@ -8,13 +8,14 @@ operations of a training, so it is chosen only when it is *clearly* better: the 
 difference (ResNet minus small CNN, points) lies above 0. Otherwise the cheaper small CNN keeps the job, as on
 a tie. No threshold is tuned to a data set: the interval alone decides.
 
-The trial runs in rungs of RUNG tasks, up to MAX_TASKS: it stops as soon as the interval excludes 0, or when
-the ResNet is not ahead on average (then more tasks could at best make it a tie, which the small CNN keeps).
-On the 32 px RGB tasks where the small CNN is the better learner the first rung decides (bench/learners.py,
-docs/benchmarks.md). The answer is a function of the prepared data and the params alone (byte-identical run to
-run); the learner stage writes it to `models/learner/learner.json`, metatrain searches with it, and every train
-stage reads it back (each runs the same trial itself where that file does not match). `train.model:
-small_cnn | resnet` skips the trial.
+The trial runs in rungs, scoring 2, then 4, 8 and at most 12 tasks in all (RUNGS): it stops as soon as the
+interval excludes 0, or when the ResNet is not ahead on average (then more tasks could at best make it a tie,
+which the small CNN keeps). The first rung is small because the ResNet's trainings are the trial's cost (a
+ResNet training is 4-6x a small CNN's at 32 px): where the ResNet is not ahead, two of them settle it, one a
+core on two cores; where it is ahead, the later rungs decide by the interval. The answer is a function of the
+prepared data and the params alone (byte-identical run to run); the learner stage writes it to
+`models/learner/learner.json`, metatrain searches with it, and every train stage reads it back (each runs the
+same trial itself where that file does not match). `train.model: small_cnn | resnet` skips the trial.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,21 +33,23 @@ from metaaug.config import Params
 from metaaug.files import output_path, read_json
 from metaaug.models import resolve_model
 from metaaug.publish import write_json
-from metaaug.search.budget import training_flops
-from metaaug.search.scoring import score_population  # imports torch._dynamo before the workers fork
-from metaaug.search.tasks import Task, sample_tasks
 from metaaug.stats import t_interval
 from metaaug.training import RECIPE
 
+if TYPE_CHECKING:
+    from metaaug.search.tasks import Task
+
 CHEAP, COSTLY = "small_cnn", "resnet"
-RUNG = 4  # tasks scored per rung; a fixed number, so the answer does not depend on the number of workers
-MAX_TASKS = 12
+RUNGS = (2, 4, 8, 12)  # tasks scored in all after each rung: fixed, so the answer does not depend on the workers
 FILE = "learner.json"
 
 
 def trial_tasks(prepared, params: Params) -> list[Task]:
     """Meta-train tasks shaped like the target: its classes (at most the meta-train ones) and its support
-    images per class, capped at half the smallest meta-train class so that query images remain."""
+    images per class, capped at half the smallest meta-train class so that query images remain. (The search
+    package is imported here, not with this module: the stages that only read the answer skip its imports.)"""
+    from metaaug.search.tasks import sample_tasks
+
     manifest = prepared.manifest
     ways = len(manifest["target"]["classes"])
     shots = max(1, len(manifest["splits"][0]["support"]) // ways)
@@ -53,7 +57,7 @@ def trial_tasks(prepared, params: Params) -> list[Task]:
     images, labels = np.asarray(prepared.meta_images)[train], np.asarray(prepared.meta_labels)[train]
     smallest = int(np.bincount(labels)[np.unique(labels)].min())
     return sample_tasks(images, labels, min(shots, max(1, smallest // 2)), ways, params.metatrain.query_per_class,
-                        MAX_TASKS, params.seed)
+                        RUNGS[-1], params.seed)
 
 
 def trial_key(tasks: list[Task], params: Params) -> str:
@@ -89,6 +93,8 @@ def difference(scores: dict[str, list[float]]) -> tuple[float, float, float]:
 
 def _score(job: tuple[str, int]) -> tuple[float, float]:
     """A worker's entry: (query accuracy, seconds) of learner `model` trained on task `t`."""
+    from metaaug.search.scoring import score_population  # imported by trial() before the workers fork
+
     model, t = job
     shared = workers.state()
     start = time.perf_counter()
@@ -99,14 +105,18 @@ def _score(job: tuple[str, int]) -> tuple[float, float]:
 
 def trial(tasks: list[Task], params: Params, device, n_workers: int) -> dict:
     """Score both learners rung by rung until `decide` settles; the evidence (seconds apart: they vary)."""
+    from metaaug.search.budget import training_flops
+    from metaaug.search.scoring import score_population  # noqa: F401  (before the workers fork: they inherit it)
+
     scores, seconds = {COSTLY: [], CHEAP: []}, {COSTLY: [], CHEAP: []}
     with workers.Pool(n_workers, {"tasks": tasks, "recipe": params.train, "device": device}) as pool:
-        for start in range(0, len(tasks), RUNG):
-            jobs = [(m, t) for m in (COSTLY, CHEAP) for t in range(start, min(start + RUNG, len(tasks)))]
+        for start, end in zip((0, *RUNGS), RUNGS):
+            end = min(end, len(tasks))
+            jobs = [(m, t) for m in (COSTLY, CHEAP) for t in range(start, end)]
             for (m, _), (accuracy, sec) in zip(jobs, pool.map(_score, jobs)):
                 scores[m].append(accuracy)
                 seconds[m].append(sec)
-            chosen, rule = decide(scores, final=start + RUNG >= len(tasks))
+            chosen, rule = decide(scores, final=end >= len(tasks))
             if chosen:
                 break
     mean, low, high = difference(scores)

@@ -10,7 +10,6 @@ e.g. [+12.28, +12.28] from two equal differences); `ci` says which.
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats as scipy_stats
 
 BOOTSTRAP_FROM = 10  # splits; fewer get a t-interval
 
@@ -20,6 +19,8 @@ def t_interval(values: np.ndarray) -> tuple[float, float]:
     mean = float(np.mean(values))
     if len(values) < 2:
         return mean, mean
+    from scipy import stats as scipy_stats  # here: about a second to import, and a train stage never needs it
+
     half = float(scipy_stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / np.sqrt(len(values)))
     return mean - half, mean + half
 

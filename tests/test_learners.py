@@ -7,7 +7,7 @@ from conftest import tiny_config
 from sklearn.datasets import load_digits
 
 from metaaug import learners
-from metaaug.learners import CHEAP, COSTLY, MAX_TASKS, RUNG
+from metaaug.learners import CHEAP, COSTLY, RUNGS
 from metaaug.tasks import Prepared
 
 
@@ -43,7 +43,7 @@ def test_trial_is_paired_deterministic_and_recorded(tmp_path):
     assert first["model"] in (CHEAP, COSTLY) and first["rule"]
     assert first["ways"] == 5 and first["shots"] == 3 and first["image"] == [1, 8, 8]  # shaped like the target
     n = first["tasks"]
-    assert n in range(RUNG, MAX_TASKS + 1, RUNG) and len(first["scores"][CHEAP]) == len(first["scores"][COSTLY]) == n
+    assert n in RUNGS and len(first["scores"][CHEAP]) == len(first["scores"][COSTLY]) == n
     assert first["cost_ratio"] > 1  # the ResNet costs more operations a training
     assert set(first["seconds"]) == {CHEAP, COSTLY}
     again = learners.choose(prepared, params, torch.device("cpu"), 1)  # other worker count, same answer

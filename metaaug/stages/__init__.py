@@ -4,13 +4,16 @@ MLflow run, temps, publishing, datasets), and `command()` is its command line (`
 `python stages/<stage>.py`, the entry dvc.yaml runs), its path options' defaults from the declaration.
 
 Shared here: the CPU kernels every stage runs with (pin_cpu_kernels, before any stage imports torch), the
-`--params` option, and the rule that bad input is one `error:` line and exit code 2, never a traceback.
+`--params` option, the rule that bad input is one `error:` line and exit code 2, never a traceback, and a
+quick exit (below).
 """
 
 from __future__ import annotations
 
+import atexit
 import errno
 import functools
+import gc
 import os
 import platform
 import sys
@@ -50,6 +53,11 @@ def pin_cpu_kernels() -> dict[str, str]:
 
 
 pin_cpu_kernels()
+
+# The interpreter's last garbage collections walk every object torch and MLflow made: about 1.5 s of a stage
+# process's exit on 2 cores, paid by each of the pipeline's ten stages. Frozen objects are left out of them;
+# this runs after every other exit handler (registered first, run last), and nothing is skipped but the walk.
+atexit.register(gc.freeze)
 
 import typer  # noqa: E402
 

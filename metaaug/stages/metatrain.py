@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import scipy.stats  # noqa: F401  (the race's intervals, metaaug.stats: imported here, not inside the timed search)
 import torch
 
 from metaaug import distributed, learners, ownership, registry, runner, tracking, workers
