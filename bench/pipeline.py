@@ -172,8 +172,8 @@ def main() -> None:
         load = os.getloadavg()[0]
         results = run(project)
         print(table(*results, RGB32_PIPELINE_SECONDS if args.source == "rgb32" else TARGETS["pipeline_seconds"]))
-        if (project / "models/policy" / learners.FILE).exists():
-            print("\n" + " ".join(learners.markdown(read_json(project / "models/policy" / learners.FILE))))
+        if (project / "models/learner" / learners.FILE).exists():
+            print("\n" + " ".join(learners.markdown(read_json(project / "models/learner" / learners.FILE))))
         print(f"1-minute load average before / after: {load:.1f} / {os.getloadavg()[0]:.1f} on "
               f"{os.cpu_count()} cores (other jobs on the machine lengthen the wall times).")
     finally:

@@ -108,21 +108,24 @@ def run(params: Params, arm: str, prepared_dir: Path, learner_dir: Path | None, 
                                   {k: v for k, v in paths.items() if k in {*declaration.inputs, *declaration.outputs,
                                                                            "timing"}})
                  if world.is_main else contextlib.nullcontext())
-        with stage as run_, workers.Pool(n_workers, {"train_group": train_group}) as pool:
-            if world.is_main:
-                run_.headline = f"arm {arm}"
-                tracking.set_description("\n".join(learners.markdown(learner)))
-                tracking.set_tags({"metaaug.arm": arm})
-            mine = world.share(groups)
-            done = world.collect(list(progress(pool.map(_train_group, mine), desc=f"train {arm}", total=len(mine))),
-                                 len(groups))
-            if world.is_main:
-                done = [result for group in done for result in group]
-                model = {"in_channels": channels, "image_size": size, "n_classes": n_classes, "width": cfg.width,
-                         "model": cfg.model}  # evaluate rebuilds this learner
-                seconds = write_downstream(run_.output(out), run_.run.info.run_id, model, arm, done, splits,
-                                           learners.recorded(learner))
-                run_.write_json(timing, timing_doc(world.device, run_seconds=seconds))
+        mine = world.share(groups)
+        with workers.Pool(n_workers, {"train_group": train_group}) as pool:
+            # Handed to the workers before the MLflow run opens, so that they train while this process imports
+            # MLflow and starts the run (seconds a stage on 2 cores); in-process (one worker), as they are read.
+            trained = pool.map(_train_group, mine)
+            with stage as run_:
+                if world.is_main:
+                    run_.headline = f"arm {arm}"
+                    tracking.set_description("\n".join(learners.markdown(learner)))
+                    tracking.set_tags({"metaaug.arm": arm})
+                done = world.collect(list(progress(trained, desc=f"train {arm}", total=len(mine))), len(groups))
+                if world.is_main:
+                    done = [result for group in done for result in group]
+                    model = {"in_channels": channels, "image_size": size, "n_classes": n_classes,
+                             "width": cfg.width, "model": cfg.model}  # evaluate rebuilds this learner
+                    seconds = write_downstream(run_.output(out), run_.run.info.run_id, model, arm, done, splits,
+                                               learners.recorded(learner))
+                    run_.write_json(timing, timing_doc(world.device, run_seconds=seconds))
 
 
 def _train_group(group: list[tuple[str, int]]) -> list[dict]:
