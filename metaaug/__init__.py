@@ -7,9 +7,7 @@ load_policy find it, to hand to MLflow's own loaders).
 """
 
 import importlib
-import importlib.util
 import os
-import sys
 
 # Albumentations checks PyPI for updates on import; metaaug never touches the network.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -18,19 +16,6 @@ __version__ = "0.1.0"
 
 _API = {**dict.fromkeys(("Policy", "load_policy", "PolicyTransform", "augment_batch", "albumentations_pipeline",
                           "learn_policy"), "metaaug.api"), "tracking_uri": "metaaug.store"}
-
-
-def imported_on_first_use(name: str):
-    """Module `name`, executed at its first attribute access (importlib's LazyLoader): Albumentations and OpenCV
-    cost a stage process about a second to import, and only the Albumentations export and its checks use them."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.find_spec(name)
-    spec.loader = importlib.util.LazyLoader(spec.loader)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def __getattr__(name: str):

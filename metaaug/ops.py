@@ -54,11 +54,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from metaaug import imported_on_first_use
-from metaaug.errors import MetaaugError
+import metaaug  # noqa: F401  (sets NO_ALBUMENTATIONS_UPDATE before albumentations is imported)
+import albumentations as A
+import cv2
 
-A = imported_on_first_use("albumentations")  # the twins below only: a policy's pixels are computed in torch
-cv2 = imported_on_first_use("cv2")
+from metaaug.errors import MetaaugError
 
 OP_TABLE_VERSION = 1
 

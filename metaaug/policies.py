@@ -22,13 +22,13 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from metaaug import imported_on_first_use
+import metaaug  # noqa: F401  (sets NO_ALBUMENTATIONS_UPDATE before albumentations is imported)
+import albumentations as A
+
 from metaaug.errors import MetaaugError
 from metaaug.publish import atomic_file
 from metaaug.ops import OP_NAMES, OP_TABLE_VERSION, OPS, apply_ops
 from metaaug.reading import load_json
-
-A = imported_on_first_use("albumentations")  # the export (to_albumentations) only
 
 POLICY_FORMAT_VERSION = 1
 MAX_POLICY_LAYERS = 16  # ops in a row per image: each costs a pass over the batch; the search uses at most 2
