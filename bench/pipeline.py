@@ -172,6 +172,8 @@ def main() -> None:
         load = os.getloadavg()[0]
         results = run(project)
         print(table(*results, RGB32_PIPELINE_SECONDS if args.source == "rgb32" else TARGETS["pipeline_seconds"]))
+        accuracy = {k: v for k, v in read_json(project / "metrics.json").items() if not k.startswith("gain")}
+        print("\nTest accuracy, mean over the splits (%): " + ", ".join(f"{k} {v:.2f}" for k, v in accuracy.items()))
         if (project / "models/learner" / learners.FILE).exists():
             print("\n" + " ".join(learners.markdown(read_json(project / "models/learner" / learners.FILE))))
         print(f"1-minute load average before / after: {load:.1f} / {os.getloadavg()[0]:.1f} on "
