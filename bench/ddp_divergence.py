@@ -29,7 +29,7 @@ from metaaug.config import TrainConfig, defaults
 from metaaug.models import MODELS, BasicBlock
 from metaaug.tasks import prepare
 from metaaug.timing import machine_description
-from metaaug.training import to_tensor, train_learner
+from metaaug.training import OneCycleSGD, to_tensor, train_learner
 
 RECIPE = {"epochs": 4, "batch_size": 10}
 
@@ -37,11 +37,11 @@ RECIPE = {"epochs": 4, "batch_size": 10}
 def trajectory(x, y, n_classes, seed, model, ddp) -> tuple[list[list[torch.Tensor]], list[list[torch.Tensor]]]:
     """The parameters after every SGD step, and every step's ReLU inputs (module ReLUs, the ResNet's residual
     sums) as this process computed them, on its rows of the batch."""
-    params, relus, step = [], [[]], torch.optim.SGD.step
+    params, relus, step = [], [[]], OneCycleSGD.step
 
     def record(opt, *args, **kwargs):
         done = step(opt, *args, **kwargs)
-        params.append([p.detach().clone() for group in opt.param_groups for p in group["params"]])
+        params.append([p.detach().clone() for p in opt.params])
         relus.append([])
         return done
 
@@ -54,7 +54,7 @@ def trajectory(x, y, n_classes, seed, model, ddp) -> tuple[list[list[torch.Tenso
 
     hook = torch.nn.modules.module.register_module_forward_pre_hook(seen)
     try:
-        with mock.patch.object(torch.optim.SGD, "step", record):
+        with mock.patch.object(OneCycleSGD, "step", record):
             train_learner(x, y, n_classes, TrainConfig(**RECIPE, model=model), seed=seed, ddp=ddp)
     finally:
         hook.remove()

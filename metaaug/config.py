@@ -105,6 +105,7 @@ class TrainConfig(Section):
     epochs: Annotated[int, Ge(1), Le(100000)] = 150
     batch_size: Annotated[int, Ge(1), Le(65536)] = 25
     lr: Annotated[float, Ge(1e-6), Le(10.0)] = 0.05  # one-cycle peak learning rate
+    # the one-cycle momentum's mid-point: it falls from momentum + 0.05 to momentum - 0.05 as the lr rises, and back
     momentum: Annotated[float, Ge(0.0), Le(0.999)] = 0.9
     weight_decay: Annotated[float, Ge(0.0), Le(1.0)] = 5e-4
     width: Annotated[int, Ge(4), Le(1024)] = 32  # channels of the first conv layer

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.sgd import sgd
 
 from metaaug import distributed, population
 from metaaug.config import TrainConfig
@@ -25,6 +26,8 @@ Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 AUGMENT_CHUNK = 4096  # images augmented per batched call
 # The fields of params.train a training reads (the rest say which arms to train, and where)
 RECIPE = {"epochs", "batch_size", "lr", "momentum", "weight_decay", "width", "model"}
+MOMENTUM_SWING = 0.05  # the one-cycle schedule's momentum: train.momentum +- this (0.95 to 0.85 around 0.9)
+MAX_MOMENTUM = 0.999
 
 
 def set_threads(image_size: int) -> None:
@@ -69,6 +72,56 @@ def augmented_epochs(x: torch.Tensor, epochs: int, augment: Augment | None, gen:
         yield from copies.chunk(n)
 
 
+class OneCycleSGD:
+    """Nesterov SGD with weight decay on the one-cycle schedule (Smith 2018): the learning rate rises from lr/25
+    to `lr` over the first 30 % of the steps, then falls to lr/250,000 (cosine), while the momentum falls from
+    `momentum` + MOMENTUM_SWING to `momentum` - MOMENTUM_SWING and rises back.
+
+    Step for step, this is what torch.optim.SGD under lr_scheduler.OneCycleLR computes (tests/test_training.py
+    compares them bit for bit), with the schedule's defaults and its momentum bounds set from `momentum` (which
+    OneCycleLR alone would overwrite with 0.95 and 0.85). It calls torch's functional `sgd`: the classes import
+    torch's compiler (torch._dynamo) on their first call, 2.2 s of every process that trains on this project's
+    CPU."""
+
+    WARMUP, DIV, FINAL_DIV = 0.3, 25.0, 1e4  # OneCycleLR's pct_start, div_factor, final_div_factor
+
+    def __init__(self, params: list[torch.Tensor], lr: float, momentum: float, weight_decay: float, steps: int):
+        self.params, self.weight_decay, self.steps, self.taken = params, weight_decay, steps, 0
+        self.buffers: list[torch.Tensor | None] = [None] * len(params)
+        initial = lr / self.DIV
+        top, bottom = min(momentum + MOMENTUM_SWING, MAX_MOMENTUM), max(momentum - MOMENTUM_SWING, 0.0)
+        # (last step of the phase, lr from -> to, momentum from -> to), as OneCycleLR's two phases
+        self.phases = [(float(self.WARMUP * steps) - 1, initial, lr, top, bottom),
+                       (steps - 1, lr, initial / self.FINAL_DIV, bottom, top)]
+
+    def schedule(self, step: int) -> tuple[float, float]:
+        """(learning rate, momentum) of step `step` (from 0), computed as OneCycleLR computes them."""
+        start = 0.0
+        for i, (end, lr_from, lr_to, m_from, m_to) in enumerate(self.phases):
+            if step <= end or i == len(self.phases) - 1:
+                cos_out = math.cos(math.pi * ((step - start) / (end - start))) + 1
+                return lr_to + (lr_from - lr_to) / 2.0 * cos_out, m_to + (m_from - m_to) / 2.0 * cos_out
+            start = end
+        raise AssertionError("unreachable: the last phase always matches")
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        if self.taken >= self.steps:
+            raise ValueError(f"step {self.taken + 1} of a {self.steps}-step schedule")
+        lr, momentum = self.schedule(self.taken)
+        live = [i for i, p in enumerate(self.params) if p.grad is not None]
+        buffers = [self.buffers[i] for i in live]
+        sgd([self.params[i] for i in live], [self.params[i].grad for i in live], buffers,
+            weight_decay=self.weight_decay, momentum=momentum, lr=lr, dampening=0.0, nesterov=True, maximize=False)
+        for i, buffer in zip(live, buffers):
+            self.buffers[i] = buffer
+        self.taken += 1
+
+
 def train_learner(x: torch.Tensor, y: torch.Tensor, n_classes: int, settings: TrainConfig, seed: int,
                   augment: Augment | None = None, device: torch.device | None = None, ddp: bool = False,
                   ) -> tuple[nn.Module, dict[str, list[float]]]:
@@ -109,9 +162,8 @@ def train_population(xs: list[torch.Tensor], ys: list[torch.Tensor], n_classes: 
               for p in range(size)]
     learner = torch.arange(size, device=device)
     steps_per_epoch = math.ceil(len(x) / settings.batch_size)
-    opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum, nesterov=True,
-                          weight_decay=settings.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch)
+    opt = OneCycleSGD(list(model.parameters()), settings.lr, settings.momentum, settings.weight_decay,
+                      settings.epochs * steps_per_epoch)
     use_amp = device.type == "cuda"
     sums = torch.zeros(settings.epochs, 2, size, dtype=torch.float64, device=device)  # loss sum, correct
     model.train()
@@ -125,11 +177,10 @@ def train_population(xs: list[torch.Tensor], ys: list[torch.Tensor], n_classes: 
                 inputs = normalise(xb.flatten(1, 2)).contiguous(memory_format=torch.channels_last)
                 logits = net(inputs).view(len(mine), size, n_classes)
                 losses = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(len(mine), size)
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             # Each learner's mean over the whole batch; DDP averages gradients over ranks, hence * ranks.
             (losses.sum() / (len(idx) / n_ranks)).backward()
             opt.step()
-            sched.step()
             sums[epoch, 0] += losses.detach().sum(0)
             sums[epoch, 1] += (logits.argmax(2) == yb).sum(0)
     if ddp:

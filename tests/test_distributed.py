@@ -22,7 +22,7 @@ from metaaug.config import validate
 from metaaug.stages import metatrain, train
 from metaaug.tasks import prepare
 from metaaug.config import TrainConfig
-from metaaug.training import predict, to_tensor, train_learner
+from metaaug.training import OneCycleSGD, predict, to_tensor, train_learner
 
 ARMS = ["none", "trivialaugment"]
 
@@ -133,13 +133,13 @@ def recorded_gradients(model: str, ddp: bool) -> list[list[torch.Tensor]]:
 
     gen = torch.Generator().manual_seed(0)
     x, y = torch.rand(25, 1, 8, 8, generator=gen), torch.randint(0, 5, (25,), generator=gen)
-    grads, step = [], torch.optim.SGD.step
+    grads, step = [], OneCycleSGD.step
 
     def record(opt, *args, **kwargs):
-        grads.append([p.grad.clone() for group in opt.param_groups for p in group["params"]])
+        grads.append([p.grad.clone() for p in opt.params])
         return step(opt, *args, **kwargs)
 
-    with mock.patch.object(torch.optim.SGD, "step", record):
+    with mock.patch.object(OneCycleSGD, "step", record):
         train_learner(x, y, 5, TrainConfig(epochs=1, batch_size=10, model=model), seed=1, ddp=ddp)
     return grads
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 import pickle
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 import typer
 
-from metaaug import ownership, registry, runner, tracking
+from metaaug import ownership, registry, runner, tracking, workers
 from metaaug.config import LEARNED, Params, load_params
 from metaaug.declaration import Declaration, Output
 from metaaug.errors import MetaaugError
@@ -26,7 +27,7 @@ from metaaug.report import verdict, write_report
 from metaaug.stages import PARAMS
 from metaaug.stats import best_fixed, compare, headline
 from metaaug.tasks import Prepared, load_prepared
-from metaaug.training import predict, set_threads, to_tensor
+from metaaug.training import predict, to_tensor
 
 # plots/ is DVC-cached, so a fresh clone (no cache) runs evaluate and MLflow gets its run and verdict
 # (docs/configuration.md, "The answer in MLflow"); metrics.json (for `dvc metrics diff`, its sidecar committed
@@ -72,21 +73,39 @@ def read_results(arm_dirs: dict[str, Path]) -> dict:
     return results
 
 
-def test_accuracies(prepared: Prepared, arm_dirs: dict[str, Path], model_spec: dict) -> tuple[dict, dict]:
-    """Per arm: test accuracy per split, and (labels, predictions) pooled over splits."""
+def predict_all(pool: workers.Pool, prepared: Prepared, arm_dirs: dict[str, Path],
+                model_spec: dict) -> Callable[[], tuple[dict, dict]]:
+    """Hand every model's test-set predictions to `pool`'s one-thread workers now, so that they run while the
+    stage opens its MLflow run (as train's trainings do); returns the function that waits for them: per arm,
+    the test accuracy per split and (labels, predictions) pooled over the splits."""
     test = np.asarray(prepared.manifest["test"])
     x_test, y_test = to_tensor(prepared.target_images)[test], np.asarray(prepared.target_labels)[test]
-    accuracy, confusion = {}, {}
+    states = {}
     for arm, directory in arm_dirs.items():
         with unreadable_downstream(directory):
-            model = build_model(**model_spec)
-            preds = []
-            for state in torch.load(directory / f"{arm}.pt", weights_only=True):
-                model.load_state_dict(state)
-                preds.append(predict(model, x_test))
-        accuracy[arm] = np.array([np.mean(p == y_test) for p in preds])
-        confusion[arm] = (np.tile(y_test, len(preds)), np.concatenate(preds))
-    return accuracy, confusion
+            states[arm] = torch.load(directory / f"{arm}.pt", weights_only=True)
+    workers.state().update({"states": states, "model": model_spec, "x_test": x_test})  # inherited at the fork
+    predicted = pool.map(_predict, [(arm, i) for arm in arm_dirs for i in range(len(states[arm]))])
+
+    def collect() -> tuple[dict, dict]:
+        accuracy, confusion = {}, {}
+        for arm, directory in arm_dirs.items():
+            with unreadable_downstream(directory):  # a state that does not fit the model fails in its worker
+                preds = [next(predicted) for _ in states[arm]]
+            accuracy[arm] = np.array([np.mean(p == y_test) for p in preds])
+            confusion[arm] = (np.tile(y_test, len(preds)), np.concatenate(preds))
+        return accuracy, confusion
+
+    return collect
+
+
+def _predict(job: tuple[str, int]) -> np.ndarray:
+    """A worker's entry (pickled by name): split `job[1]`'s model of arm `job[0]`, its test-set predictions."""
+    shared = workers.state()
+    arm, split = job
+    model = build_model(**shared["model"])
+    model.load_state_dict(shared["states"][arm][split])
+    return predict(model, shared["x_test"])
 
 
 def run(params: Params, prepared_dir: Path, downstream_dir: Path, metrics_path: Path, plots_dir: Path,
@@ -102,7 +121,6 @@ def run(params: Params, prepared_dir: Path, downstream_dir: Path, metrics_path: 
     upstream = runner.declared_paths(DECLARATION, paths)[0]  # train.<arm> for each fixed arm, as stage_run names them
     ownership.verify_inputs(upstream)  # before anything is read (stage_run reuses the digests)
     prepared = load_prepared(prepared_dir)
-    set_threads(prepared.target_images.shape[1])
     arm_dirs = {**fixed, LEARNED: learned_dir}
     results = read_results(arm_dirs)
     arms = list(arm_dirs)
@@ -110,39 +128,42 @@ def run(params: Params, prepared_dir: Path, downstream_dir: Path, metrics_path: 
     if searched:
         search = read_json(policy_dir / "search.json")
         baseline = read_policy(policy_dir / "policy.json")[1].get("baseline_point")
-    with runner.stage_run(DECLARATION, {"evaluate.arms": arms}, params.tracking.experiment, paths) as stage:
-        run_ = stage.run
-        accuracy, confusion = test_accuracies(prepared, arm_dirs, results["model"])
-        metrics = compare(accuracy)
-        summary = verdict(metrics, baseline, search)
-        won = tracking.winner(headline(metrics), best_fixed(metrics["arms"]))
-        stage.headline = won
-        tracking.set_tags({"metaaug.winner": won})
-        if reports_dir is not None:
-            write_report(stage.output(reports_dir), metrics, summary, accuracy, results, confusion, prepared,
-                         policy_dir, baseline, search, stage.inputs)
-        plots = stage.output(plots_dir)
-        write_dvc_plots(plots, accuracy, results, confusion, prepared.manifest["target"]["classes"])
-        numbers = headline(metrics)
-        metrics_file = stage.write_json(metrics_path, numbers)
-        tracking.log_metrics(numbers)  # the run list's columns; the rest is in report/evaluation.json
-        tracking.log_artifacts(metrics_file)
-        tracking.log_artifacts(plots, "plots")
-        if reports_dir is not None:
-            tracking.log_artifacts(stage.output(reports_dir), "report")
-        for arm, accs in accuracy.items():
-            trained_by = "train_learned" if arm == LEARNED else f"train.{arm}"
-            train_run = run_.data.tags.get(f"upstream.{trained_by}", "unknown")
-            tracking.log_split_accuracies(train_run, {(arm, i): 100 * a for i, a in enumerate(accs)}, run_.info.run_id)
-        tracking.describe_evaluate_run(run_, summary)
-        registry.record_verdict(params.tracking.policy_model_name, run_.data.tags.get("upstream.metatrain", "unknown"),
-                                summary, numbers, won)
-        for arm, s in metrics["arms"].items():
-            print(f"evaluate: {arm:15s} {s['mean']:.2f} ± {s['std']:.2f} (n={s['n']})")
-        for pair, d in metrics["paired"].items():
-            print(f"evaluate: {pair:28s} {d['mean']:+.2f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]")
-        print(f"evaluate: {summary}")
-        print(f"evaluate: mlflow run {run_.info.run_id}")
+    with workers.Pool(workers.count(0), {}) as pool:
+        predictions = predict_all(pool, prepared, arm_dirs, results["model"])
+        with runner.stage_run(DECLARATION, {"evaluate.arms": arms}, params.tracking.experiment, paths) as stage:
+            run_ = stage.run
+            accuracy, confusion = predictions()
+            metrics = compare(accuracy)
+            summary = verdict(metrics, baseline, search)
+            won = tracking.winner(headline(metrics), best_fixed(metrics["arms"]))
+            stage.headline = won
+            tracking.set_tags({"metaaug.winner": won})
+            if reports_dir is not None:
+                write_report(stage.output(reports_dir), metrics, summary, accuracy, results, confusion, prepared,
+                             policy_dir, baseline, search, stage.inputs)
+            plots = stage.output(plots_dir)
+            write_dvc_plots(plots, accuracy, results, confusion, prepared.manifest["target"]["classes"])
+            numbers = headline(metrics)
+            metrics_file = stage.write_json(metrics_path, numbers)
+            tracking.log_metrics(numbers)  # the run list's columns; the rest is in report/evaluation.json
+            tracking.log_artifacts(metrics_file)
+            tracking.log_artifacts(plots, "plots")
+            if reports_dir is not None:
+                tracking.log_artifacts(stage.output(reports_dir), "report")
+            for arm, accs in accuracy.items():
+                trained_by = "train_learned" if arm == LEARNED else f"train.{arm}"
+                train_run = run_.data.tags.get(f"upstream.{trained_by}", "unknown")
+                tracking.log_split_accuracies(train_run, {(arm, i): 100 * a for i, a in enumerate(accs)},
+                                              run_.info.run_id)
+            tracking.describe_evaluate_run(run_, summary)
+            registry.record_verdict(params.tracking.policy_model_name,
+                                    run_.data.tags.get("upstream.metatrain", "unknown"), summary, numbers, won)
+            for arm, s in metrics["arms"].items():
+                print(f"evaluate: {arm:15s} {s['mean']:.2f} ± {s['std']:.2f} (n={s['n']})")
+            for pair, d in metrics["paired"].items():
+                print(f"evaluate: {pair:28s} {d['mean']:+.2f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]")
+            print(f"evaluate: {summary}")
+            print(f"evaluate: mlflow run {run_.info.run_id}")
     return metrics
 
 
