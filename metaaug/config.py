@@ -31,6 +31,7 @@ LEARNED = "learned"  # always trained (its own DVC stage, train_learned), after 
 ARMS = (*FIXED_ARMS, LEARNED)
 ANCHORS = ("none", "handcrafted", "randaugment")  # fixed baselines metatrain can start from (metaaug.search.space.anchor_points)
 MAX_SEED = 2**63 - 1  # torch.manual_seed and numpy's SeedSequence both take it
+MAX_MOMENTUM = 0.999  # train.momentum, and the top of its one-cycle swing (metaaug.training.OneCycleSGD)
 
 
 def _distinct(items: list) -> list:
@@ -106,7 +107,7 @@ class TrainConfig(Section):
     batch_size: Annotated[int, Ge(1), Le(65536)] = 25
     lr: Annotated[float, Ge(1e-6), Le(10.0)] = 0.05  # one-cycle peak learning rate
     # the one-cycle momentum's mid-point: it falls from momentum + 0.05 to momentum - 0.05 as the lr rises, and back
-    momentum: Annotated[float, Ge(0.0), Le(0.999)] = 0.9
+    momentum: Annotated[float, Ge(0.0), Le(MAX_MOMENTUM)] = 0.9
     weight_decay: Annotated[float, Ge(0.0), Le(1.0)] = 5e-4
     width: Annotated[int, Ge(4), Le(1024)] = 32  # channels of the first conv layer
     # the learner: auto (small_cnn unless a paired trial finds resnet clearly better: metaaug/learners.py),

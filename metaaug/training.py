@@ -19,7 +19,7 @@ from torch import nn
 from torch.optim.sgd import sgd
 
 from metaaug import distributed, population
-from metaaug.config import TrainConfig
+from metaaug.config import MAX_MOMENTUM, TrainConfig
 from metaaug.models import build_model
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -27,7 +27,6 @@ AUGMENT_CHUNK = 4096  # images augmented per batched call
 # The fields of params.train a training reads (the rest say which arms to train, and where)
 RECIPE = {"epochs", "batch_size", "lr", "momentum", "weight_decay", "width", "model"}
 MOMENTUM_SWING = 0.05  # the one-cycle schedule's momentum: train.momentum +- this (0.95 to 0.85 around 0.9)
-MAX_MOMENTUM = 0.999
 
 
 def set_threads(image_size: int) -> None:

@@ -310,7 +310,8 @@ def test_a_new_stage_is_its_module_its_entry_and_its_dvc_yaml_entry(tmp_path, mo
 def test_a_stage_process_imports_what_it_runs():
     """Each DVC stage is its own process, so every second of imports is paid per stage: SciPy (about 1 s)
     loads where it is used, not with the modules that could use it. The train and evaluate stages' modules
-    import neither it nor the search package (nor, with it, torch's compiler, which only an optimizer needs).
+    import neither it nor the search package, nor torch's compiler (no training imports it:
+    tests/test_training.py).
     Albumentations and OpenCV stay imported by metaaug.ops: the policy bundle's requirements are read from
     import statements (metaaug/policy_bundle.py)."""
     code = ("import sys\nimport metaaug.stages.train, metaaug.stages.evaluate, metaaug.stages.train_learned\n"

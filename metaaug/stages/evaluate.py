@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import pickle
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -73,10 +73,10 @@ def read_results(arm_dirs: dict[str, Path]) -> dict:
     return results
 
 
-def predict_all(pool: workers.Pool, prepared: Prepared, arm_dirs: dict[str, Path],
-                model_spec: dict) -> Callable[[], tuple[dict, dict]]:
-    """Hand every model's test-set predictions to `pool`'s one-thread workers now, so that they run while the
-    stage opens its MLflow run (as train's trainings do); returns the function that waits for them: per arm,
+@contextlib.contextmanager
+def predicting(prepared: Prepared, arm_dirs: dict[str, Path], model_spec: dict) -> Iterator[Callable[[], tuple]]:
+    """Hand every model's test-set predictions to one-thread worker processes on entry, so that they run while
+    the stage opens its MLflow run (as train's trainings do); yields the function that waits for them: per arm,
     the test accuracy per split and (labels, predictions) pooled over the splits."""
     test = np.asarray(prepared.manifest["test"])
     x_test, y_test = to_tensor(prepared.target_images)[test], np.asarray(prepared.target_labels)[test]
@@ -84,8 +84,6 @@ def predict_all(pool: workers.Pool, prepared: Prepared, arm_dirs: dict[str, Path
     for arm, directory in arm_dirs.items():
         with unreadable_downstream(directory):
             states[arm] = torch.load(directory / f"{arm}.pt", weights_only=True)
-    workers.state().update({"states": states, "model": model_spec, "x_test": x_test})  # inherited at the fork
-    predicted = pool.map(_predict, [(arm, i) for arm in arm_dirs for i in range(len(states[arm]))])
 
     def collect() -> tuple[dict, dict]:
         accuracy, confusion = {}, {}
@@ -96,7 +94,9 @@ def predict_all(pool: workers.Pool, prepared: Prepared, arm_dirs: dict[str, Path
             confusion[arm] = (np.tile(y_test, len(preds)), np.concatenate(preds))
         return accuracy, confusion
 
-    return collect
+    with workers.Pool(workers.count(0), {"states": states, "model": model_spec, "x_test": x_test}) as pool:
+        predicted = pool.map(_predict, [(arm, i) for arm in arm_dirs for i in range(len(states[arm]))])
+        yield collect
 
 
 def _predict(job: tuple[str, int]) -> np.ndarray:
@@ -128,42 +128,40 @@ def run(params: Params, prepared_dir: Path, downstream_dir: Path, metrics_path: 
     if searched:
         search = read_json(policy_dir / "search.json")
         baseline = read_policy(policy_dir / "policy.json")[1].get("baseline_point")
-    with workers.Pool(workers.count(0), {}) as pool:
-        predictions = predict_all(pool, prepared, arm_dirs, results["model"])
-        with runner.stage_run(DECLARATION, {"evaluate.arms": arms}, params.tracking.experiment, paths) as stage:
-            run_ = stage.run
-            accuracy, confusion = predictions()
-            metrics = compare(accuracy)
-            summary = verdict(metrics, baseline, search)
-            won = tracking.winner(headline(metrics), best_fixed(metrics["arms"]))
-            stage.headline = won
-            tracking.set_tags({"metaaug.winner": won})
-            if reports_dir is not None:
-                write_report(stage.output(reports_dir), metrics, summary, accuracy, results, confusion, prepared,
-                             policy_dir, baseline, search, stage.inputs)
-            plots = stage.output(plots_dir)
-            write_dvc_plots(plots, accuracy, results, confusion, prepared.manifest["target"]["classes"])
-            numbers = headline(metrics)
-            metrics_file = stage.write_json(metrics_path, numbers)
-            tracking.log_metrics(numbers)  # the run list's columns; the rest is in report/evaluation.json
-            tracking.log_artifacts(metrics_file)
-            tracking.log_artifacts(plots, "plots")
-            if reports_dir is not None:
-                tracking.log_artifacts(stage.output(reports_dir), "report")
-            for arm, accs in accuracy.items():
-                trained_by = "train_learned" if arm == LEARNED else f"train.{arm}"
-                train_run = run_.data.tags.get(f"upstream.{trained_by}", "unknown")
-                tracking.log_split_accuracies(train_run, {(arm, i): 100 * a for i, a in enumerate(accs)},
-                                              run_.info.run_id)
-            tracking.describe_evaluate_run(run_, summary)
-            registry.record_verdict(params.tracking.policy_model_name,
-                                    run_.data.tags.get("upstream.metatrain", "unknown"), summary, numbers, won)
-            for arm, s in metrics["arms"].items():
-                print(f"evaluate: {arm:15s} {s['mean']:.2f} ± {s['std']:.2f} (n={s['n']})")
-            for pair, d in metrics["paired"].items():
-                print(f"evaluate: {pair:28s} {d['mean']:+.2f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]")
-            print(f"evaluate: {summary}")
-            print(f"evaluate: mlflow run {run_.info.run_id}")
+    with predicting(prepared, arm_dirs, results["model"]) as predictions, \
+            runner.stage_run(DECLARATION, {"evaluate.arms": arms}, params.tracking.experiment, paths) as stage:
+        run_ = stage.run
+        accuracy, confusion = predictions()
+        metrics = compare(accuracy)
+        summary = verdict(metrics, baseline, search)
+        won = tracking.winner(headline(metrics), best_fixed(metrics["arms"]))
+        stage.headline = won
+        tracking.set_tags({"metaaug.winner": won})
+        if reports_dir is not None:
+            write_report(stage.output(reports_dir), metrics, summary, accuracy, results, confusion, prepared,
+                         policy_dir, baseline, search, stage.inputs)
+        plots = stage.output(plots_dir)
+        write_dvc_plots(plots, accuracy, results, confusion, prepared.manifest["target"]["classes"])
+        numbers = headline(metrics)
+        metrics_file = stage.write_json(metrics_path, numbers)
+        tracking.log_metrics(numbers)  # the run list's columns; the rest is in report/evaluation.json
+        tracking.log_artifacts(metrics_file)
+        tracking.log_artifacts(plots, "plots")
+        if reports_dir is not None:
+            tracking.log_artifacts(stage.output(reports_dir), "report")
+        for arm, accs in accuracy.items():
+            trained_by = "train_learned" if arm == LEARNED else f"train.{arm}"
+            train_run = run_.data.tags.get(f"upstream.{trained_by}", "unknown")
+            tracking.log_split_accuracies(train_run, {(arm, i): 100 * a for i, a in enumerate(accs)}, run_.info.run_id)
+        tracking.describe_evaluate_run(run_, summary)
+        registry.record_verdict(params.tracking.policy_model_name, run_.data.tags.get("upstream.metatrain", "unknown"),
+                                summary, numbers, won)
+        for arm, s in metrics["arms"].items():
+            print(f"evaluate: {arm:15s} {s['mean']:.2f} ± {s['std']:.2f} (n={s['n']})")
+        for pair, d in metrics["paired"].items():
+            print(f"evaluate: {pair:28s} {d['mean']:+.2f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]")
+        print(f"evaluate: {summary}")
+        print(f"evaluate: mlflow run {run_.info.run_id}")
     return metrics
 
 
