@@ -92,9 +92,11 @@ def populations(jobs: list, size: int) -> list[list]:
 
 GROUPED = 9  # learners a population holds where grouping pays
 # A learner is dispatch-bound below about this many operations a training step on one image: grouping 9 ran the
-# 8 px small CNN (5.4 MFLOP) 1.7x faster a learner, but the 28 px one (33 MFLOP) and the 32 px ResNet (293 MFLOP)
-# 10-25 % slower (one thread; bench/train_populations.py).
-DISPATCH_BOUND_FLOPS = 16e6
+# 8 px small CNN (5.4 MFLOP) 1.4-1.7x faster a learner, but the 28 px one (33 MFLOP) and the 32 px ResNet (293
+# MFLOP) 10-25 % slower (one thread; bench/train_populations.py), and the 32 px RGB proxy (12.4 MFLOP) 10-20 %
+# slower (bench/population.py --source rgb32). A population runs on one core, so grouping there also idled the
+# other cores: a rung of up to 9 proxies trained in one process.
+DISPATCH_BOUND_FLOPS = 8e6
 
 
 def population_size(requested: int, channels: int, image_size: int, n_classes: int, width: int, model: str) -> int:

@@ -11,8 +11,6 @@ import time
 
 import numpy as np
 import torch
-import torch._dynamo  # noqa: F401  torch.optim imports it on first use (~1.7 s): here, before scoring
-# processes fork, so they inherit it instead of each paying for it
 
 from metaaug import workers
 from metaaug.config import TrainConfig
