@@ -48,7 +48,7 @@ def search_runs(prepared: Path, params: dict, budgets: list[float], seeds: list[
             out = work / f"policy-b{budget:g}-s{seed}"
             timing = work / f"timing-b{budget:g}-s{seed}.json"
             with contextlib.redirect_stdout(io.StringIO()):  # in this process: no start-up per run
-                metatrain.run(validate(p), prepared, out, timing)
+                metatrain.run(validate(p), prepared, out, timing, work / "learner")  # prepare_task's learner
             log = json.loads((out / "search.json").read_text())
             runs.append({"budget": budget, "seed": seed, "out": out, "key": policy_key(out),
                          "name": log["finalists"][0]["candidate"], "spent": log["spent"],

@@ -6,9 +6,11 @@ the explorers vary, nothing else), each as `python -m metaaug metatrain --params
 --prepared D --out O`. Prints per seed the chosen policy (named when it is a fixed
 baseline's point), how it was decided and its margin over the runner-up with a
 95 % t-interval. Then trains every fixed arm once and each DISTINCT chosen policy
-once on the target splits (`python -m metaaug train`, `train.learned_source:
-on_the_fly`, i.e. the policy sampled directly instead of data/augmented/'s copies),
-scores them on the target test split, and prints the frequency of the modal
+once on the target splits (`python -m metaaug train --arm A` per fixed arm,
+`python -m metaaug train_learned` with `train.learned_source: on_the_fly`, i.e. the
+policy sampled directly instead of data/augmented/'s copies; each reads the task's
+learner, `python -m metaaug learner` run once after prepare), scores them on the
+target test split as evaluate does, and prints the frequency of the modal
 choice, the regret of each seed's choice (its test accuracy minus the best fixed
 arm's, mean over splits) and the mean regret. Metatrain's wall time is measured
 in the same run as one downstream training (median over the fixed arms' runs).
@@ -40,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adaptivity import task_params  # noqa: E402  the task builders of the adaptivity benchmark
 
 from metaaug.config import TrainConfig, load_params  # noqa: E402
-from metaaug.stages.evaluate import test_accuracies  # noqa: E402
+from metaaug.stages.evaluate import predicting, read_results  # noqa: E402
 from metaaug.timing import machine_description  # noqa: E402
 from metaaug.policies import FIXED_POLICIES  # noqa: E402
 from metaaug.report import closest_rival  # noqa: E402
@@ -97,27 +99,39 @@ def one_training(prepared: Path, params: dict, repeats: int = 3) -> float:
     return float(np.median(seconds[1:]))
 
 
+def test_accuracies(prepared: Path, arm_dirs: dict[str, Path]) -> dict[str, np.ndarray]:
+    """Each arm's (`arm_dirs`: arm -> its models/downstream/<arm> folder) test accuracy per split, predicted as
+    the evaluate stage predicts."""
+    with predicting(load_prepared(prepared), arm_dirs, read_results(arm_dirs)["model"]) as collect:
+        return collect()[0]
+
+
 def fixed_accuracies(prepared: Path, params: dict, work: Path) -> tuple[dict[str, np.ndarray], float]:
-    """Every fixed arm's target test accuracy per split (`metaaug train` once), and one run's seconds
-    (the median the train stage reports)."""
-    fixed_params = {**params, "train": {**params["train"], "arms": list(FIXED_POLICIES)}}
-    stdout = cli("train", "--prepared", str(prepared), "--out", str(work / "downstream-fixed"),
-                 params=write_params(fixed_params, work / "params-fixed.yaml"))
+    """Every fixed arm's target test accuracy per split (`metaaug train --arm A` once each), and one run's
+    seconds (the median the train stage reports, over the arms)."""
+    p = write_params({**params, "train": {**params["train"], "arms": list(FIXED_POLICIES)}},
+                     work / "params-fixed.yaml")
+    dirs = {arm: work / "downstream-fixed" / arm for arm in FIXED_POLICIES}
+    stdout = "".join(cli("train", "--arm", arm, "--prepared", str(prepared), "--learner", str(work / "learner"),
+                         "--out", str(out), "--timing", str(work / f"timing-{arm}.json"), params=p)
+                     for arm, out in dirs.items())
     one_run = float(np.median([float(s) for s in re.findall(r"splits, ([0-9.]+) s a run", stdout)]))
-    return test_accuracies(load_prepared(prepared), work / "downstream-fixed", list(FIXED_POLICIES))[0], one_run
+    return test_accuracies(prepared, dirs), one_run
 
 
 def target_accuracies(runs: list[dict], prepared: Path, params: dict, work: Path) -> None:
     """Each run's chosen policy (`run["out"]`) trained on the target splits, sampled on the fly, its test
     accuracy per split set as `run["accuracy"]`; a policy chosen by several runs (`run["key"]`) trained once."""
-    learned_params = {**params, "train": {**params["train"], "arms": ["learned"], "learned_source": "on_the_fly"}}
-    p = write_params(learned_params, work / "params-learned.yaml")
-    prep, distinct = load_prepared(prepared), {}
+    p = write_params({**params, "train": {**params["train"], "learned_source": "on_the_fly"}},
+                     work / "params-learned.yaml")
+    distinct = {}
     for run in runs:
         if run["key"] not in distinct:
             downstream = work / f"downstream-{run['out'].name}"
-            cli("train", "--prepared", str(prepared), "--policy", str(run["out"]), "--out", str(downstream), params=p)
-            distinct[run["key"]] = test_accuracies(prep, downstream, ["learned"])[0]["learned"]
+            cli("train_learned", "--prepared", str(prepared), "--learner", str(work / "learner"), "--policy",
+                str(run["out"]), "--out", str(downstream), "--timing", str(work / f"timing-{run['out'].name}.json"),
+                params=p)
+            distinct[run["key"]] = test_accuracies(prepared, {"learned": downstream})["learned"]
         run["accuracy"] = distinct[run["key"]]
 
 
@@ -133,12 +147,15 @@ def decision_kind(chosen: dict) -> str:
 
 
 def prepare_task(name: str, base, splits: int, work: Path, experiment: str) -> tuple[dict, Path]:
-    """A task's params (as a params.yaml mapping, runs logged to `experiment`) and its prepared folder."""
+    """A task's params (as a params.yaml mapping, runs logged to `experiment`) and its prepared folder, with the
+    task's downstream learner beside it (`work`/learner: what every metatrain and train here reads)."""
     work.mkdir(parents=True, exist_ok=True)
     params = task_params(base, name, work, splits).model_dump()
     params["tracking"]["experiment"] = experiment
     prepared = work / "prepared"
-    cli("prepare", "--out", str(prepared), params=write_params(params, work / "params.yaml"))
+    p = write_params(params, work / "params.yaml")
+    cli("prepare", "--out", str(prepared), params=p)
+    cli("learner", "--prepared", str(prepared), "--out", str(work / "learner"), params=p)
     return params, prepared
 
 
@@ -154,7 +171,8 @@ def run_task(name: str, base: dict, seeds: list[int], splits: int, work: Path) -
         p = write_params({**params, "seed": seed}, work / f"params-seed{seed}.yaml")
         out = work / f"policy-seed{seed}"
         start = time.perf_counter()
-        stdout = cli("metatrain", "--prepared", str(prepared), "--out", str(out), params=p)
+        stdout = cli("metatrain", "--prepared", str(prepared), "--learner", str(work / "learner"), "--out", str(out),
+                     "--timing", str(work / f"timing-metatrain-seed{seed}.json"), params=p)
         wall = time.perf_counter() - start
         search_seconds = float(re.search(r"proxy trainings in ([0-9.]+) s", stdout).group(1))
         beside = one_training(prepared, params)  # side by side: right after this seed's search, same load

@@ -92,15 +92,32 @@ def build_model(in_channels: int, image_size: int, n_classes: int, width: int = 
 
 @functools.lru_cache(maxsize=64)
 def per_image_flops(channels: int, image_size: int, n_classes: int, width: int, model: str) -> tuple[int, int]:
-    """(training step, forward pass) floating-point operations of this learner on one image."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """(training step, forward pass) floating-point operations of this learner on one image, counted as torch's
+    FlopCounterMode counts them (convolutions and matrix products; tests/test_models.py compares the two) but
+    from the layers' shapes: running FlopCounterMode imports torch's compiler, 2 s of every stage process.
 
+    A layer's backward pass costs its forward twice (the weights' gradient and the input's), once for a layer
+    that reads the network's input, which needs no gradient."""
     with torch.random.fork_rng(devices=[]):  # the caller's random state stays as it was
         torch.manual_seed(0)
-        net = build_model(channels, image_size, n_classes, width, model)
+        net = build_model(channels, image_size, n_classes, width, model).eval()
     x = torch.zeros(1, channels, image_size, image_size)
-    with FlopCounterMode(display=False) as train:
-        net(x).sum().backward()
-    with FlopCounterMode(display=False) as forward, torch.no_grad():
-        net.eval()(x)
-    return train.get_total_flops(), forward.get_total_flops()
+    forward = backward = 0
+
+    def count(layer: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal forward, backward
+        if isinstance(layer, nn.Conv2d):
+            flops = 2 * output.numel() * layer.weight[0].numel()  # each output: one multiply-add a weight of its filter
+        elif isinstance(layer, nn.Linear):
+            flops = 2 * output.numel() * layer.in_features
+        else:
+            return
+        forward += flops
+        backward += flops if inputs[0] is x else 2 * flops
+
+    hooks = [m.register_forward_hook(count) for m in net.modules()]
+    with torch.no_grad():
+        net(x)
+    for hook in hooks:
+        hook.remove()
+    return forward + backward, forward

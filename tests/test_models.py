@@ -5,7 +5,7 @@ import torch
 
 from metaaug.config import validate
 from metaaug.errors import MetaaugError
-from metaaug.models import ResNet, SmallCNN, build_model, resolve_model
+from metaaug.models import ResNet, SmallCNN, build_model, per_image_flops, resolve_model
 
 
 @pytest.mark.parametrize("model,size,cls", [("auto", 8, SmallCNN), ("auto", 32, SmallCNN), ("auto", 64, SmallCNN),
@@ -37,3 +37,22 @@ def test_results_spec_rebuilds_the_trained_learner():
     x = torch.rand(2, 1, 8, 8)
     with torch.no_grad():
         assert torch.equal(rebuilt(x), trained(x))
+
+
+@pytest.mark.parametrize("model", ["small_cnn", "resnet"])
+@pytest.mark.parametrize("channels,size,n_classes,width", [(1, 8, 5, 32), (1, 28, 10, 16), (3, 32, 5, 16),
+                                                           (3, 32, 9, 32), (3, 33, 2, 8), (3, 64, 5, 32)])
+def test_flops_from_shapes_are_torchs_count(model, channels, size, n_classes, width):
+    """per_image_flops counts from the layers' shapes what torch's FlopCounterMode counts by running the training
+    step (the budget and the population rule read it; FlopCounterMode itself imports torch's compiler)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    net = build_model(channels, size, n_classes, width, model)
+    x = torch.zeros(1, channels, size, size)
+    with FlopCounterMode(display=False) as step:
+        net(x).sum().backward()
+    with FlopCounterMode(display=False) as forward, torch.no_grad():
+        net.eval()(x)
+    assert per_image_flops(channels, size, n_classes, width, model) == (step.get_total_flops(),
+                                                                       forward.get_total_flops())

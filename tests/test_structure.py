@@ -319,7 +319,8 @@ def test_a_stage_process_imports_what_it_runs():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
     # every stage that reads the learner's answer samples the trial's tasks (metaaug.search.tasks) to check it
-    # applies: the search package costs them no compiler import either
-    code = "import sys\nimport metaaug.search\nprint('torch._dynamo' in sys.modules)"
+    # applies, and sizes its populations by the learner's operations: neither costs a compiler import
+    code = ("import sys\nimport metaaug.search\nfrom metaaug.population import population_size\n"
+            "population_size(0, 3, 32, 5, 32, 'small_cnn')\nprint('torch._dynamo' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "False", done.stdout + done.stderr
