@@ -1,14 +1,16 @@
-"""Wall time and peak memory of each stage of `dvc repro` on the default data, and the no-op `dvc repro`.
+"""Wall time and peak memory of `dvc repro` on the default data, stage by stage, and of the no-op `dvc repro`.
 
 Builds a fresh project in a temporary directory (the repo's dvc.yaml, stages/ and
 metaaug/, the given params; git init, dvc init; MLflow in the project's own
-sqlite file), then runs `dvc repro -s <stage>` for each stage in pipeline order,
-each in its own process tree, measuring:
+sqlite file), then runs the whole pipeline as one `dvc repro`, as a user does, measuring:
 
-* wall time of the whole `dvc repro -s` (DVC's own start-up and hashing included);
-* peak RSS of the process tree (dvc + the stage's python), summed over the tree,
-  sampled every 50 ms;
-* peak RSS of the largest single process (exact: the kernel's maxrss via wait4).
+* wall time of the whole `dvc repro`, and of each stage from DVC's `Running stage` line to the next stage's
+  (DVC's hashing and lock writing after a stage count to it; a matrix stage's items to the stage: train is the
+  four fixed arms); DVC's start-up before the first stage is a row of its own;
+* peak RSS of the process tree (dvc + the stage's python and its workers), summed over the tree, sampled every
+  50 ms, per stage and in all;
+* peak RSS of the largest single process: per stage the largest sampled, for the whole run exact (the kernel's
+  maxrss via wait4).
 
 Then one no-op `dvc repro` (nothing may run), and metatrain's cost as a multiple
 of one downstream training (timings/: search seconds / median training run,
@@ -27,11 +29,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -58,64 +62,83 @@ LAUNCHER = ("import resource, subprocess, sys\n"
             "sys.exit(code)\n")
 
 
+STARTUP = "DVC start-up"  # the time before DVC's first `Running stage` line
+
+
 def measure(cmd: list[str], cwd: Path, env: dict) -> dict:
-    """Run `cmd`; wall seconds, peak summed RSS of its process tree (sampled), largest process's maxrss."""
+    """Run `cmd`; wall seconds, peak summed RSS of its process tree (sampled), largest process's maxrss (exact),
+    and per DVC stage it ran (`stages`: wall seconds, sampled peaks of the tree and of its largest process)."""
     maxrss = cwd / ".bench.maxrss"
     start = time.perf_counter()
-    with open(cwd / ".bench.log", "ab") as log:
-        launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(maxrss), *cmd], cwd=cwd, env=env,
-                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    peak_tree = 0
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(maxrss), *cmd], cwd=cwd, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    events = [(STARTUP, start)]  # (stage, when its `Running stage` line came), appended by the reader thread
+
+    def read() -> None:
+        with open(cwd / ".bench.log", "ab") as log:
+            for line in launcher.stdout:
+                log.write(line)
+                if match := re.match(rb"Running stage '([^'@]+)", line):
+                    events.append((match.group(1).decode(), time.perf_counter()))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    peaks = {}  # stage -> (tree, largest process)
     try:
         while launcher.poll() is None:
-            peak_tree = max(peak_tree, tree_rss(launcher.pid))
+            sizes = process_rss(launcher.pid)
+            stage = events[-1][0]
+            tree, largest = peaks.get(stage, (0, 0))
+            peaks[stage] = (max(tree, sum(sizes)), max([largest, *sizes]))
             time.sleep(0.05)
     finally:
         if launcher.poll() is None:  # interrupted: stop the whole measured tree, not just the launcher
             os.killpg(launcher.pid, signal.SIGTERM)
-    seconds = time.perf_counter() - start
+    reader.join()
+    end = time.perf_counter()
     if launcher.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed in {cwd}; see {cwd / '.bench.log'}")
-    return {"seconds": seconds, "peak_tree": peak_tree, "peak_process": int(maxrss.read_text()) * 1024}
+    stages = {}
+    for (stage, began), (_, ended) in zip(events, [*events[1:], (None, end)]):
+        row = stages.setdefault(stage, {"seconds": 0.0, "peak_tree": 0, "peak_process": 0})
+        row["seconds"] += ended - began
+        row["peak_tree"], row["peak_process"] = (max(a, b) for a, b in zip(
+            (row["peak_tree"], row["peak_process"]), peaks.get(stage, (0, 0))))
+    return {"seconds": end - start, "peak_tree": max((t for t, _ in peaks.values()), default=0),
+            "peak_process": int(maxrss.read_text()) * 1024, "stages": stages}
 
 
-def tree_rss(launcher_pid: int) -> int:
-    """Summed RSS of the launcher's descendants now (not the launcher); one that ends while we look counts 0."""
+def process_rss(launcher_pid: int) -> list[int]:
+    """RSS of each of the launcher's descendants now (not the launcher); one that ends while we look counts 0."""
     try:
         tree = psutil.Process(launcher_pid).children(recursive=True)
     except psutil.Error:
-        return 0
-    total = 0
+        return []
+    sizes = []
     for p in tree:
         try:
-            total += p.memory_info().rss
+            sizes.append(p.memory_info().rss)
         except psutil.Error:
             pass
-    return total
-
-
-def stage_names(project: Path) -> list[str]:
-    """The stages in dvc.yaml order, which is the pipeline's order (each depends only on earlier ones); a matrix
-    stage (train: one per fixed arm) by its name, which `dvc repro -s` runs whole."""
-    return list(yaml.safe_load((project / "dvc.yaml").read_text())["stages"])
+    return sizes
 
 
 def run(project: Path) -> tuple[dict, dict, dict]:
-    """Each stage, then the no-op repro. Returns (per-stage measurements, no-op measurement, search cost from timings/)."""
+    """The pipeline as one `dvc repro`, then the no-op repro. Returns (the repro's measurements with its stages,
+    no-op measurement, search cost from timings/)."""
     bin_dir = Path(sys.executable).parent
     # PYTHONPATH: the stages import the project's own copy of metaaug, a snapshot unaffected by later edits
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(project),
            "METAAUG_PROGRESS": "0", "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
     dvc = str(bin_dir / "dvc")
-    stages = {}
-    for name in stage_names(project):
-        stages[name] = measure([dvc, "repro", "-s", name], project, env)
-        print(f"{name}: {stages[name]['seconds']:.1f} s", file=sys.stderr)
+    repro = measure([dvc, "repro"], project, env)
+    for name, m in repro["stages"].items():
+        print(f"{name}: {m['seconds']:.1f} s", file=sys.stderr)
     log_size = (project / ".bench.log").stat().st_size
     noop = measure([dvc, "repro"], project, env)
     if "Running stage" in (project / ".bench.log").read_bytes()[log_size:].decode(errors="replace"):
         raise SystemExit("the no-op `dvc repro` ran a stage: the pipeline is not reproducible as cached")
-    return stages, noop, search_cost(project / "timings")
+    return repro, noop, search_cost(project / "timings")
 
 
 def code_version() -> str:
@@ -125,17 +148,17 @@ def code_version() -> str:
     return f"commit {git('rev-parse', '--short', 'HEAD')}" + (" with uncommitted changes" if dirty else "")
 
 
-def table(stages: dict, noop: dict, cost: dict, limit: float = TARGETS["pipeline_seconds"]) -> str:
+def table(repro: dict, noop: dict, cost: dict, limit: float = TARGETS["pipeline_seconds"]) -> str:
     """The markdown report: one row per stage, the total, the no-op, the search-cost ratios, the verdicts."""
     mib = lambda b: f"{b / (1 << 20):,.0f}"  # noqa: E731
+    stages = repro["stages"]
     lines = ["| stage | wall time (s) | peak RSS, process tree (MiB) | peak RSS, largest process (MiB) |",
              "|---|---|---|---|"]
     lines += [f"| {name} | {m['seconds']:.1f} | {mib(m['peak_tree'])} | {mib(m['peak_process'])} |"
               for name, m in stages.items()]
-    total = sum(m["seconds"] for m in stages.values())
-    peak = max(m["peak_tree"] for m in stages.values())
-    lines += [f"| **full pipeline** | **{total:.1f}** | **{mib(peak)}** | "
-              f"**{mib(max(m['peak_process'] for m in stages.values()))}** |",
+    total, peak = repro["seconds"], repro["peak_tree"]
+    lines += [f"| **full pipeline** (one `dvc repro`) | **{total:.1f}** | **{mib(peak)}** | "
+              f"**{mib(repro['peak_process'])}** |",
               f"| no-op `dvc repro` | {noop['seconds']:.1f} | {mib(noop['peak_tree'])} | {mib(noop['peak_process'])} |"]
     one = cost["downstream_run_seconds"]
     checks = [(f"full pipeline ≤ {limit / 60:g} min", f"{total / 60:.1f} min", total <= limit),

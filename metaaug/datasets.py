@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from pathlib import Path
 
 from metaaug.store import from_mlflow, import_mlflow, quiet_mlflow
@@ -63,7 +64,9 @@ def log_datasets(stage: str, inputs: dict[str, Path | None], outputs: list[Path 
     for context, by, path in entries:
         if path is None or not Path(path).exists():
             continue
-        with quiet_mlflow():  # it warns that two registered local sources both take a file URI
+        with quiet_mlflow(), warnings.catch_warnings():  # MLflow registers two local sources for a file URI, and
+            # says so in a warning of every stage's log: either is the same class, LocalArtifactDatasetSource
+            warnings.filterwarnings("ignore", "The specified dataset source can be interpreted in multiple ways")
             source = resolve_dataset_source(Path(path).resolve().as_uri())
         datasets.append(MetaDataset(source, name=_dataset_name(path), digest=dvc_md5(path)))
         contexts.append(context)
