@@ -194,7 +194,7 @@ def train_population(xs: list[torch.Tensor], ys: list[torch.Tensor], n_classes: 
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> np.ndarray:
     """Predicted class per image, in batches of `batch_size`: by default 1024 on CUDA, 64 on the CPU. In
     channels-last memory, as the learners train (the model is converted in place): a one-thread 32 px small CNN
-    predicts twice as fast so as in the default layout, and the CPU's best batch shrinks with it
+    predicts 1.2-1.7x as fast as in the default layout, and the CPU's best batch shrinks with it
     (bench/predict.py)."""
     device = next(model.parameters()).device
     batch_size = batch_size or (1024 if device.type == "cuda" else 64)
